@@ -1,0 +1,374 @@
+"""The bar and tick store under ``data/``: partitioned Parquet, atomic appends, quarantine.
+
+Layout (hive partitions; times UTC)::
+
+    data/bars/symbol=EURUSD/timeframe=M1/part-<lo>-<hi>.parquet
+    data/ticks/symbol=EURUSD/part-<lo>-<hi>.parquet
+    data/quarantine/bars/symbol=EURUSD/timeframe=M1/part-<lo>-<hi>.parquet
+    data/quarantine/ticks/symbol=EURUSD/part-<lo>-<hi>.parquet
+
+Each data part covers the half-open window of bar *open* times ``(previous watermark, hi]``
+(``lo`` is the first instant after the previous watermark; names use UTC like
+``20240301T000000`` for bars and ``20240301T000000.000`` for ticks). The watermark of a series
+is the largest ``hi``: it is derived from the committed files alone, so there is no separate
+state to fall out of step. A part may hold zero rows when a whole window was quarantined.
+
+Writes are atomic: a part is written to a hidden temporary file in the same folder, flushed,
+fsynced and renamed into place; the rename is the commit. The quarantine part of a window is
+written (under a deterministic name) *before* the data part, so a crash anywhere leaves either
+the previous state or the new one, and a re-run rewrites identical files. Appends to one series
+are serialised with a lock file. Many small parts are compacted by the same write-then-rename;
+parts left behind by a crash mid-compaction are covered by the merged part and are ignored on
+read and removed on the next compaction.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.mt5.constants import RATES_DTYPE, TICKS_DTYPE
+
+BAR_COLUMNS = ["time", "open", "high", "low", "close", "tick_volume", "spread", "real_volume"]
+TICK_COLUMNS = ["time", "bid", "ask", "last", "volume", "flags", "volume_real"]
+
+BAR_SCHEMA = pa.schema(
+    [
+        ("time", pa.timestamp("s", tz="UTC")),
+        ("open", pa.float64()),
+        ("high", pa.float64()),
+        ("low", pa.float64()),
+        ("close", pa.float64()),
+        ("tick_volume", pa.int64()),
+        ("spread", pa.int32()),
+        ("real_volume", pa.int64()),
+    ]
+)
+TICK_SCHEMA = pa.schema(
+    [
+        ("time", pa.timestamp("ms", tz="UTC")),
+        ("bid", pa.float64()),
+        ("ask", pa.float64()),
+        ("last", pa.float64()),
+        ("volume", pa.int64()),
+        ("flags", pa.int64()),
+        ("volume_real", pa.float64()),
+    ]
+)
+_PART = re.compile(r"part-(\d{8}T\d{6}(?:\.\d{3})?)-(\d{8}T\d{6}(?:\.\d{3})?)\.parquet")
+
+
+@dataclass(frozen=True)
+class SeriesKey:
+    """One stored series: bars of (symbol, timeframe), or the ticks of a symbol."""
+
+    kind: str  # "bars" | "ticks"
+    symbol: str
+    timeframe: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("bars", "ticks"):
+            raise ValueError(f"unknown series kind {self.kind!r}")
+        if (self.kind == "bars") != (self.timeframe is not None):
+            raise ValueError("bars need a timeframe; ticks have none")
+
+    @property
+    def unit(self) -> str:
+        """Time unit of the series' clock: seconds for bars, milliseconds for ticks."""
+        return "s" if self.kind == "bars" else "ms"
+
+    @property
+    def schema(self) -> pa.Schema:
+        return BAR_SCHEMA if self.kind == "bars" else TICK_SCHEMA
+
+    def relpath(self) -> Path:
+        p = Path(self.kind) / f"symbol={self.symbol}"
+        return p / f"timeframe={self.timeframe}" if self.timeframe else p
+
+    def __str__(self) -> str:
+        return f"{self.symbol} {self.timeframe}" if self.timeframe else f"{self.symbol} ticks"
+
+
+def format_instant(value: int, unit: str) -> str:
+    """Epoch value (s or ms) → the compact UTC string used in part names."""
+    secs, ms = divmod(int(value), 1000) if unit == "ms" else (int(value), None)
+    text = datetime.fromtimestamp(secs, UTC).strftime("%Y%m%dT%H%M%S")
+    return text if ms is None else f"{text}.{ms:03d}"
+
+
+def parse_instant(text: str, unit: str) -> int:
+    base, _, frac = text.partition(".")
+    secs = int(datetime.strptime(base, "%Y%m%dT%H%M%S").replace(tzinfo=UTC).timestamp())
+    return secs * 1000 + int(frac or 0) if unit == "ms" else secs
+
+
+@dataclass(frozen=True)
+class Part:
+    path: Path
+    lo: int
+    hi: int
+
+
+def rates_to_frame(rates: np.ndarray, utc_seconds: np.ndarray) -> pd.DataFrame:
+    """MT5 rates (RATES_DTYPE) with their UTC open times → a stored-bars frame."""
+    return pd.DataFrame(
+        {
+            "time": pd.to_datetime(utc_seconds.astype("datetime64[s]")).tz_localize("UTC"),
+            "open": rates["open"],
+            "high": rates["high"],
+            "low": rates["low"],
+            "close": rates["close"],
+            "tick_volume": rates["tick_volume"].astype(np.int64),
+            "spread": rates["spread"].astype(np.int32),
+            "real_volume": rates["real_volume"].astype(np.int64),
+        }
+    )
+
+
+def ticks_to_frame(ticks: np.ndarray, utc_msc: np.ndarray) -> pd.DataFrame:
+    """MT5 ticks (TICKS_DTYPE) with their UTC millisecond times → a stored-ticks frame."""
+    return pd.DataFrame(
+        {
+            "time": pd.to_datetime(utc_msc.astype("datetime64[ms]")).tz_localize("UTC"),
+            "bid": ticks["bid"],
+            "ask": ticks["ask"],
+            "last": ticks["last"],
+            "volume": ticks["volume"].astype(np.int64),
+            "flags": ticks["flags"].astype(np.int64),
+            "volume_real": ticks["volume_real"],
+        }
+    )
+
+
+def frame_times(frame: pd.DataFrame, unit: str) -> np.ndarray:
+    """Epoch integers (s or ms) of a stored frame's ``time`` column."""
+    return frame["time"].array.as_unit(unit).asi8
+
+
+FaultHook = Callable[[str], None]
+
+
+class BarStore:
+    """Bars and ticks under `root` (see module docstring). Safe against crashes at any point.
+
+    `fault_hook`, when given, is called with a stage name ("tmp_written", "quarantine_committed",
+    "data_committed", "compacted") so tests can kill the process at exactly that point.
+    """
+
+    def __init__(self, root: str | Path, max_parts: int = 32, fault_hook: FaultHook | None = None) -> None:
+        self.root = Path(root)
+        self.max_parts = max_parts
+        self._fault = fault_hook or (lambda stage: None)
+
+    # --- paths and listing -------------------------------------------------------------------------
+    def series_dir(self, key: SeriesKey, quarantine: bool = False) -> Path:
+        base = self.root / "quarantine" if quarantine else self.root
+        return base / key.relpath()
+
+    def parts(self, key: SeriesKey, quarantine: bool = False) -> list[Part]:
+        """Committed parts, oldest first, without parts covered by another (crash leftovers)."""
+        folder = self.series_dir(key, quarantine)
+        if not folder.is_dir():
+            return []
+        found = []
+        for path in folder.iterdir():
+            m = _PART.fullmatch(path.name)
+            if m:
+                found.append(
+                    Part(path, parse_instant(m.group(1), key.unit), parse_instant(m.group(2), key.unit))
+                )
+        found.sort(key=lambda p: (p.lo, -p.hi))
+        kept: list[Part] = []
+        for part in found:
+            if kept and part.lo >= kept[-1].lo and part.hi <= kept[-1].hi:
+                continue  # covered by a merged part
+            kept.append(part)
+        return kept
+
+    def series(self, kind: str = "bars") -> list[SeriesKey]:
+        """All series of a kind that have committed data."""
+        out = []
+        for sym_dir in sorted((self.root / kind).glob("symbol=*")):
+            symbol = sym_dir.name.split("=", 1)[1]
+            if kind == "ticks":
+                out.append(SeriesKey("ticks", symbol))
+            else:
+                out += [
+                    SeriesKey("bars", symbol, d.name.split("=", 1)[1])
+                    for d in sorted(sym_dir.glob("timeframe=*"))
+                ]
+        return out
+
+    def watermark(self, key: SeriesKey) -> int | None:
+        """Last processed instant (epoch s for bars, ms for ticks, UTC), or None if empty."""
+        parts = self.parts(key)
+        return max(p.hi for p in parts) if parts else None
+
+    # --- reading ---------------------------------------------------------------------------------------
+    def read(
+        self, key: SeriesKey, start: int | None = None, end: int | None = None, quarantine: bool = False
+    ) -> pd.DataFrame:
+        """Rows with time in [start, end] (epoch units of the series), sorted, unique on time."""
+        parts = [
+            p
+            for p in self.parts(key, quarantine)
+            if (start is None or p.hi >= start) and (end is None or p.lo <= end)
+        ]
+        schema = key.schema
+        if quarantine:
+            schema = schema.append(pa.field("rules", pa.string()))
+        tables = [pq.read_table(p.path, schema=schema) for p in parts]
+        table = pa.concat_tables(tables) if tables else schema.empty_table()
+        frame = table.to_pandas()
+        if frame.empty:
+            return frame
+        t = frame_times(frame, key.unit)
+        mask = np.ones(t.size, dtype=bool)
+        if start is not None:
+            mask &= t >= start
+        if end is not None:
+            mask &= t <= end
+        frame = frame[mask]
+        if not quarantine:
+            frame = frame.drop_duplicates("time", keep="last")
+        return frame.sort_values("time", kind="stable").reset_index(drop=True)
+
+    def tail(self, key: SeriesKey, n: int) -> pd.DataFrame:
+        """The last `n` committed rows of a series (for causal context such as ATR)."""
+        chunks: list[pd.DataFrame] = []
+        total = 0
+        for part in reversed(self.parts(key)):
+            frame = pq.read_table(part.path, schema=key.schema).to_pandas()
+            chunks.insert(0, frame)
+            total += len(frame)
+            if total >= n:
+                break
+        if not chunks:
+            return key.schema.empty_table().to_pandas()
+        frame = pd.concat(chunks, ignore_index=True).drop_duplicates("time", keep="last")
+        return frame.sort_values("time").tail(n).reset_index(drop=True)
+
+    # --- writing ---------------------------------------------------------------------------------------
+    @contextmanager
+    def _locked(self, key: SeriesKey) -> Iterator[None]:
+        folder = self.series_dir(key)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / ".lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _write_atomic(self, table: pa.Table, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".tmp-{uuid.uuid4().hex}.parquet"
+        try:
+            with open(tmp, "wb") as handle:
+                pq.write_table(table, handle, compression="zstd")
+                handle.flush()
+                os.fsync(handle.fileno())
+            self._fault("tmp_written")
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _part_name(self, key: SeriesKey, lo: int, hi: int) -> str:
+        return f"part-{format_instant(lo, key.unit)}-{format_instant(hi, key.unit)}.parquet"
+
+    def append(
+        self, key: SeriesKey, good: pd.DataFrame, through: int, quarantined: pd.DataFrame | None = None
+    ) -> int:
+        """Commit one window: rows after the watermark up to `through` (inclusive).
+
+        `good` rows are stored; `quarantined` rows (with a ``rules`` column) go to the
+        quarantine. Rows at or before the current watermark are ignored, so repeating an append
+        is harmless. Returns the number of good rows written.
+        """
+        with self._locked(key):
+            mark = self.watermark(key)
+            if mark is not None and through <= mark:
+                return 0
+            lo = mark + 1 if mark is not None else self._first_time(good, quarantined, key, through)
+            good = self._window(good, key, lo, through)
+            name = self._part_name(key, lo, through)
+            if quarantined is not None and len(quarantined):
+                bad = self._window(quarantined, key, lo, through)
+                if len(bad):
+                    schema = key.schema.append(pa.field("rules", pa.string()))
+                    table = pa.Table.from_pandas(bad[schema.names], schema=schema, preserve_index=False)
+                    self._write_atomic(table, self.series_dir(key, quarantine=True) / name)
+                    self._fault("quarantine_committed")
+            table = pa.Table.from_pandas(good[key.schema.names], schema=key.schema, preserve_index=False)
+            self._write_atomic(table, self.series_dir(key) / name)
+            self._fault("data_committed")
+            if len(self.parts(key)) > self.max_parts:
+                self._compact(key)
+            return len(good)
+
+    @staticmethod
+    def _first_time(good: pd.DataFrame, bad: pd.DataFrame | None, key: SeriesKey, through: int) -> int:
+        firsts = [int(frame_times(f, key.unit).min()) for f in (good, bad) if f is not None and len(f)]
+        return min(firsts) if firsts else through
+
+    @staticmethod
+    def _window(frame: pd.DataFrame, key: SeriesKey, lo: int, hi: int) -> pd.DataFrame:
+        t = frame_times(frame, key.unit)
+        return frame[(t >= lo) & (t <= hi)]
+
+    def compact(self, key: SeriesKey) -> None:
+        """Merge a series' parts into one file (also removes crash leftovers)."""
+        with self._locked(key):
+            self._compact(key)
+
+    def _compact(self, key: SeriesKey) -> None:
+        parts = self.parts(key)
+        if not parts:
+            return
+        frame = self.read(key)
+        merged = self.series_dir(key) / self._part_name(key, parts[0].lo, parts[-1].hi)
+        table = pa.Table.from_pandas(frame[key.schema.names], schema=key.schema, preserve_index=False)
+        self._write_atomic(table, merged)
+        self._fault("compacted")
+        for path in self.series_dir(key).glob("part-*.parquet"):
+            if path != merged:
+                path.unlink()
+        for path in self.series_dir(key).glob(".tmp-*.parquet"):
+            path.unlink()
+
+
+def frame_to_rates(frame: pd.DataFrame) -> np.ndarray:
+    """A stored-bars frame → RATES_DTYPE with UTC epoch-second times."""
+    out = np.zeros(len(frame), dtype=RATES_DTYPE)
+    out["time"] = frame_times(frame, "s")
+    for name in BAR_COLUMNS[1:]:
+        out[name] = frame[name].to_numpy()
+    return out
+
+
+def frame_to_ticks(frame: pd.DataFrame) -> np.ndarray:
+    """A stored-ticks frame → TICKS_DTYPE with UTC times."""
+    out = np.zeros(len(frame), dtype=TICKS_DTYPE)
+    msc = frame_times(frame, "ms")
+    out["time_msc"], out["time"] = msc, msc // 1000
+    for name in TICK_COLUMNS[1:]:
+        out[name] = frame[name].to_numpy()
+    return out

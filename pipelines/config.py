@@ -1,0 +1,167 @@
+"""Typed configuration, read once from ``params.yaml`` at an entry point and passed down.
+
+``params.yaml`` has one section per room (``data:`` now; later ``features:``, ``labels:``,
+``models:``…) and a ``profiles:`` section whose entries are deep-merged over the rest when
+selected (``--profile fast``). Library code never opens the file: entry points call
+`load_params` and hand the typed sections to the functions they call.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pipelines.mt5.constants import timeframe_name
+from pipelines.mt5.server_time import ServerClock
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _utc(value: Any) -> Any:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value
+
+
+class ServerTimeParams(_Frozen):
+    """Broker server time: UTC offset in hours plus DST rule (none | us | eu)."""
+
+    offset_hours: float = 0.0
+    dst: Literal["none", "us", "eu"] = "none"
+
+    def clock(self) -> ServerClock:
+        return ServerClock(self.offset_hours, self.dst)
+
+
+class SimulatorParams(_Frozen):
+    """The embedded simulator (see pipelines.mt5.simulator). Times are UTC."""
+
+    seed: int = 7
+    start: datetime = datetime(2024, 1, 1, tzinfo=UTC)
+    end: datetime | None = datetime(2024, 3, 1, tzinfo=UTC)
+    signal_strength: float = Field(0.3, ge=0)
+    signal_halflife_minutes: float = Field(30.0, gt=0)
+    ticks_per_minute: float = Field(6.0, gt=0)
+    live: bool = False
+    speed: float = Field(1.0, gt=0)
+    live_start: datetime | None = None
+
+    _v = field_validator("start", "end", "live_start", mode="before")(_utc)
+
+
+class ExportParams(_Frozen):
+    """A folder of files exported from an MT5/MT4 terminal; digits per symbol optional."""
+
+    directory: Path = Path("exports")
+    digits: dict[str, int] = Field(default_factory=dict)
+
+
+class Mt5LinuxParams(_Frozen):
+    """The mt5linux RPyC server in front of a terminal under Wine."""
+
+    host: str = "localhost"
+    port: int = 18812
+    timeout_seconds: float = 30.0
+
+
+class Mt5Params(_Frozen):
+    """The official MetaTrader5 package (Windows). The password comes from an env variable."""
+
+    path: str | None = None
+    login: int | None = None
+    server: str | None = None
+    password_env: str = "MT5_PASSWORD"
+    timeout_ms: int = 60_000
+
+
+class ValidationParams(_Frozen):
+    max_bad_ratio: float = Field(0.01, ge=0, le=1)
+    ratio_min_rows: int = Field(100, ge=1)
+    spike_atr_multiple: float = Field(12.0, gt=0)
+    atr_window: int = Field(14, ge=2)
+
+
+class LiveIngestParams(_Frozen):
+    """Live polling: interval, and exponential backoff on terminal errors."""
+
+    poll_seconds: float = Field(5.0, gt=0)
+    backoff_initial_seconds: float = Field(1.0, gt=0)
+    backoff_max_seconds: float = Field(60.0, gt=0)
+    max_attempts: int = Field(10, ge=1)
+
+
+class DataParams(_Frozen):
+    """The ``data:`` section: where bars come from, which series, and how they are checked."""
+
+    root: Path = Path("data")
+    backend: Literal["simulator", "export", "mt5", "mt5linux"] = "simulator"
+    symbols: tuple[str, ...] = ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD")
+    timeframes: tuple[str, ...] = ("M1", "M5", "H1")
+    ticks: bool = False
+    history_start: datetime = datetime(2024, 1, 1, tzinfo=UTC)
+    server_time: ServerTimeParams = ServerTimeParams()
+    simulator: SimulatorParams = SimulatorParams()
+    export: ExportParams = ExportParams()
+    mt5linux: Mt5LinuxParams = Mt5LinuxParams()
+    mt5: Mt5Params = Mt5Params()
+    validation: ValidationParams = ValidationParams()
+    live: LiveIngestParams = LiveIngestParams()
+
+    _v = field_validator("history_start", mode="before")(_utc)
+
+    @field_validator("timeframes", mode="before")
+    @classmethod
+    def _canonical_timeframes(cls, value: Any) -> Any:
+        return tuple(timeframe_name(tf) for tf in value)
+
+    @field_validator("symbols")
+    @classmethod
+    def _non_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("data.symbols is empty: name at least one symbol")
+        return value
+
+
+class Params(BaseModel):
+    """All of params.yaml. Sections of rooms not built yet are kept as plain mappings."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    data: DataParams = DataParams()
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_params(
+    path: str | Path = "params.yaml", profile: str | None = None, overrides: dict[str, Any] | None = None
+) -> Params:
+    """Read params.yaml, apply a profile and explicit overrides, validate into `Params`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run from the repository root or pass --params")
+    raw = yaml.safe_load(path.read_text()) or {}
+    profiles = raw.pop("profiles", {}) or {}
+    if profile:
+        if profile not in profiles:
+            raise ValueError(f"profile {profile!r} not in {path} (have: {sorted(profiles)})")
+        raw = _deep_merge(raw, profiles[profile])
+    if overrides:
+        raw = _deep_merge(raw, overrides)
+    return Params.model_validate(raw)

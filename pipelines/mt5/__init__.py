@@ -1,0 +1,1 @@
+"""MT5 client interface and its backends (simulator, export files, MetaTrader5, mt5linux)."""

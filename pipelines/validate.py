@@ -1,0 +1,331 @@
+"""Data contracts for bars and ticks, enforced with great-expectations 1.x.
+
+`DataContract` holds one GX suite for bars and one for ticks (built once per process). A batch
+is validated row by row: rows failing any expectation are *quarantined* with the names of the
+rules they broke; the rest are good. Schema problems (missing columns, wrong dtypes) reject
+the whole batch with `ContractError`.
+
+Rules on bars (per symbol and timeframe): prices not null, finite and > 0; high ≥ max(open,
+close); low ≤ min(open, close); spread, tick and real volume ≥ 0; times strictly increasing
+(so unique), on the timeframe's grid in *server* time (the broker's bar boundaries); and a
+spike check: a bar's range above ``spike_atr_multiple`` × the ATR of the preceding
+``atr_window`` bars, or an opening gap above that multiple scaled by √(elapsed bars) (so a
+weekend gap is judged against the volatility expected over a weekend). The ATR uses only
+earlier bars (the stored tail passed as `context`, then the batch itself); the first bars of a
+new series, without enough history, are not spike-checked.
+
+Rules on ticks: bid and ask not null, finite and > 0; ask ≥ bid; volume ≥ 0; times
+non-decreasing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.bar_store import (
+    BAR_COLUMNS,
+    BAR_SCHEMA,
+    TICK_COLUMNS,
+    TICK_SCHEMA,
+    SeriesKey,
+    frame_times,
+)
+from pipelines.mt5.bars import bar_open_times
+from pipelines.mt5.constants import TIMEFRAME_MN1, timeframe_seconds, timeframe_value
+from pipelines.mt5.server_time import ServerClock
+
+PRICES = ["open", "high", "low", "close"]
+_MAX_PRICE = 1e12
+
+
+class ContractError(ValueError):
+    """A batch cannot be validated at all (schema), or too many of its rows are bad."""
+
+
+@dataclass(frozen=True)
+class ValidationRules:
+    """Thresholds of the contracts. `max_bad_ratio` applies to batches of ≥ `ratio_min_rows`."""
+
+    max_bad_ratio: float = 0.01
+    ratio_min_rows: int = 100
+    spike_atr_multiple: float = 12.0
+    atr_window: int = 14
+
+
+@dataclass
+class ValidationResult:
+    """Outcome of validating one batch of one series."""
+
+    key: SeriesKey
+    good: pd.DataFrame
+    quarantined: pd.DataFrame  # the bad rows, with a ``rules`` column ("rule_a;rule_b")
+    rule_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.good) + len(self.quarantined)
+
+    @property
+    def n_bad(self) -> int:
+        return len(self.quarantined)
+
+    @property
+    def bad_ratio(self) -> float:
+        return self.n_bad / self.n_rows if self.n_rows else 0.0
+
+    def describe_bad(self) -> str:
+        """'<key>: N bad rows of M, first at <UTC time> (<rules>)' or '' when clean."""
+        if not self.n_bad:
+            return ""
+        first = self.quarantined.sort_values("time").iloc[0]
+        return (
+            f"{self.key}: {self.n_bad} bad rows of {self.n_rows} ({self.bad_ratio:.2%}), first at "
+            f"{first['time']:%Y-%m-%d %H:%M:%S} UTC ({first['rules']}); by rule: "
+            + ", ".join(f"{k}={v}" for k, v in sorted(self.rule_counts.items()))
+        )
+
+    def check_ratio(self, rules: ValidationRules) -> None:
+        """Raise `ContractError` when the batch has more bad rows than the rules allow."""
+        if self.n_rows >= rules.ratio_min_rows and self.bad_ratio > rules.max_bad_ratio:
+            raise ContractError(
+                f"bad-row ratio above {rules.max_bad_ratio:.2%}: {self.describe_bad()}; "
+                "nothing was written (inspect the source, or raise "
+                "data.validation.max_bad_ratio)"
+            )
+
+
+def _expectations(kind: str) -> list[tuple[str, Any]]:
+    """(rule name, GX expectation) pairs of a suite."""
+    import great_expectations as gx
+
+    E = gx.expectations
+    if kind == "bars":
+        out: list[tuple[str, Any]] = [
+            (
+                "columns",
+                E.ExpectTableColumnsToMatchOrderedList(
+                    column_list=BAR_COLUMNS + ["advance_s", "grid_offset_s", "range_atr", "gap_atr"]
+                ),
+            )
+        ]
+        out += [
+            (f"dtype:{f.name}", E.ExpectColumnValuesToBeOfType(column=f.name, type_=_dtype_name(f)))
+            for f in BAR_SCHEMA
+            if f.name != "time"
+        ]  # time: checked in _epoch (tz-aware)
+        out += [(f"not_null:{c}", E.ExpectColumnValuesToNotBeNull(column=c)) for c in PRICES]
+        out += [
+            (
+                f"positive_finite:{c}",
+                E.ExpectColumnValuesToBeBetween(column=c, min_value=0, strict_min=True, max_value=_MAX_PRICE),
+            )
+            for c in PRICES
+        ]
+        out += [
+            (
+                f"high>={c}",
+                E.ExpectColumnPairValuesAToBeGreaterThanB(column_A="high", column_B=c, or_equal=True),
+            )
+            for c in ("open", "close")
+        ]
+        out += [
+            (
+                f"low<={c}",
+                E.ExpectColumnPairValuesAToBeGreaterThanB(column_A=c, column_B="low", or_equal=True),
+            )
+            for c in ("open", "close")
+        ]
+        out += [
+            (f"non_negative:{c}", E.ExpectColumnValuesToBeBetween(column=c, min_value=0))
+            for c in ("spread", "tick_volume", "real_volume")
+        ]
+        out += [
+            ("time_increasing_unique", E.ExpectColumnValuesToBeBetween(column="advance_s", min_value=1)),
+            (
+                "time_on_grid",
+                E.ExpectColumnValuesToBeBetween(column="grid_offset_s", min_value=0, max_value=0),
+            ),
+            ("spike_range", E.ExpectColumnValuesToBeBetween(column="range_atr", max_value=1.0)),
+            ("spike_gap", E.ExpectColumnValuesToBeBetween(column="gap_atr", max_value=1.0)),
+        ]
+        return out
+    out = [("columns", E.ExpectTableColumnsToMatchOrderedList(column_list=TICK_COLUMNS + ["advance_ms"]))]
+    out += [
+        (f"dtype:{f.name}", E.ExpectColumnValuesToBeOfType(column=f.name, type_=_dtype_name(f)))
+        for f in TICK_SCHEMA
+        if f.name != "time"
+    ]
+    out += [(f"not_null:{c}", E.ExpectColumnValuesToNotBeNull(column=c)) for c in ("bid", "ask")]
+    out += [
+        (
+            f"positive_finite:{c}",
+            E.ExpectColumnValuesToBeBetween(column=c, min_value=0, strict_min=True, max_value=_MAX_PRICE),
+        )
+        for c in ("bid", "ask")
+    ]
+    out += [
+        ("ask>=bid", E.ExpectColumnPairValuesAToBeGreaterThanB(column_A="ask", column_B="bid", or_equal=True))
+    ]
+    out += [
+        (f"non_negative:{c}", E.ExpectColumnValuesToBeBetween(column=c, min_value=0))
+        for c in ("volume", "volume_real")
+    ]
+    out += [("time_non_decreasing", E.ExpectColumnValuesToBeBetween(column="advance_ms", min_value=0))]
+    return out
+
+
+def _dtype_name(field_: Any) -> str:
+    import pyarrow as pa
+
+    t = field_.type
+    return {pa.float64(): "float64", pa.int64(): "int64", pa.int32(): "int32"}[t]
+
+
+class DataContract:
+    """The GX suites for bars and ticks; build once and reuse (context setup costs seconds)."""
+
+    def __init__(self, rules: ValidationRules | None = None) -> None:
+        self.rules = rules or ValidationRules()
+        self._definitions: dict[str, tuple[Any, list[tuple[str, Any]]]] = {}
+        self._context: Any = None
+
+    def _definition(self, kind: str) -> tuple[Any, list[tuple[str, Any]]]:
+        if kind in self._definitions:
+            return self._definitions[kind]
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)
+        if self._context is None:
+            self._context = gx.get_context(mode="ephemeral")
+            self._context.variables.progress_bars = ProgressBarsConfig(
+                globally=False, metric_calculations=False
+            )
+            self._source = self._context.data_sources.add_pandas("mt5")
+        asset = self._source.add_dataframe_asset(kind)
+        batch = asset.add_batch_definition_whole_dataframe(f"{kind}-batch")
+        expectations = _expectations(kind)
+        suite = self._context.suites.add(gx.ExpectationSuite(name=f"{kind}-contract"))
+        for _, expectation in expectations:
+            suite.add_expectation(expectation)
+        definition = self._context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"{kind}-validation", data=batch, suite=suite)
+        )
+        self._definitions[kind] = (definition, expectations)
+        return self._definitions[kind]
+
+    def _run(
+        self, kind: str, key: SeriesKey, frame: pd.DataFrame, derived: pd.DataFrame, columns: list[str]
+    ) -> ValidationResult:
+        definition, expectations = self._definition(kind)
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise ContractError(f"{key}: batch lacks column(s) {missing}; expected {columns}")
+        batch = pd.concat([frame[columns].reset_index(drop=True), derived.reset_index(drop=True)], axis=1)
+        result = definition.run(
+            batch_parameters={"dataframe": batch}, result_format={"result_format": "COMPLETE"}
+        )
+        bad_rules: dict[int, list[str]] = {}
+        counts: dict[str, int] = {}
+        names = {expectation.id: name for name, expectation in expectations}
+        for res in result.results:
+            name = names[res.expectation_config.id]
+            if res.success:
+                continue
+            rows = res.result.get("unexpected_index_list")
+            if rows is None or name in ("columns",) or name.startswith("dtype:"):
+                observed = res.result.get("observed_value")
+                raise ContractError(
+                    f"{key}: schema rule {name} failed (observed {observed!r}); "
+                    "the batch was rejected and nothing was written"
+                )
+            counts[name] = len(rows)
+            for row in rows:
+                bad_rules.setdefault(int(row), []).append(name)
+        bad_idx = np.array(sorted(bad_rules), dtype=np.int64)
+        out = frame[columns].reset_index(drop=True)
+        quarantined = out.iloc[bad_idx].copy()
+        quarantined["rules"] = [";".join(bad_rules[i]) for i in bad_idx]
+        good = out.drop(index=bad_idx)
+        return ValidationResult(key, good.reset_index(drop=True), quarantined.reset_index(drop=True), counts)
+
+    def validate_bars(
+        self, key: SeriesKey, frame: pd.DataFrame, clock: ServerClock, context: pd.DataFrame | None = None
+    ) -> ValidationResult:
+        """Validate a batch of bars (UTC `time` = bar open) after the committed `context` rows."""
+        if frame.empty:
+            return ValidationResult(key, frame.copy(), frame.assign(rules=pd.Series(dtype=str)))
+        derived = bar_checks(frame, key.timeframe or "M1", clock, self.rules, context)
+        return self._run("bars", key, frame, derived, BAR_COLUMNS)
+
+    def validate_ticks(
+        self, key: SeriesKey, frame: pd.DataFrame, context: pd.DataFrame | None = None
+    ) -> ValidationResult:
+        """Validate a batch of ticks (UTC `time`, ms) after the committed `context` rows."""
+        if frame.empty:
+            return ValidationResult(key, frame.copy(), frame.assign(rules=pd.Series(dtype=str)))
+        t = _epoch(frame, "ms").astype(float)
+        prev = float(_epoch(context, "ms").max()) if context is not None and len(context) else np.nan
+        before = np.maximum.accumulate(np.r_[prev, t[:-1]]) if t.size else t
+        derived = pd.DataFrame({"advance_ms": t - before})
+        return self._run("ticks", key, frame, derived, TICK_COLUMNS)
+
+
+def _epoch(frame: pd.DataFrame, unit: str) -> np.ndarray:
+    values = frame["time"]
+    if not isinstance(values.dtype, pd.DatetimeTZDtype) or str(values.dtype.tz) != "UTC":
+        raise ContractError(f"column time has dtype {values.dtype}; expected UTC datetimes")
+    return frame_times(frame, unit)
+
+
+def bar_checks(
+    frame: pd.DataFrame,
+    timeframe: str,
+    clock: ServerClock,
+    rules: ValidationRules,
+    context: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Derived per-row quantities the bar suite checks (all causal: earlier rows only).
+
+    ``advance_s``: seconds since the latest earlier bar (must be ≥ 1); ``grid_offset_s``:
+    seconds off the timeframe grid in server time (must be 0); ``range_atr`` and ``gap_atr``:
+    range and opening gap as fractions of the allowed spike size (must be ≤ 1).
+    """
+    n_ctx = 0 if context is None else len(context)
+    both = frame if not n_ctx else pd.concat([context[BAR_COLUMNS], frame[BAR_COLUMNS]], ignore_index=True)
+    t = _epoch(both, "s")
+    high, low = both["high"].to_numpy(float), both["low"].to_numpy(float)
+    open_, close = both["open"].to_numpy(float), both["close"].to_numpy(float)
+    prev_close = np.r_[np.nan, close[:-1]]
+    true_range = np.fmax(high, prev_close) - np.fmin(low, prev_close)
+    atr = (
+        pd.Series(true_range)
+        .rolling(rules.atr_window, min_periods=max(2, rules.atr_window // 2))
+        .mean()
+        .shift(1)
+        .to_numpy()
+    )
+    tf = timeframe_value(timeframe)
+    bar_sec = 30 * 86400 if tf == TIMEFRAME_MN1 else timeframe_seconds(tf)
+    tf_float = t.astype(float)
+    before = np.maximum.accumulate(np.r_[-np.inf, tf_float[:-1]])
+    elapsed_bars = np.maximum(1.0, (tf_float - before) / bar_sec)
+    limit = rules.spike_atr_multiple * atr
+    limit = np.where(limit > 0, limit, np.nan)  # flat history: no basis for a spike check
+    server = clock.to_server(t)
+    derived = pd.DataFrame(
+        {
+            "advance_s": np.where(np.isfinite(before), tf_float - before, np.nan),
+            "grid_offset_s": (server - bar_open_times(server, tf)).astype(float),
+            "range_atr": (high - low) / limit,
+            "gap_atr": np.abs(open_ - prev_close) / (limit * np.sqrt(elapsed_bars)),
+        }
+    )
+    return derived.iloc[n_ctx:].reset_index(drop=True)
