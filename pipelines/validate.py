@@ -272,9 +272,10 @@ class DataContract:
         if frame.empty:
             return ValidationResult(key, frame.copy(), frame.assign(rules=pd.Series(dtype=str)))
         t = _epoch(frame, "ms").astype(float)
-        prev = float(_epoch(context, "ms").max()) if context is not None and len(context) else np.nan
-        before = np.maximum.accumulate(np.r_[prev, t[:-1]]) if t.size else t
-        derived = pd.DataFrame({"advance_ms": t - before})
+        has_context = context is not None and len(context)
+        prev = float(_epoch(context, "ms").max()) if has_context else -np.inf
+        before = np.maximum.accumulate(np.r_[prev, t[:-1]])
+        derived = pd.DataFrame({"advance_ms": np.where(np.isfinite(before), t - before, np.nan)})
         return self._run("ticks", key, frame, derived, TICK_COLUMNS)
 
 

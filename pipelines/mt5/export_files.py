@@ -74,6 +74,11 @@ def _decode(path: Path) -> bytes:
                 return raw.decode(encoding).encode("utf-8")
             except UnicodeDecodeError as exc:
                 raise ExportFormatError(f"{path.name}: not valid {encoding} text ({exc})") from exc
+    if b"\x00" in raw[:4096]:
+        raise ExportFormatError(
+            f"{path.name}: looks like UTF-16 without a byte-order mark; re-export from the "
+            "terminal (which writes the mark) or save the file as UTF-8"
+        )
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -170,12 +175,13 @@ def _parse_times(
     path: Path, date: pa.ChunkedArray, tod: pa.ChunkedArray | None, first_line: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(epoch seconds, milliseconds within the second) from DATE and optional TIME strings."""
-    try:
-        day = pc.strptime(date, format="%Y.%m.%d", unit="s")
-    except pa.ArrowInvalid as exc:
+    day = pc.strptime(date, format="%Y.%m.%d", unit="s", error_is_null=True)
+    if day.null_count:
+        row = int(pc.index(pc.is_null(day), True).as_py())
         raise ExportFormatError(
-            f"{path.name}: a date is not YYYY.MM.DD ({exc}); line unknown after line {first_line}"
-        ) from exc
+            f"{path.name} line {row + first_line} column <DATE>: cannot parse "
+            f"{date[row].as_py()!r} as a date YYYY.MM.DD"
+        )
     secs = day.cast(pa.int64()).to_numpy()
     ms = np.zeros(secs.size, dtype=np.int64)
     if tod is None:
