@@ -220,7 +220,7 @@ class BarStore:
     def read(
         self, key: SeriesKey, start: int | None = None, end: int | None = None, quarantine: bool = False
     ) -> pd.DataFrame:
-        """Rows with time in [start, end] (epoch units of the series), sorted, unique on time."""
+        """Rows with time in [start, end] (epoch units of the series), sorted; bars unique on time."""
         parts = [
             p
             for p in self.parts(key, quarantine)
@@ -241,7 +241,7 @@ class BarStore:
         if end is not None:
             mask &= t <= end
         frame = frame[mask]
-        if not quarantine:
+        if not quarantine and key.kind == "bars":  # ticks may share a millisecond
             frame = frame.drop_duplicates("time", keep="last")
         return frame.sort_values("time", kind="stable").reset_index(drop=True)
 
@@ -257,8 +257,10 @@ class BarStore:
                 break
         if not chunks:
             return key.schema.empty_table().to_pandas()
-        frame = pd.concat(chunks, ignore_index=True).drop_duplicates("time", keep="last")
-        return frame.sort_values("time").tail(n).reset_index(drop=True)
+        frame = pd.concat(chunks, ignore_index=True)
+        if key.kind == "bars":
+            frame = frame.drop_duplicates("time", keep="last")
+        return frame.sort_values("time", kind="stable").tail(n).reset_index(drop=True)
 
     # --- writing ---------------------------------------------------------------------------------------
     @contextmanager

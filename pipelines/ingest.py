@@ -32,7 +32,13 @@ from pipelines.bar_store import BarStore, SeriesKey, rates_to_frame, ticks_to_fr
 from pipelines.config import DataParams
 from pipelines.mt5.bars import bar_close_times
 from pipelines.mt5.client import Mt5Client
-from pipelines.mt5.constants import COPY_TICKS_ALL, RES_E_NOT_FOUND, timeframe_value
+from pipelines.mt5.constants import (
+    COPY_TICKS_ALL,
+    RES_E_FAIL,
+    RES_E_INTERNAL_FAIL,
+    RES_E_NOT_FOUND,
+    timeframe_value,
+)
 from pipelines.mt5.server_time import ServerClock
 from pipelines.validate import ContractError, DataContract, ValidationResult, ValidationRules
 
@@ -49,6 +55,16 @@ class TerminalError(IngestError):
     def __init__(self, what: str, error: tuple[int, str]) -> None:
         super().__init__(f"{what}: terminal error {error[0]} ({error[1]})")
         self.code, self.message = error
+
+
+def terminal_failure(what: str, error: tuple[int, str]) -> IngestError:
+    """The exception for a failed terminal call: retryable for connection-class errors and
+    MT5's generic failure, final for bad requests (unknown symbol, invalid parameters such as
+    a malformed export file)."""
+    code = error[0]
+    if code <= RES_E_INTERNAL_FAIL or code == RES_E_FAIL:
+        return TerminalError(what, error)
+    return IngestError(f"{what}: {error[1]} (terminal error {code})")
 
 
 @dataclass
@@ -90,9 +106,9 @@ def make_contract(params: DataParams) -> DataContract:
 
 
 def connect(client: Mt5Client, **kwargs: object) -> None:
-    """Initialise the terminal or raise `TerminalError` with its last_error."""
+    """Initialise the terminal or raise (see `terminal_failure`) with its last_error."""
     if not client.initialize(**kwargs):  # type: ignore[arg-type]
-        raise TerminalError("the terminal will not initialize", client.last_error())
+        raise terminal_failure("the terminal will not initialize", client.last_error())
 
 
 def check_symbols(client: Mt5Client, symbols: Sequence[str]) -> None:
@@ -102,7 +118,7 @@ def check_symbols(client: Mt5Client, symbols: Sequence[str]) -> None:
         if client.symbol_info(symbol) is None:
             code, message = client.last_error()
             if code != RES_E_NOT_FOUND:
-                raise TerminalError(f"symbol_info({symbol!r})", (code, message))
+                raise terminal_failure(f"symbol_info({symbol!r})", (code, message))
             unknown.append(symbol)
     if unknown:
         known = client.symbols_get() or ()
@@ -120,10 +136,7 @@ def _fetch_bars(
     server_now = int(clock.to_server(now))
     rates = client.copy_rates_range(key.symbol, tf, int(clock.to_server(start)), server_now)
     if rates is None:
-        error = client.last_error()
-        if error[0] == RES_E_NOT_FOUND:
-            raise IngestError(f"{key}: {error[1]}")
-        raise TerminalError(f"copy_rates_range({key})", error)
+        raise terminal_failure(f"copy_rates_range({key})", client.last_error())
     closed = rates[bar_close_times(rates["time"], tf) <= server_now]
     utc = clock.to_utc(closed["time"])
     keep = utc >= start
@@ -138,7 +151,7 @@ def _fetch_ticks(
     server_from = int(clock.to_server(start_ms // 1000))
     ticks = client.copy_ticks_range(key.symbol, server_from, int(clock.to_server(now - 1)), COPY_TICKS_ALL)
     if ticks is None:
-        raise TerminalError(f"copy_ticks_range({key})", client.last_error())
+        raise terminal_failure(f"copy_ticks_range({key})", client.last_error())
     secs = ticks["time_msc"] // 1000
     utc_ms = clock.to_utc(secs) * 1000 + ticks["time_msc"] % 1000
     keep = utc_ms >= start_ms

@@ -155,7 +155,7 @@ def test_export_client_reports_malformed_file_as_mt5_error(tmp_path):
     assert client.initialize()
     assert client.copy_rates_range("EURUSD", C.TIMEFRAME_M1, 0, 2**40) is None
     code, message = client.last_error()
-    assert code == C.RES_E_FAIL and "EURUSD_M1.csv line 3" in message
+    assert code == C.RES_E_INVALID_PARAMS and "EURUSD_M1.csv line 3" in message
 
 
 def test_export_client_refuses_missing_or_empty_folder(tmp_path):

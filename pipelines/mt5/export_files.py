@@ -40,7 +40,7 @@ from pipelines.mt5.bars import aggregate_rates
 from pipelines.mt5.client import LocalTerminal, SymbolInfo
 from pipelines.mt5.constants import (
     RATES_DTYPE,
-    RES_E_FAIL,
+    RES_E_INVALID_PARAMS,
     RES_E_NOT_FOUND,
     TICKS_DTYPE,
     TIMEFRAMES,
@@ -445,7 +445,7 @@ class ExportFileClient(LocalTerminal):
 
     def _connect(self, path: str | None, **kwargs: Any) -> tuple[int, str] | None:
         if not self.directory.is_dir():
-            return (RES_E_FAIL, f"export folder {self.directory} does not exist")
+            return (RES_E_INVALID_PARAMS, f"export folder {self.directory} does not exist")
         self._bar_files.clear()
         self._tick_files.clear()
         self._rates_cache.clear()
@@ -467,7 +467,7 @@ class ExportFileClient(LocalTerminal):
                 self._bar_files.setdefault((m.group(1), _MT4_PERIODS[m.group(2)]), []).append(file)
         if not self._bar_files and not self._tick_files:
             return (
-                RES_E_FAIL,
+                RES_E_INVALID_PARAMS,
                 f"no MT5/MT4 export files in {self.directory} "
                 "(expected names like EURUSD_M1.csv, EURUSD60.csv, EURUSD_TICKS.csv)",
             )
@@ -580,11 +580,12 @@ class ExportFileClient(LocalTerminal):
         return self._parsed(super().symbol_info, symbol)
 
     def _parsed(self, fn: Any, *args: Any) -> Any:
-        """Run an API call; a malformed file turns into None + last_error, as MT5 reports."""
+        """Run an API call; a malformed file turns into None + last_error (invalid parameters:
+        the file behind the request is not a valid export), as MT5 reports failures."""
         try:
             return fn(*args)
         except ExportFormatError as exc:
-            return self._fail(RES_E_FAIL, str(exc))
+            return self._fail(RES_E_INVALID_PARAMS, str(exc))
 
     def _check(self, symbol: str | None = None, timeframe: int | None = None) -> bool:
         ok = super()._check(symbol, timeframe)
