@@ -163,3 +163,20 @@ def test_export_client_refuses_missing_or_empty_folder(tmp_path):
     assert not missing.initialize() and "does not exist" in missing.last_error()[1]
     empty = ExportFileClient(tmp_path)
     assert not empty.initialize() and "no MT5/MT4 export files" in empty.last_error()[1]
+
+
+def test_irregular_time_widths_take_the_general_parser(tmp_path):
+    """Fixed-width rows use a fast path; mixed widths must give the same instants."""
+    regular = tmp_path / "EURUSD_M1.csv"
+    mixed = tmp_path / "GBPUSD_M1.csv"
+    rows = ["2024.02.29\t23:59:00\t1.1\t1.2\t1.0\t1.1\t5\t0\t3",
+            "2024.03.01\t00:00:00\t1.1\t1.2\t1.0\t1.1\t5\t0\t3"]
+    regular.write_text(HEADER + "\n" + "\n".join(rows) + "\n")
+    mixed.write_text(HEADER + "\n" + rows[0] + "\n" + rows[1].replace("00:00:00", "00:00") + "\n")
+    a, b = read_bar_export(regular), read_bar_export(mixed)
+    assert np.array_equal(a, b)
+    assert a["time"].tolist() == [int(utc(2024, 2, 29, 23, 59).timestamp()), int(utc(2024, 3, 1).timestamp())]
+    bad_day = tmp_path / "AUDUSD_M1.csv"
+    bad_day.write_text(HEADER + "\n" + rows[0].replace("2024.02.29", "2023.02.29") + "\n")
+    with pytest.raises(ExportFormatError, match="line 2 column <DATE>: cannot parse '2023.02.29'"):
+        read_bar_export(bad_day)

@@ -175,9 +175,14 @@ def _parse_times(
     path: Path, date: pa.ChunkedArray, tod: pa.ChunkedArray | None, first_line: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(epoch seconds, milliseconds within the second) from DATE and optional TIME strings."""
+    fast = _fixed_width_times(date, tod)
+    if fast is not None:
+        return fast
     day = pc.strptime(date, format="%Y.%m.%d", unit="s", error_is_null=True)
-    if day.null_count:
-        row = int(pc.index(pc.is_null(day), True).as_py())
+    # strptime normalises impossible days (2023.02.29 → 03.01): formatting back catches them
+    invalid = pc.or_kleene(pc.is_null(day), pc.not_equal(pc.strftime(day, format="%Y.%m.%d"), date))
+    if pc.any(invalid).as_py():
+        row = int(pc.index(pc.fill_null(invalid, True), True).as_py())
         raise ExportFormatError(
             f"{path.name} line {row + first_line} column <DATE>: cannot parse "
             f"{date[row].as_py()!r} as a date YYYY.MM.DD"
@@ -212,6 +217,68 @@ def _parse_times(
     return secs + hh * 3600 + mm * 60 + ss, ms
 
 
+def _fixed_chars(values: pa.ChunkedArray, widths: tuple[int, ...]) -> np.ndarray | None:
+    """The strings as an (n, width) uint8 matrix when all share one of `widths`, else None."""
+    array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if array.null_count or len(array) == 0 or array.type != pa.string():
+        return None
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int32, count=len(array) + 1, offset=array.offset * 4)
+    width = int(offsets[1] - offsets[0])
+    if width not in widths or int(offsets[-1] - offsets[0]) != width * len(array):
+        return None
+    if not np.all(np.diff(offsets) == width):
+        return None
+    data = np.frombuffer(array.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+    return data.reshape(-1, width)
+
+
+def _digits(chars: np.ndarray, cols: list[int]) -> np.ndarray | None:
+    """The decimal number in columns `cols` of each row, or None if any is not a digit."""
+    digits = chars[:, cols].astype(np.int64) - 48
+    if digits.min() < 0 or digits.max() > 9:
+        return None
+    return digits @ (10 ** np.arange(len(cols) - 1, -1, -1))
+
+
+def _fixed_width_times(
+    date: pa.ChunkedArray, tod: pa.ChunkedArray | None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Fast path for the terminal's fixed-width ``YYYY.MM.DD`` and ``HH:MM[:SS[.mmm]]``.
+
+    Returns None whenever anything is irregular, so the general path can report it exactly.
+    """
+    d = _fixed_chars(date, (10,))
+    if d is None or not (np.all(d[:, 4] == 46) and np.all(d[:, 7] == 46)):
+        return None
+    year, month, day = _digits(d, [0, 1, 2, 3]), _digits(d, [5, 6]), _digits(d, [8, 9])
+    if year is None or month is None or day is None or month.min() < 1 or month.max() > 12:
+        return None
+    first = (year - 1970).astype("datetime64[Y]").astype("datetime64[M]") + (month - 1)
+    month_days = ((first + 1).astype("datetime64[D]") - first.astype("datetime64[D]")).astype(np.int64)
+    if day.min() < 1 or np.any(day > month_days):
+        return None
+    secs = (first.astype("datetime64[D]").astype(np.int64) + day - 1) * 86400
+    ms = np.zeros(secs.size, dtype=np.int64)
+    if tod is None:
+        return secs, ms
+    t = _fixed_chars(tod, (5, 8, 12))
+    if t is None or not np.all(t[:, 2] == 58):
+        return None
+    hh, mm = _digits(t, [0, 1]), _digits(t, [3, 4])
+    ss = _digits(t, [6, 7]) if t.shape[1] >= 8 else np.zeros_like(secs)
+    if t.shape[1] >= 8 and not np.all(t[:, 5] == 58):
+        return None
+    if t.shape[1] == 12:
+        if not np.all(t[:, 8] == 46):
+            return None
+        ms = _digits(t, [9, 10, 11])
+    if hh is None or mm is None or ss is None or ms is None:
+        return None
+    if hh.max() > 23 or mm.max() > 59 or ss.max() > 59:
+        return None
+    return secs + hh * 3600 + mm * 60 + ss, ms
+
+
 def _first_line(text: bytes) -> str:
     end = text.find(b"\n")
     return text[: end if end >= 0 else len(text)].decode("utf-8").rstrip("\r")
@@ -242,7 +309,7 @@ def read_bar_export(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     text = _decode(path)
-    if not text.strip():
+    if not text or text.isspace():
         raise ExportFormatError(f"{path.name}: the file is empty")
     header = _first_line(text)
     if not header.startswith("<"):
@@ -305,7 +372,7 @@ def read_tick_export(path: str | Path) -> np.ndarray:
     """Parse an MT5 tick export into TICKS_DTYPE (server time, empty prices carried forward)."""
     path = Path(path)
     text = _decode(path)
-    if not text.strip():
+    if not text or text.isspace():
         raise ExportFormatError(f"{path.name}: the file is empty")
     names = _check_header(path, _first_line(text), [TICK_HEADER])
     optional = {"<BID>", "<ASK>", "<LAST>", "<VOLUME>"}
@@ -482,11 +549,12 @@ class ExportFileClient(LocalTerminal):
             files = self._bar_files.get(key)
             if files:
                 parts = [read_bar_export(f) for f in files]
-                rates = np.concatenate(parts)
-                order = np.argsort(rates["time"], kind="stable")
-                rates = rates[order]
-                keep = np.r_[rates["time"][1:] != rates["time"][:-1], True]
-                self._rates_cache[key] = rates[keep]
+                rates = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                steps = np.diff(rates["time"])
+                if steps.size and steps.min() <= 0:  # overlapping files: later files win
+                    rates = rates[np.argsort(rates["time"], kind="stable")]
+                    rates = rates[np.r_[rates["time"][1:] != rates["time"][:-1], True]]
+                self._rates_cache[key] = rates
             elif tf != "M1" and (symbol, "M1") in self._bar_files:
                 self._rates_cache[key] = aggregate_rates(self._load_rates(symbol, "M1"), tf)
             else:
