@@ -39,8 +39,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.mt5.constants import RATES_DTYPE, TICKS_DTYPE
-
 BAR_COLUMNS = ["time", "open", "high", "low", "close", "tick_volume", "spread", "real_volume"]
 TICK_COLUMNS = ["time", "bid", "ask", "last", "volume", "flags", "volume_real"]
 
@@ -355,22 +353,3 @@ class BarStore:
                 path.unlink()
         for path in self.series_dir(key).glob(".tmp-*.parquet"):
             path.unlink()
-
-
-def frame_to_rates(frame: pd.DataFrame) -> np.ndarray:
-    """A stored-bars frame → RATES_DTYPE with UTC epoch-second times."""
-    out = np.zeros(len(frame), dtype=RATES_DTYPE)
-    out["time"] = frame_times(frame, "s")
-    for name in BAR_COLUMNS[1:]:
-        out[name] = frame[name].to_numpy()
-    return out
-
-
-def frame_to_ticks(frame: pd.DataFrame) -> np.ndarray:
-    """A stored-ticks frame → TICKS_DTYPE with UTC times."""
-    out = np.zeros(len(frame), dtype=TICKS_DTYPE)
-    msc = frame_times(frame, "ms")
-    out["time_msc"], out["time"] = msc, msc // 1000
-    for name in TICK_COLUMNS[1:]:
-        out[name] = frame[name].to_numpy()
-    return out

@@ -169,8 +169,10 @@ def test_irregular_time_widths_take_the_general_parser(tmp_path):
     """Fixed-width rows use a fast path; mixed widths must give the same instants."""
     regular = tmp_path / "EURUSD_M1.csv"
     mixed = tmp_path / "GBPUSD_M1.csv"
-    rows = ["2024.02.29\t23:59:00\t1.1\t1.2\t1.0\t1.1\t5\t0\t3",
-            "2024.03.01\t00:00:00\t1.1\t1.2\t1.0\t1.1\t5\t0\t3"]
+    rows = [
+        "2024.02.29\t23:59:00\t1.1\t1.2\t1.0\t1.1\t5\t0\t3",
+        "2024.03.01\t00:00:00\t1.1\t1.2\t1.0\t1.1\t5\t0\t3",
+    ]
     regular.write_text(HEADER + "\n" + "\n".join(rows) + "\n")
     mixed.write_text(HEADER + "\n" + rows[0] + "\n" + rows[1].replace("00:00:00", "00:00") + "\n")
     a, b = read_bar_export(regular), read_bar_export(mixed)
