@@ -88,7 +88,7 @@ def build_features(bars: dict[str, Bars], spec: FeatureSpec) -> FeatureMatrix:
     for name in spec.families:
         family = FAMILIES[name]
         rows = family.warmup(base, spec.windows)
-        for key, data in family.compute(base, spec.windows).items():
+        for data in family.compute(base, spec.windows).values():
             values[:, col] = data
             warmup[columns[col]] = rows
             col += 1
@@ -101,7 +101,7 @@ def build_features(bars: dict[str, Bars], spec: FeatureSpec) -> FeatureMatrix:
         for name in spec.htf_families:
             family = FAMILIES[name]
             rows = int(np.searchsorted(idx, family.warmup(htf, spec.windows), side="left"))
-            for key, data in family.compute(htf, spec.windows).items():
+            for data in family.compute(htf, spec.windows).values():
                 joined = data[safe] if len(htf) else np.full(len(base), np.nan)
                 joined[missing] = np.nan
                 values[:, col] = joined
