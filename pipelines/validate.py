@@ -195,7 +195,7 @@ class DataContract:
         self._definitions: dict[str, tuple[Any, list[tuple[str, Any]]]] = {}
         self._context: Any = None
 
-    def _definition(self, kind: str) -> tuple[Any, list[tuple[str, Any]]]:
+    def _definition(self, kind: str, expectations_of: Any = None) -> tuple[Any, list[tuple[str, Any]]]:
         if kind in self._definitions:
             return self._definitions[kind]
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
@@ -211,7 +211,7 @@ class DataContract:
             self._source = self._context.data_sources.add_pandas("mt5")
         asset = self._source.add_dataframe_asset(kind)
         batch = asset.add_batch_definition_whole_dataframe(f"{kind}-batch")
-        expectations = _expectations(kind)
+        expectations = expectations_of() if expectations_of else _expectations(kind)
         suite = self._context.suites.add(gx.ExpectationSuite(name=f"{kind}-contract"))
         for _, expectation in expectations:
             suite.add_expectation(expectation)
@@ -255,6 +255,70 @@ class DataContract:
         quarantined["rules"] = [";".join(bad_rules[i]) for i in bad_idx]
         good = out.drop(index=bad_idx)
         return ValidationResult(key, good.reset_index(drop=True), quarantined.reset_index(drop=True), counts)
+
+    def validate_features(
+        self,
+        name: str,
+        frame: pd.DataFrame,
+        columns: list[str],
+        warmup: dict[str, int],
+        bounds: dict[str, tuple[float, float]],
+    ) -> None:
+        """Check a feature frame (``time`` + `columns`, in that order); raise `ContractError`.
+
+        Rules: the recorded columns in order; every value finite, except NaN within a column's
+        warm-up (its first ``warmup[col]`` rows); bounded columns (RSI in [0, 100], cyclic
+        time in [−1, 1], range position and session flags in [0, 1]) inside their bounds.
+        """
+        import hashlib
+
+        digest = hashlib.sha1(repr((columns, sorted(bounds.items()))).encode()).hexdigest()[:12]
+
+        def expectations() -> list[tuple[str, Any]]:
+            import great_expectations as gx
+
+            E = gx.expectations
+            out: list[tuple[str, Any]] = [
+                ("columns", E.ExpectTableColumnsToMatchOrderedList(column_list=["time", *columns]))
+            ]
+            out += [
+                (
+                    f"finite_after_warmup:{c}",
+                    E.ExpectColumnValuesToBeBetween(column=c, min_value=-_MAX_PRICE, max_value=_MAX_PRICE),
+                )
+                for c in columns
+            ]
+            out += [
+                (f"bounds:{c}", E.ExpectColumnValuesToBeBetween(column=c, min_value=lo, max_value=hi))
+                for c, (lo, hi) in bounds.items()
+                if c in columns
+            ]
+            return out
+
+        missing = [c for c in ["time", *columns] if c not in frame.columns]
+        if missing:
+            raise ContractError(f"{name}: feature frame lacks {missing[:5]}; expected the recorded columns")
+        checked = frame[["time", *columns]].copy()
+        for c in columns:
+            values = checked[c].to_numpy(dtype=float, copy=True)
+            head = min(warmup.get(c, 0), values.size)
+            values[:head] = 0.0  # NaN allowed in the warm-up
+            values[head:][np.isnan(values[head:])] = np.inf  # NaN after it is a failure
+            checked[c] = values
+        definition, named = self._definition(f"features-{digest}", expectations)
+        result = definition.run(
+            batch_parameters={"dataframe": checked.reset_index(drop=True)},
+            result_format={"result_format": "COMPLETE"},
+        )
+        names = {expectation.id: rule for rule, expectation in named}
+        failures = []
+        for res in result.results:
+            if not res.success:
+                rows = res.result.get("unexpected_index_list") or []
+                where = f", first at {frame['time'].iloc[int(rows[0])]}" if rows else ""
+                failures.append(f"{names[res.expectation_config.id]} ({len(rows)} rows{where})")
+        if failures:
+            raise ContractError(f"{name}: feature contract failed: " + "; ".join(failures[:10]))
 
     def validate_bars(
         self, key: SeriesKey, frame: pd.DataFrame, clock: ServerClock, context: pd.DataFrame | None = None
