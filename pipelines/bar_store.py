@@ -25,9 +25,7 @@ read and removed on the next compaction.
 from __future__ import annotations
 
 import fcntl
-import os
 import re
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +36,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pipelines.atomic_files import write_parquet_atomic
 
 BAR_COLUMNS = ["time", "open", "high", "low", "close", "tick_volume", "spread", "real_volume"]
 TICK_COLUMNS = ["time", "bid", "ask", "last", "volume", "flags", "volume_real"]
@@ -273,23 +273,7 @@ class BarStore:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _write_atomic(self, table: pa.Table, target: Path) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".tmp-{uuid.uuid4().hex}.parquet"
-        try:
-            with open(tmp, "wb") as handle:
-                pq.write_table(table, handle, compression="zstd")
-                handle.flush()
-                os.fsync(handle.fileno())
-            self._fault("tmp_written")
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_parquet_atomic(table, target, before_rename=lambda: self._fault("tmp_written"))
 
     def _part_name(self, key: SeriesKey, lo: int, hi: int) -> str:
         return f"part-{format_instant(lo, key.unit)}-{format_instant(hi, key.unit)}.parquet"

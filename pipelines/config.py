@@ -16,6 +16,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from features.spec import (
+    BASE_FAMILIES,
+    HTF_FAMILIES,
+    DirectionLabelSpec,
+    FeatureSpec,
+    TripleBarrierSpec,
+    Windows,
+)
 from pipelines.mt5.constants import timeframe_name
 from pipelines.mt5.server_time import ServerClock
 
@@ -131,12 +139,91 @@ class DataParams(_Frozen):
         return value
 
 
+class WindowsParams(_Frozen):
+    """Window lengths in bars of the timeframe a family runs on (see features.spec.Windows)."""
+
+    return_lags: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    volatility: tuple[int, ...] = (16, 64)
+    atr: int = Field(14, ge=1)
+    range: tuple[int, ...] = (16, 64)
+    rsi: int = Field(14, ge=2)
+    macd: tuple[int, int, int] = (12, 26, 9)
+    bollinger: int = Field(20, ge=2)
+    moving_average: tuple[int, ...] = (20, 50, 200)
+    tick_volume: int = Field(64, ge=2)
+
+
+class FeaturesParams(_Frozen):
+    """The ``features:`` section."""
+
+    base_timeframe: str = "M5"
+    higher_timeframes: tuple[str, ...] = ("M15", "H1", "H4", "D1")
+    families: tuple[str, ...] = BASE_FAMILIES
+    htf_families: tuple[str, ...] = HTF_FAMILIES
+    windows: WindowsParams = WindowsParams()
+
+    @field_validator("base_timeframe", mode="before")
+    @classmethod
+    def _tf(cls, value: Any) -> Any:
+        return timeframe_name(value)
+
+    @field_validator("higher_timeframes", mode="before")
+    @classmethod
+    def _tfs(cls, value: Any) -> Any:
+        return tuple(timeframe_name(tf) for tf in value)
+
+    def spec(self) -> FeatureSpec:
+        return FeatureSpec(
+            self.base_timeframe,
+            tuple(self.higher_timeframes),
+            tuple(self.families),
+            tuple(self.htf_families),
+            Windows(**self.windows.model_dump()),
+        )
+
+
+class DirectionParams(_Frozen):
+    dead_zone: float = Field(0.0, ge=0)
+    unit: Literal["atr", "pips"] = "atr"
+    neutral: Literal["drop", "class"] = "drop"
+
+
+class TripleBarrierParams(_Frozen):
+    take_profit_atr: float = Field(2.0, gt=0)
+    stop_loss_atr: float = Field(2.0, gt=0)
+    both_touched: Literal["stop", "take"] = "stop"
+    vertical: Literal["zero", "sign"] = "zero"
+
+
+class LabelsParams(_Frozen):
+    """The ``labels:`` section: both kinds are always built; `kind` is the one models train on."""
+
+    kind: Literal["direction", "triple_barrier"] = "direction"
+    horizon: int = Field(12, ge=1)
+    atr_window: int = Field(14, ge=1)
+    direction: DirectionParams = DirectionParams()
+    triple_barrier: TripleBarrierParams = TripleBarrierParams()
+
+    def direction_spec(self) -> DirectionLabelSpec:
+        d = self.direction
+        return DirectionLabelSpec(self.horizon, d.dead_zone, d.unit, d.neutral, self.atr_window)
+
+    def triple_barrier_spec(self) -> TripleBarrierSpec:
+        t = self.triple_barrier
+        return TripleBarrierSpec(
+            self.horizon, t.take_profit_atr, t.stop_loss_atr, self.atr_window, t.both_touched, t.vertical
+        )
+
+
 class Params(BaseModel):
     """All of params.yaml. Sections of rooms not built yet are kept as plain mappings."""
 
     model_config = ConfigDict(frozen=True, extra="allow")
 
     data: DataParams = DataParams()
+    features: FeaturesParams = FeaturesParams()
+    labels: LabelsParams = LabelsParams()
+    outputs: Path = Path("outputs")
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

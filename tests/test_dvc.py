@@ -1,4 +1,5 @@
-"""data.dvc: a fresh clone rebuilds data/ offline with exactly the versioned content."""
+"""data.dvc: a fresh clone rebuilds data/ offline with exactly the versioned content; dvc repro
+runs the pipeline stages from it."""
 
 from __future__ import annotations
 
@@ -18,9 +19,16 @@ def test_default_ingest_rebuilds_data_dvc_exactly(tmp_path):
     """The simulator and the store are deterministic, so `dvc status` finds data/ unchanged."""
     work = tmp_path / "clone"
     work.mkdir()
-    for name in ("params.yaml", "data.dvc", ".dvcignore"):
+    for name in ("params.yaml", "data.dvc", ".dvcignore", "dvc.yaml"):
         shutil.copy(REPO / name, work / name)
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(REPO)}
+    for package in ("features", "pipelines"):
+        shutil.copytree(REPO / package, work / package, ignore=shutil.ignore_patterns("__pycache__"))
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "PYTHONPATH": str(work),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
     dvc = [sys.executable, "-m", "dvc"]
     subprocess.run(dvc + ["init", "--no-scm", "-q"], cwd=work, env=env, check=True)
     ingest = subprocess.run(
@@ -40,3 +48,10 @@ def test_default_ingest_rebuilds_data_dvc_exactly(tmp_path):
     )
     assert status.returncode == 0, status.stderr
     assert "up to date" in status.stdout, status.stdout
+    # and the pipeline stage runs from it offline
+    repro = subprocess.run(
+        dvc + ["repro", "featurize"], cwd=work, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert repro.returncode == 0, repro.stdout + repro.stderr
+    assert (work / "outputs" / "featurize" / "columns.json").is_file()
+    assert (work / "dvc.lock").is_file()

@@ -22,9 +22,17 @@ TIME_ONLY = {"calendar", "session"}  # functions of the bar's time alone: nothin
 
 
 def _bars(rates: np.ndarray, tf: str, point: float = 1e-5) -> Bars:
-    return Bars(rates["time"].astype(np.int64), rates["open"], rates["high"], rates["low"], rates["close"],
-                rates["tick_volume"].astype(float), rates["spread"].astype(float),
-                C.timeframe_seconds(tf), point)
+    return Bars(
+        rates["time"].astype(np.int64),
+        rates["open"],
+        rates["high"],
+        rates["low"],
+        rates["close"],
+        rates["tick_volume"].astype(float),
+        rates["spread"].astype(float),
+        C.timeframe_seconds(tf),
+        point,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +92,13 @@ def _label_functions():
     side = np.where(np.arange(10_000) % 3 == 0, -1.0, 1.0)
     return {
         "direction_atr": lambda b: direction_labels(b, DirectionLabelSpec(horizon=6, dead_zone=0.5)),
-        "direction_pips": lambda b: direction_labels(b, DirectionLabelSpec(horizon=12, dead_zone=1.5,
-                                                                           unit="pips", neutral="class")),
+        "direction_pips": lambda b: direction_labels(
+            b, DirectionLabelSpec(horizon=12, dead_zone=1.5, unit="pips", neutral="class")
+        ),
         "triple_barrier": lambda b: triple_barrier_labels(b, TripleBarrierSpec(horizon=24)),
         "triple_barrier_sign": lambda b: triple_barrier_labels(
-            b, TripleBarrierSpec(horizon=8, take_profit_atr=1.0, stop_loss_atr=0.5, vertical="sign")),
+            b, TripleBarrierSpec(horizon=8, take_profit_atr=1.0, stop_loss_atr=0.5, vertical="sign")
+        ),
         "meta": lambda b: meta_labels(b, TripleBarrierSpec(horizon=12), side[: len(b)]),
     }
 
@@ -119,15 +129,26 @@ def test_labels_past_the_end_are_nan(bars):
 
 def _hand_bars(high, low, close, point=1e-5) -> Bars:
     n = len(close)
-    return Bars(np.arange(n, dtype=np.int64) * 300, np.array(close, float), np.array(high, float),
-                np.array(low, float), np.array(close, float), np.ones(n), np.ones(n), 300, point)
+    return Bars(
+        np.arange(n, dtype=np.int64) * 300,
+        np.array(close, float),
+        np.array(high, float),
+        np.array(low, float),
+        np.array(close, float),
+        np.ones(n),
+        np.ones(n),
+        300,
+        point,
+    )
 
 
 def test_triple_barrier_by_hand():
     # ATR window 1: ATR = true range of the bar itself; bar 0: range 0.2 → barriers at ±0.2
-    b = _hand_bars(high=[1.1, 1.05, 1.21, 1.0, 1.0, 1.0],
-                   low=[0.9, 0.95, 0.98, 0.79, 1.0, 1.0],
-                   close=[1.0, 1.0, 1.2, 0.8, 1.0, 1.0])
+    b = _hand_bars(
+        high=[1.1, 1.05, 1.21, 1.0, 1.0, 1.0],
+        low=[0.9, 0.95, 0.98, 0.79, 1.0, 1.0],
+        close=[1.0, 1.0, 1.2, 0.8, 1.0, 1.0],
+    )
     spec = TripleBarrierSpec(horizon=3, take_profit_atr=1.0, stop_loss_atr=1.0, atr_window=1)
     tb = triple_barrier_labels(b, spec)
     assert tb["label"][0] == 1.0 and tb["t1"][0] == 2 * 300 + 300  # high 1.21 ≥ 1.2 at bar 2
@@ -143,8 +164,9 @@ def test_triple_barrier_by_hand():
     assert meta_labels(b, spec, np.full(6, -1.0))["label"][0] == 0.0
     assert meta_labels(b, spec, np.ones(6))["label"][0] == 1.0
     # nothing touched: vertical barrier → 0, or the sign of the return
-    flat = _hand_bars(high=[1.1, 1.01, 1.02, 1.03, 1.0], low=[0.9, 0.99, 0.99, 0.99, 1.0],
-                      close=[1.0, 1.0, 1.01, 1.02, 1.0])
+    flat = _hand_bars(
+        high=[1.1, 1.01, 1.02, 1.03, 1.0], low=[0.9, 0.99, 0.99, 0.99, 1.0], close=[1.0, 1.0, 1.01, 1.02, 1.0]
+    )
     assert triple_barrier_labels(flat, spec)["label"][0] == 0.0
     assert triple_barrier_labels(flat, replace(spec, vertical="sign"))["label"][0] == 1.0
 
@@ -205,9 +227,12 @@ def test_feature_contract(contract, bars):
     matrix = build_features(bars, spec)
     frame = matrix.to_frame()
     contract.validate_features("EURUSD M5", frame, matrix.columns, matrix.warmup, matrix.bounds)
-    for column, value, rule in [("rsi_14", 101.0, "bounds:rsi_14"), ("tod_cos", 1.5, "bounds:tod_cos"),
-                                ("ret_4", np.inf, "finite_after_warmup:ret_4"),
-                                ("H1_macd", np.nan, "finite_after_warmup:H1_macd")]:
+    for column, value, rule in [
+        ("rsi_14", 101.0, "bounds:rsi_14"),
+        ("tod_cos", 1.5, "bounds:tod_cos"),
+        ("ret_4", np.inf, "finite_after_warmup:ret_4"),
+        ("H1_macd", np.nan, "finite_after_warmup:H1_macd"),
+    ]:
         broken = frame.copy()
         broken.loc[len(frame) - 10, column] = value
         with pytest.raises(Exception, match=rule.replace("(", r"\(")):

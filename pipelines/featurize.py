@@ -1,0 +1,149 @@
+"""Featurize step: stored bars → the feature matrix and both label kinds, per symbol.
+
+Reads the base and higher timeframes of every configured symbol from the bar store, builds
+the multi-timeframe features (`features.matrix`), checks them against the feature contract,
+adds direction and triple-barrier labels (with their event end times ``*_t1`` for purging),
+and writes atomically::
+
+    outputs/featurize/<SYMBOL>.parquet   time, <features…>, dir_label, dir_t1, dir_ret,
+                                         tb_label, tb_t1, tb_ret        (times UTC)
+    outputs/featurize/columns.json       the ordered feature columns, label kind, specs
+
+Entry point (dvc.yaml stage ``featurize``)::
+
+    python -m pipelines.featurize [--params params.yaml] [--profile fast]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from features.bars import Bars
+from features.labels import direction_labels, triple_barrier_labels
+from features.matrix import build_features
+from pipelines.atomic_files import write_parquet_atomic, write_text_atomic
+from pipelines.bar_store import BarStore, SeriesKey
+from pipelines.config import DataParams, FeaturesParams, LabelsParams
+from pipelines.mt5.constants import timeframe_seconds
+from pipelines.validate import DataContract
+
+LABEL_COLUMNS = ["dir_label", "dir_t1", "dir_ret", "tb_label", "tb_t1", "tb_ret"]
+
+
+class FeaturizeError(RuntimeError):
+    """Inputs missing or unusable (e.g. a timeframe that was never ingested)."""
+
+
+def load_bars(store: BarStore, symbol: str, timeframes: Sequence[str]) -> dict[str, Bars]:
+    """Stored bars of `symbol` for each timeframe as `Bars` (point inferred from the base)."""
+    out: dict[str, Bars] = {}
+    point = None
+    for tf in timeframes:
+        frame = store.read(SeriesKey("bars", symbol, tf))
+        if frame.empty:
+            raise FeaturizeError(
+                f"no stored {symbol} {tf} bars under {store.root}: add {tf} to "
+                "data.timeframes and run `python -m pipelines.ingest history`"
+            )
+        bars = Bars.from_frame(frame, timeframe_seconds(tf), point)
+        point = bars.point
+        out[tf] = bars
+    return out
+
+
+def featurize_symbol(
+    bars: dict[str, Bars], features: FeaturesParams, labels: LabelsParams, contract: DataContract, name: str
+) -> tuple[pd.DataFrame, list[str]]:
+    """Features + labels of one symbol's base bars, contract-checked."""
+    spec = features.spec()
+    matrix = build_features(bars, spec)
+    frame = matrix.to_frame()
+    contract.validate_features(name, frame, matrix.columns, matrix.warmup, matrix.bounds)
+    base = bars[spec.base_timeframe]
+    d = direction_labels(base, labels.direction_spec())
+    tb = triple_barrier_labels(base, labels.triple_barrier_spec())
+    t1 = {
+        k: pd.to_datetime(v, unit="s", utc=True).as_unit("s") for k, v in (("dir", d["t1"]), ("tb", tb["t1"]))
+    }
+    label_frame = pd.DataFrame(
+        {
+            "dir_label": d["label"],
+            "dir_t1": t1["dir"],
+            "dir_ret": d["ret"],
+            "tb_label": tb["label"],
+            "tb_t1": t1["tb"],
+            "tb_ret": tb["ret"],
+        }
+    )
+    return pd.concat([frame, label_frame], axis=1), matrix.columns
+
+
+def run(
+    data: DataParams,
+    features: FeaturesParams,
+    labels: LabelsParams,
+    out_dir: Path,
+    contract: DataContract | None = None,
+) -> dict[str, int]:
+    """Featurize every configured symbol; returns rows written per symbol."""
+    store = BarStore(data.root)
+    contract = contract or DataContract()
+    timeframes = [features.base_timeframe, *features.higher_timeframes]
+    results: dict[str, pd.DataFrame] = {}
+    columns: list[str] = []
+    for symbol in data.symbols:  # everything is computed and checked before anything is written
+        frame, columns = featurize_symbol(
+            load_bars(store, symbol, timeframes),
+            features,
+            labels,
+            contract,
+            f"{symbol} {features.base_timeframe}",
+        )
+        results[symbol] = frame
+    for symbol, frame in results.items():
+        write_parquet_atomic(pa.Table.from_pandas(frame, preserve_index=False), out_dir / f"{symbol}.parquet")
+    manifest = {
+        "columns": columns,
+        "labels": LABEL_COLUMNS,
+        "label_kind": labels.kind,
+        "symbols": list(results),
+        "base_timeframe": features.base_timeframe,
+        "feature_spec": asdict(features.spec()),
+        "direction": asdict(labels.direction_spec()),
+        "triple_barrier": asdict(labels.triple_barrier_spec()),
+    }
+    write_text_atomic(json.dumps(manifest, indent=2) + "\n", out_dir / "columns.json")
+    return {s: len(f) for s, f in results.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pipelines.config import load_params
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.featurize",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--profile", default=None)
+    args = parser.parse_args(argv)
+    params = load_params(args.params, args.profile)
+    try:
+        rows = run(params.data, params.features, params.labels, params.outputs / "featurize")
+    except (FeaturizeError, ValueError) as exc:
+        print(f"error: {exc}")
+        return 2
+    for symbol, n in rows.items():
+        print(f"{symbol}: {n} rows × features → {params.outputs / 'featurize' / symbol}.parquet")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
