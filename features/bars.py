@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -35,6 +36,19 @@ class Bars:
     def close_time(self) -> np.ndarray:
         """UTC epoch seconds at which each bar closed (when its features become known)."""
         return self.time + self.seconds
+
+    @cached_property
+    def log_close(self) -> np.ndarray:
+        """log(close), computed once per `Bars` and shared by the families that need it."""
+        return np.log(self.close)
+
+    @cached_property
+    def log_return(self) -> np.ndarray:
+        """One-bar log return of the close; NaN for the first bar."""
+        out = np.empty(self.close.size)
+        out[:1] = np.nan
+        np.subtract(self.log_close[1:], self.log_close[:-1], out=out[1:])
+        return out
 
     def slice(self, start: int, stop: int | None = None) -> Bars:
         """Rows [start, stop) as a new `Bars` (views, no copies)."""

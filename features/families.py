@@ -41,11 +41,6 @@ class Family:
     bounds: Callable[[Windows], dict[str, tuple[float, float]]] = lambda w: {}
 
 
-def _log_return(b: Bars) -> np.ndarray:
-    lc = np.log(b.close)
-    return lc - lag(lc, 1)
-
-
 def _true_range(b: Bars) -> np.ndarray:
     prev = lag(b.close, 1)
     tr = np.fmax(b.high, prev) - np.fmin(b.low, prev)
@@ -69,12 +64,12 @@ def _safe_div(num: np.ndarray, den: np.ndarray, fill: float) -> np.ndarray:
 
 
 def returns(b: Bars, w: Windows) -> Columns:
-    lc = np.log(b.close)
+    lc = b.log_close
     return {f"ret_{k}": lc - lag(lc, k) for k in w.return_lags}
 
 
 def volatility(b: Bars, w: Windows) -> Columns:
-    r = _log_return(b)
+    r = b.log_return
     hl2 = np.log(b.high / b.low) ** 2
     co2 = np.log(b.close / b.open) ** 2
     out: Columns = {}
@@ -123,7 +118,7 @@ def bollinger(b: Bars, w: Windows) -> Columns:
 
 def moving_average(b: Bars, w: Windows) -> Columns:
     out: Columns = {}
-    lc = np.log(b.close)
+    lc = b.log_close
     for n in w.moving_average:
         log_ma = np.log(rolling_mean(b.close, n))
         out[f"ma_dist_{n}"] = lc - log_ma
@@ -189,7 +184,7 @@ def previous_day(b: Bars, w: Windows) -> Columns:
     group = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, n]))
     later = group >= 1
     prev = group[later] - 1
-    lc = np.log(b.close[later])
+    lc = b.log_close[later]
     out["pdh_dist"][later] = lc - np.log(day_high[prev])
     out["pdl_dist"][later] = lc - np.log(day_low[prev])
     return out
@@ -201,8 +196,14 @@ def _previous_day_warmup(b: Bars, w: Windows) -> int:
 
 
 def _previous_day_history(b: Bars, w: Windows) -> int:
-    _, starts = _day_starts(b)
-    return len(b) - int(starts[-2]) if starts.size > 1 else len(b)
+    """Rows from the start of the previous UTC trading day (binary searches: O(log n))."""
+    if len(b) == 0:
+        return 0
+    last_day_start = int(np.searchsorted(b.time, b.time[-1] // 86400 * 86400))
+    if last_day_start == 0:
+        return len(b)
+    prev_day = b.time[last_day_start - 1] // 86400
+    return len(b) - int(np.searchsorted(b.time, prev_day * 86400))
 
 
 def _const(f: Callable[[Windows], int]) -> Callable[[Bars, Windows], int]:

@@ -187,7 +187,9 @@ def test_direction_dead_zone_and_ties_by_hand():
 
 def test_incremental_last_row_equals_full_history(bars):
     spec = FeatureSpec()
-    full = build_features(bars, spec)
+    full = build_features(bars, spec, dtype=np.float64)
+    stored = build_features(bars, spec)  # float32, as the models consume it
+    np.testing.assert_array_equal(stored.values, full.values.astype(np.float32))
     cache: dict = {}
     n = len(bars["M5"])
     for i in (n - 1, n - 2, n - 300, n // 2):
