@@ -1,0 +1,1 @@
+"""Probability models: base learners, stacking/ensembles, calibration, validation, metrics."""

@@ -1,0 +1,85 @@
+"""Probability metrics for binary labels (y ∈ {0, 1}, p = P(y = 1)), natural-log units."""
+
+from __future__ import annotations
+
+import numpy as np
+
+EPS = 1e-12
+
+
+def log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(np.asarray(p, dtype=float), EPS, 1 - EPS)
+    y = np.asarray(y, dtype=float)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def brier(y: np.ndarray, p: np.ndarray) -> float:
+    return float(np.mean((np.asarray(p, dtype=float) - np.asarray(y, dtype=float)) ** 2))
+
+
+def reliability(y: np.ndarray, p: np.ndarray, bins: int = 15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width bin of p: mean predicted probability, observed frequency, count."""
+    p = np.asarray(p, dtype=float)
+    y = np.asarray(y, dtype=float)
+    idx = np.clip((p * bins).astype(int), 0, bins - 1)
+    count = np.bincount(idx, minlength=bins).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p = np.bincount(idx, weights=p, minlength=bins) / count
+        freq = np.bincount(idx, weights=y, minlength=bins) / count
+    return mean_p, freq, count
+
+
+def ece(y: np.ndarray, p: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error: count-weighted |frequency − mean p| over equal-width bins."""
+    mean_p, freq, count = reliability(y, p, bins)
+    used = count > 0
+    return float(np.sum(count[used] * np.abs(freq[used] - mean_p[used])) / count.sum())
+
+
+def auc(y: np.ndarray, p: np.ndarray) -> float:
+    """Area under the ROC curve (Mann–Whitney, ties counted half)."""
+    y = np.asarray(y).astype(bool)
+    pos, neg = int(y.sum()), int((~y).sum())
+    if pos == 0 or neg == 0:
+        return float("nan")
+    order = np.argsort(p, kind="mergesort")
+    ranks = np.empty(len(p))
+    sorted_p = np.asarray(p)[order]
+    # average ranks for ties
+    starts = np.flatnonzero(np.r_[True, sorted_p[1:] != sorted_p[:-1]])
+    ends = np.r_[starts[1:], len(p)]
+    avg = (starts + ends - 1) / 2.0 + 1
+    ranks[order] = np.repeat(avg, ends - starts)
+    return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def accuracy(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> float:
+    return float(np.mean((np.asarray(p) > threshold) == np.asarray(y).astype(bool)))
+
+
+def base_rate_log_loss(y: np.ndarray, rate: float | None = None) -> float:
+    """Log loss of always predicting `rate` (default: the frequency of y itself)."""
+    y = np.asarray(y, dtype=float)
+    return log_loss(y, np.full(y.size, y.mean() if rate is None else rate))
+
+
+def summary(
+    y: np.ndarray, p: np.ndarray, p_true: np.ndarray | None = None, train_rate: float | None = None
+) -> dict[str, float]:
+    """All headline metrics; with `p_true` (simulator) also the Bayes-optimal log loss and the
+    relative gap ``(log_loss − bayes) / bayes``."""
+    out = {
+        "log_loss": log_loss(y, p),
+        "brier": brier(y, p),
+        "ece": ece(y, p),
+        "auc": auc(y, p),
+        "accuracy": accuracy(y, p),
+        "base_rate_log_loss": base_rate_log_loss(y, train_rate),
+        "n": float(len(y)),
+        "positive_rate": float(np.mean(y)),
+    }
+    if p_true is not None:
+        bayes = log_loss(y, p_true)
+        out["bayes_log_loss"] = bayes
+        out["bayes_gap"] = (out["log_loss"] - bayes) / bayes
+    return out
