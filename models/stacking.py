@@ -1,0 +1,172 @@
+"""Stacking and ensembling of base learners from out-of-fold predictions.
+
+Out-of-fold (OOF) probabilities come from purged walk-forward folds: every OOF value is a
+prediction by a learner that never saw that row or any row whose label overlaps it.
+
+* `StackedModel`: a non-negative logistic meta-learner on the base learners' OOF logits, then a
+  calibrator
+  chosen on the meta-learner's own walk-forward predictions.
+* `EnsembleModel`: each base learner calibrated on its OOF probabilities, then a weighted
+  average with weights (on the simplex) fitted to minimise OOF log loss.
+
+Both refit the base learners on all training rows for prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize
+
+from models.base_learners import BaseLearner
+from models.calibration import Identity, choose_calibrator, logit, sigmoid
+from models.metrics import log_loss
+from models.validation import Fold
+
+LearnerFactory = Callable[[], BaseLearner]
+
+
+def out_of_fold(
+    factories: dict[str, LearnerFactory], X: np.ndarray, y: np.ndarray, folds: list[Fold]
+) -> np.ndarray:
+    """(n, L) OOF probabilities (columns in `factories` order); NaN where a row was never tested."""
+    oof = np.full((len(y), len(factories)), np.nan)
+    for fold in folds:
+        for j, make in enumerate(factories.values()):
+            learner = make().fit(X[fold.train], y[fold.train])
+            oof[fold.test, j] = learner.predict_proba(X[fold.test])
+    return oof
+
+
+@dataclass
+class NonNegativeLogit:
+    """Meta-learner: P = σ(b + Σ w_j · logit(p_j)) with every w_j ≥ 0 (L2 penalty `l2`).
+
+    Base learners' logits are strongly correlated; an unconstrained fit happily gives one a
+    negative weight that only pays off in-sample. Non-negative stacking does not.
+    """
+
+    l2: float = 1e-3
+    coef_: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    intercept_: float = 0.0
+
+    def fit(self, z: np.ndarray, y: np.ndarray) -> NonNegativeLogit:
+        k = z.shape[1]
+
+        def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            w, b = theta[:k], theta[k]
+            p = sigmoid(z @ w + b)
+            eps = 1e-12
+            nll = -np.mean(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps)) + self.l2 * w @ w
+            g = p - y
+            grad = np.r_[z.T @ g / len(y) + 2 * self.l2 * w, g.mean()]
+            return float(nll), grad
+
+        start = np.r_[np.full(k, 1.0 / k), 0.0]
+        bounds = [(0.0, None)] * k + [(None, None)]
+        theta = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=bounds).x
+        self.coef_, self.intercept_ = theta[:k], float(theta[k])
+        return self
+
+    def predict_proba(self, z: np.ndarray) -> np.ndarray:
+        p = sigmoid(z @ self.coef_ + self.intercept_)
+        return np.column_stack([1 - p, p])
+
+
+def _walk_forward_meta(z: np.ndarray, y: np.ndarray, blocks: int, l2: float) -> np.ndarray:
+    """Meta-learner predictions for the later blocks, each fitted on the blocks before it."""
+    edges = np.linspace(0, len(y), blocks + 1).astype(int)
+    out = np.full(len(y), np.nan)
+    for lo, hi in zip(edges[1:-1], edges[2:], strict=True):
+        meta = NonNegativeLogit(l2).fit(z[:lo], y[:lo])
+        out[lo:hi] = meta.predict_proba(z[lo:hi])[:, 1]
+    return out
+
+
+@dataclass
+class StackedModel:
+    names: list[str]
+    base: list[BaseLearner]
+    meta: Any
+    calibrator: Any
+    oof_scores: dict[str, float] = field(default_factory=dict)
+
+    def base_probabilities(self, X: np.ndarray) -> np.ndarray:
+        return np.column_stack([m.predict_proba(X) for m in self.base])
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        z = logit(self.base_probabilities(X))
+        return self.calibrator.transform(self.meta.predict_proba(z)[:, 1])
+
+
+def fit_stacked(
+    factories: dict[str, LearnerFactory],
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: list[Fold],
+    oof: np.ndarray | None = None,
+    l2: float = 1e-3,
+    calibration: tuple[str, ...] = ("none", "platt", "temperature", "isotonic"),
+) -> StackedModel:
+    """Fit the stack: OOF base probabilities → non-negative logistic meta → calibrator (see module)."""
+    oof = out_of_fold(factories, X, y, folds) if oof is None else oof
+    rows = ~np.isnan(oof).any(axis=1)
+    z, yo = logit(oof[rows]), y[rows]
+    meta_oof = _walk_forward_meta(z, yo, blocks=5, l2=l2)
+    scored = ~np.isnan(meta_oof)
+    calibrator, scores = (
+        choose_calibrator(meta_oof[scored], yo[scored], calibration)
+        if scored.sum() > 200
+        else (Identity(), {})
+    )
+    meta = NonNegativeLogit(l2).fit(z, yo)
+    base = [make().fit(X, y) for make in factories.values()]
+    oof_scores = {name: log_loss(yo, oof[rows][:, j]) for j, name in enumerate(factories)}
+    oof_scores["stacked"] = log_loss(yo[scored], calibrator.transform(meta_oof[scored]))
+    oof_scores.update({f"calibration_{k}": v for k, v in scores.items()})
+    return StackedModel(list(factories), base, meta, calibrator, oof_scores)
+
+
+@dataclass
+class EnsembleModel:
+    names: list[str]
+    base: list[BaseLearner]
+    calibrators: list[Any]
+    weights: np.ndarray
+    oof_scores: dict[str, float] = field(default_factory=dict)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        probs = np.column_stack(
+            [c.transform(m.predict_proba(X)) for m, c in zip(self.base, self.calibrators, strict=True)]
+        )
+        return probs @ self.weights
+
+
+def fit_ensemble(
+    factories: dict[str, LearnerFactory],
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: list[Fold],
+    oof: np.ndarray | None = None,
+    calibration: tuple[str, ...] = ("none", "platt", "temperature", "isotonic"),
+) -> EnsembleModel:
+    """Calibrate each base learner on its OOF probabilities, then fit simplex weights."""
+    oof = out_of_fold(factories, X, y, folds) if oof is None else oof
+    rows = ~np.isnan(oof).any(axis=1)
+    yo = y[rows]
+    calibrators = [choose_calibrator(oof[rows][:, j], yo, calibration)[0] for j in range(oof.shape[1])]
+    calibrated = np.column_stack([c.transform(oof[rows][:, j]) for j, c in enumerate(calibrators)])
+
+    def loss(v: np.ndarray) -> float:
+        w = np.exp(v - v.max())
+        return log_loss(yo, calibrated @ (w / w.sum()))
+
+    v = minimize(loss, np.zeros(calibrated.shape[1]), method="Nelder-Mead").x
+    weights = np.exp(v - v.max())
+    weights /= weights.sum()
+    base = [make().fit(X, y) for make in factories.values()]
+    scores = {"ensemble_in_sample": log_loss(yo, calibrated @ weights)}  # weights fit on these rows
+    return EnsembleModel(list(factories), base, calibrators, weights, scores)
