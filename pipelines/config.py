@@ -215,6 +215,67 @@ class LabelsParams(_Frozen):
         )
 
 
+class CVParams(_Frozen):
+    """Purged walk-forward cross-validation inside the training segment."""
+
+    n_splits: int = Field(4, ge=2)
+    test_fraction: float = Field(0.5, gt=0, lt=1)
+    embargo_bars: int = Field(12, ge=0)
+
+
+class LogisticParams(_Frozen):
+    C: float = Field(0.001, gt=0)
+
+
+class XGBParams(_Frozen):
+    n_estimators: int = Field(400, ge=1)
+    max_depth: int = Field(2, ge=1)
+    learning_rate: float = Field(0.05, gt=0)
+    min_child_weight: float = Field(100.0, ge=0)
+    subsample: float = Field(0.8, gt=0, le=1)
+    colsample_bytree: float = Field(0.8, gt=0, le=1)
+    early_stopping_rounds: int = Field(30, ge=1)
+
+
+class BacktestParams(_Frozen):
+    """Threshold policy: long when p > threshold, short when p < 1 − threshold; costs in pips."""
+
+    threshold: float = Field(0.55, gt=0.5, lt=1)
+    commission_pips: float = Field(0.2, ge=0)
+
+
+class ModelsParams(_Frozen):
+    """The ``models:`` section."""
+
+    learners: tuple[Literal["logistic", "xgboost"], ...] = ("logistic", "xgboost")
+    registered: Literal["stacked", "ensemble"] = "stacked"
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    cv: CVParams = CVParams()
+    calibration: tuple[Literal["none", "platt", "temperature", "isotonic"], ...] = (
+        "none",
+        "platt",
+        "temperature",
+        "isotonic",
+    )
+    logistic: LogisticParams = LogisticParams()
+    xgb: XGBParams = XGBParams()
+    seed: int = 7
+    backtest: BacktestParams = BacktestParams()
+
+
+class GateParams(_Frozen):
+    max_ece: float = Field(0.02, gt=0)
+
+
+class RegistryParams(_Frozen):
+    """The ``registry:`` section: MLflow tracking URI (SQLite file by default) and naming."""
+
+    tracking_uri: str = "sqlite:///mlflow.db"
+    name_prefix: str = "mt5prob"
+    symbol_group: str = "fx"
+    gate: GateParams = GateParams()
+
+
 class Params(BaseModel):
     """All of params.yaml. Sections of rooms not built yet are kept as plain mappings."""
 
@@ -223,6 +284,8 @@ class Params(BaseModel):
     data: DataParams = DataParams()
     features: FeaturesParams = FeaturesParams()
     labels: LabelsParams = LabelsParams()
+    models: ModelsParams = ModelsParams()
+    registry: RegistryParams = RegistryParams()
     outputs: Path = Path("outputs")
 
 

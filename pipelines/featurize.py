@@ -5,7 +5,7 @@ the multi-timeframe features (`features.matrix`), checks them against the featur
 adds direction and triple-barrier labels (with their event end times ``*_t1`` for purging),
 and writes atomically::
 
-    outputs/featurize/<SYMBOL>.parquet   time, <features…>, dir_label, dir_t1, dir_ret,
+    outputs/featurize/<SYMBOL>.parquet   time, <features…>, close, spread, dir_label, dir_t1, dir_ret,
                                          tb_label, tb_t1, tb_ret        (times UTC)
     outputs/featurize/columns.json       the ordered feature columns, label kind, specs
 
@@ -34,7 +34,7 @@ from pipelines.config import DataParams, FeaturesParams, LabelsParams
 from pipelines.mt5.constants import timeframe_seconds
 from pipelines.validate import DataContract
 
-LABEL_COLUMNS = ["dir_label", "dir_t1", "dir_ret", "tb_label", "tb_t1", "tb_ret"]
+LABEL_COLUMNS = ["close", "spread", "dir_label", "dir_t1", "dir_ret", "tb_label", "tb_t1", "tb_ret"]
 
 
 class FeaturizeError(RuntimeError):
@@ -74,6 +74,8 @@ def featurize_symbol(
     }
     label_frame = pd.DataFrame(
         {
+            "close": base.close,
+            "spread": base.spread,
             "dir_label": d["label"],
             "dir_t1": t1["dir"],
             "dir_ret": d["ret"],
@@ -97,14 +99,13 @@ def run(
     contract = contract or DataContract()
     timeframes = [features.base_timeframe, *features.higher_timeframes]
     results: dict[str, pd.DataFrame] = {}
+    points: dict[str, float] = {}
     columns: list[str] = []
     for symbol in data.symbols:  # everything is computed and checked before anything is written
+        bars = load_bars(store, symbol, timeframes)
+        points[symbol] = bars[features.base_timeframe].point
         frame, columns = featurize_symbol(
-            load_bars(store, symbol, timeframes),
-            features,
-            labels,
-            contract,
-            f"{symbol} {features.base_timeframe}",
+            bars, features, labels, contract, f"{symbol} {features.base_timeframe}"
         )
         results[symbol] = frame
     for symbol, frame in results.items():
@@ -114,6 +115,7 @@ def run(
         "labels": LABEL_COLUMNS,
         "label_kind": labels.kind,
         "symbols": list(results),
+        "points": points,
         "base_timeframe": features.base_timeframe,
         "feature_spec": asdict(features.spec()),
         "direction": asdict(labels.direction_spec()),

@@ -1,0 +1,200 @@
+"""Evaluate step: the trained predictors on the held-out final time segment.
+
+Metrics for the registered predictor, the stack, the ensemble and each base learner: log
+loss, Brier, ECE (15 bins), AUC, accuracy, base-rate log loss (training base rate); on
+simulator data with direction labels also the Bayes-optimal log loss from the planted true
+probabilities and the relative gap to it. A threshold-policy backtest (long when p > t,
+short when p < 1 − t; the bar's spread and a commission charged, in pips) reports trades,
+hit rate, PnL, Sharpe and max drawdown. Writes ``outputs/evaluate/metrics.json`` and the
+reliability diagram and probability histogram as PNGs (dvc metrics / plots).
+
+    python -m pipelines.evaluate [--params params.yaml] [--profile fast]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import joblib
+import numpy as np
+
+from features.bars import pip_size
+from models.metrics import reliability, summary
+from pipelines.atomic_files import write_atomic, write_text_atomic
+from pipelines.config import BacktestParams, Params
+from pipelines.train import TrainingData, load_training_data, splits
+
+
+def true_probabilities(data: TrainingData, rows: np.ndarray, params: Params) -> np.ndarray | None:
+    """P(label = 1) from the simulator's planted model, for direction labels with a dead zone
+    in pips or of zero (None for other labels or backends)."""
+    d = params.labels.direction
+    if params.data.backend != "simulator" or params.labels.kind != "direction":
+        return None
+    if d.dead_zone and d.unit != "pips":
+        return None
+    from pipelines.terminal import open_terminal
+
+    sim = open_terminal(params.data)
+    sim.initialize()
+    clock = params.data.server_time.clock()
+    out = np.full(rows.size, np.nan)
+    for symbol in np.unique(data.symbol[rows]):
+        pick = rows[data.symbol[rows] == symbol]
+        order = np.argsort(data.bar_time[pick])
+        pick = pick[order]
+        dead = d.dead_zone * pip_size(float(data.point[pick][0]))
+        truth = sim.true_direction_probability(  # type: ignore[attr-defined]
+            symbol,
+            data.manifest["base_timeframe"],
+            clock.to_server(data.bar_time[pick]),
+            params.labels.horizon,
+            dead,
+        )
+        p = truth["p_up"] / (truth["p_up"] + truth["p_down"])
+        out[np.searchsorted(rows, pick)] = p
+    return out
+
+
+def _policy(pnl: np.ndarray, day: np.ndarray) -> dict[str, float]:
+    if pnl.size == 0:
+        return {
+            "trades": 0.0,
+            "hit_rate": float("nan"),
+            "pnl_pips": 0.0,
+            "sharpe": float("nan"),
+            "max_drawdown_pips": 0.0,
+        }
+    equity = np.cumsum(pnl)
+    _, daily = np.unique(day, return_inverse=True)
+    per_day = np.bincount(daily, weights=pnl)
+    sharpe = float(per_day.mean() / per_day.std() * np.sqrt(252)) if per_day.std() > 0 else float("nan")
+    return {
+        "trades": float(pnl.size),
+        "hit_rate": float(np.mean(pnl > 0)),
+        "pnl_pips": float(pnl.sum()),
+        "sharpe": sharpe,
+        "max_drawdown_pips": float(np.max(np.maximum.accumulate(equity) - equity)),
+    }
+
+
+def backtest(
+    p: np.ndarray, data: TrainingData, rows: np.ndarray, cfg: BacktestParams
+) -> dict[str, dict[str, float]]:
+    """Threshold policy on the holdout rows, per symbol (pips are per-symbol units).
+
+    Long when p > threshold, short when p < 1 − threshold, each signal held to its label's end
+    (positions may overlap); the bar's spread and the commission are charged in pips. Sharpe
+    is annualised from daily PnL (√252), so overlapping positions do not inflate it.
+    """
+    side = np.where(p > cfg.threshold, 1.0, np.where(p < 1 - cfg.threshold, -1.0, 0.0))
+    pip = np.array([pip_size(x) for x in data.point[rows]])
+    move = (np.exp(data.ret[rows]) - 1.0) * data.close[rows] / pip
+    cost = data.spread[rows] * data.point[rows] / pip + cfg.commission_pips
+    pnl = side * move - cost
+    day = (data.t0[rows] // 86400).astype(np.int64)
+    out = {}
+    for symbol in np.unique(data.symbol[rows]):
+        pick = (data.symbol[rows] == symbol) & (side != 0)
+        out[str(symbol)] = _policy(pnl[pick], day[pick])
+    return out
+
+
+def _png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def plots(y: np.ndarray, p: np.ndarray, p_true: np.ndarray | None) -> dict[str, bytes]:
+    """Reliability diagram and probability histogram as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mean_p, freq, count = reliability(y, p)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    used = count > 0
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect")
+    ax.plot(mean_p[used], freq[used], marker="o", label="model")
+    if p_true is not None:
+        tp, tf, tc = reliability(y, p_true)
+        ax.plot(tp[tc > 0], tf[tc > 0], marker=".", alpha=0.6, label="planted truth")
+    lo, hi = np.nanmin(mean_p[used]) - 0.05, np.nanmax(mean_p[used]) + 0.05
+    ax.set(
+        xlim=(lo, hi),
+        ylim=(lo, hi),
+        xlabel="predicted P(up)",
+        ylabel="observed frequency",
+        title="Reliability (holdout, 15 bins)",
+    )
+    ax.legend()
+    out = {"reliability.png": _png(fig)}
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(p, bins=50, alpha=0.8, label="model")
+    if p_true is not None:
+        ax.hist(p_true, bins=50, alpha=0.5, label="planted truth")
+    ax.set(xlabel="P(up)", ylabel="rows", title="Probability histogram (holdout)")
+    ax.legend()
+    out["histogram.png"] = _png(fig)
+    plt.close(fig)
+    return out
+
+
+def evaluate(
+    bundle: dict[str, Any], data: TrainingData, params: Params
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """All holdout metrics (see module docstring) and the plot PNGs."""
+    holdout, _ = splits(data, params.models)
+    rows = holdout.test
+    X, y = data.X[rows], data.y[rows]
+    p_true = true_probabilities(data, rows, params)
+    rate = bundle["train_positive_rate"]
+    stacked, ensemble = bundle["stacked"], bundle["ensemble"]
+    preds = {"stacked": stacked.predict_proba(X), "ensemble": ensemble.predict_proba(X)}
+    for name, model in zip(stacked.names, stacked.base, strict=True):
+        preds[name] = model.predict_proba(X)
+    metrics: dict[str, Any] = {name: summary(y, p, p_true, rate) for name, p in preds.items()}
+    registered = preds[bundle["registered"]]
+    metrics["registered"] = {**summary(y, registered, p_true, rate), "kind": bundle["registered"]}
+    metrics["backtest"] = backtest(registered, data, rows, params.models.backtest)
+    metrics["holdout_rows"] = int(rows.size)
+    return metrics, plots(y, registered, p_true)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pipelines.config import load_params
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--profile", default=None)
+    args = parser.parse_args(argv)
+    params = load_params(args.params, args.profile)
+    bundle = joblib.load(params.outputs / "train" / "model.pkl")
+    data = load_training_data(params.outputs / "featurize", params.labels.kind)
+    metrics, images = evaluate(bundle, data, params)
+    out = params.outputs / "evaluate"
+    write_text_atomic(json.dumps(metrics, indent=2, default=float) + "\n", out / "metrics.json")
+    for name, png in images.items():
+        write_atomic(out / name, lambda h, png=png: h.write(png))
+    r = metrics["registered"]
+    gap = f", Bayes gap {r['bayes_gap']:.2%}" if "bayes_gap" in r else ""
+    print(
+        f"holdout {metrics['holdout_rows']} rows: log loss {r['log_loss']:.4f} (base rate "
+        f"{r['base_rate_log_loss']:.4f}{gap}), ECE {r['ece']:.4f}, AUC {r['auc']:.3f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

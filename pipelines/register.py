@@ -1,0 +1,98 @@
+"""Register step: the trained predictor into MLflow (challenger), then the promotion gate.
+
+Logs params, holdout metrics, the reliability diagram and histogram, lineage tags (git
+commit, data.dvc hash, params hash) and the whole predictor as one pyfunc model; registers
+it under the (symbol group, timeframe, label kind, horizon) name with alias ``challenger``;
+then the gate compares it with the current ``champion`` on the holdout rows.
+
+    python -m pipelines.register [--params params.yaml] [--profile fast]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import joblib
+import pandas as pd
+
+from pipelines.config import Params
+from pipelines.registry import GateDecision, Registry, lineage, model_name
+from pipelines.train import load_training_data, splits
+
+
+def flat(prefix: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(flat(f"{prefix}.{k}" if prefix else str(k), v))
+        return out
+    return {prefix: value}
+
+
+def register(params: Params, repo: Path = Path(".")) -> tuple[str, str, GateDecision]:
+    """Log, register and gate the model in ``outputs/train``; returns (name, version, decision)."""
+    out = params.outputs
+    bundle = joblib.load(out / "train" / "model.pkl")
+    metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
+    data = load_training_data(out / "featurize", params.labels.kind)
+    holdout, _ = splits(data, params.models)
+    X = pd.DataFrame(data.X[holdout.test], columns=data.columns)
+    y = data.y[holdout.test]
+    name = model_name(
+        params.registry.name_prefix,
+        params.registry.symbol_group,
+        bundle["base_timeframe"],
+        bundle["label_kind"],
+        params.labels.horizon,
+    )
+    sections = {k: params.model_dump(mode="json")[k] for k in ("features", "labels", "models")}
+    registry = Registry(params.registry.tracking_uri)
+    predictor = bundle[bundle["registered"]]
+    scalar = {k: v for k, v in flat("", {"holdout": metrics["registered"]}).items() if isinstance(v, float)}
+    version = registry.log_and_register(
+        name,
+        predictor,
+        data.columns,
+        X.head(5),
+        flat("", sections),
+        scalar,
+        {**lineage(repo, sections), "symbols": ",".join(bundle["symbols"]), "kind": bundle["registered"]},
+        [
+            p
+            for p in (
+                out / "evaluate" / "metrics.json",
+                out / "evaluate" / "reliability.png",
+                out / "evaluate" / "histogram.png",
+                out / "featurize" / "columns.json",
+            )
+            if p.exists()
+        ],
+    )
+    decision = registry.promotion_gate(name, X, y, params.registry.gate.max_ece)
+    return name, version, decision
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pipelines.config import load_params
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.register",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--profile", default=None)
+    args = parser.parse_args(argv)
+    params = load_params(args.params, args.profile)
+    name, version, decision = register(params)
+    verdict = "promoted to champion" if decision.promoted else "kept as challenger"
+    print(f"{name} version {version}: {verdict} — {decision.reason}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""The MLflow adapter: log a trained predictor as one pyfunc model, register it, and gate
+promotion from ``challenger`` to ``champion``.
+
+Naming: ``<prefix>-<symbol group>-<timeframe>-<label kind>-h<horizon>``. A new version gets
+alias ``challenger``. `promotion_gate` moves ``champion`` only when the challenger's log loss
+on the same out-of-sample rows beats the champion's and its ECE is within the limit; the
+decision and its numbers are written as tags on the challenger version, and the replaced
+champion keeps alias ``previous_champion`` (what rollback returns to).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from models.metrics import ece, log_loss
+
+
+def model_name(prefix: str, symbol_group: str, timeframe: str, label_kind: str, horizon: int) -> str:
+    return f"{prefix}-{symbol_group}-{timeframe}-{label_kind}-h{horizon}"
+
+
+class ProbabilityModel:
+    """The whole predictor (feature columns, base learners, stacker or ensemble, calibrator)
+    behind MLflow's pyfunc interface: a frame with the recorded feature columns in → a frame
+    with ``p_up`` (probability of label 1) out."""
+
+    def __init__(self, predictor: Any, columns: list[str]) -> None:
+        self.predictor = predictor
+        self.columns = list(columns)
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        missing = [c for c in self.columns if c not in model_input.columns]
+        if missing:
+            raise ValueError(f"input lacks feature columns {missing[:5]} (expects {len(self.columns)})")
+        X = model_input[self.columns].to_numpy(np.float32)
+        return pd.DataFrame({"p_up": self.predictor.predict_proba(X)})
+
+
+def _pyfunc_class() -> type:
+    import mlflow.pyfunc
+
+    return type("MT5ProbabilityModel", (ProbabilityModel, mlflow.pyfunc.PythonModel), {})
+
+
+def lineage(repo: Path, params_sections: dict[str, Any]) -> dict[str, str]:
+    """git commit, data.dvc content hash and a hash of the params that shaped the model."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    data_hash = "unknown"
+    dvc_file = repo / "data.dvc"
+    if dvc_file.is_file():
+        for line in dvc_file.read_text().splitlines():
+            if line.strip().startswith("- md5:"):
+                data_hash = line.split(":", 1)[1].strip()
+    params_hash = hashlib.sha256(
+        json.dumps(params_sections, sort_keys=True, default=str).encode()
+    ).hexdigest()
+    return {"git_commit": commit, "data_dvc_md5": data_hash, "params_sha256": params_hash[:16]}
+
+
+@dataclass
+class GateDecision:
+    promoted: bool
+    challenger: str
+    champion: str | None
+    challenger_log_loss: float
+    champion_log_loss: float | None
+    challenger_ece: float
+    reason: str
+
+
+class Registry:
+    """MLflow tracking + model registry at `tracking_uri` (SQLite file or an mlflow server)."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        import mlflow
+        from mlflow import MlflowClient
+
+        self._mlflow = mlflow
+        mlflow.set_tracking_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+
+    def log_and_register(
+        self,
+        name: str,
+        predictor: Any,
+        columns: list[str],
+        example: pd.DataFrame,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        tags: dict[str, str],
+        artifacts: list[Path],
+    ) -> str:
+        """One MLflow run with params, metrics, artifacts and the pyfunc model; returns the new
+        registered version, aliased ``challenger``."""
+        from mlflow.models import infer_signature
+
+        mlflow = self._mlflow
+        mlflow.set_experiment(name)
+        model = _pyfunc_class()(predictor, columns)
+        with mlflow.start_run(run_name=f"train-{tags.get('git_commit', '')[:8]}") as run:
+            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)})
+            mlflow.set_tags(tags)
+            for path in artifacts:
+                mlflow.log_artifact(str(path))
+            output = model.predict(None, example)
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=model,
+                signature=infer_signature(example, output),
+                input_example=example,
+                registered_model_name=name,
+            )
+        version = str(info.registered_model_version)
+        self.client.set_model_version_tag(name, version, "run_id", run.info.run_id)
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, version, key, value)
+        self.client.set_registered_model_alias(name, "challenger", version)
+        return version
+
+    def alias_version(self, name: str, alias: str) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            return None
+
+    def load(self, name: str, ref: str) -> Any:
+        """``ref`` is an alias (``champion``) or a version number."""
+        uri = f"models:/{name}/{ref}" if ref.isdigit() else f"models:/{name}@{ref}"
+        return self._mlflow.pyfunc.load_model(uri)
+
+    def promotion_gate(self, name: str, X: pd.DataFrame, y: np.ndarray, max_ece: float) -> GateDecision:
+        """Compare challenger and champion on the same rows; promote or not; record why."""
+        challenger = self.alias_version(name, "challenger")
+        if challenger is None:
+            raise ValueError(f"{name} has no challenger to gate")
+        champion = self.alias_version(name, "champion")
+        p_new = self.load(name, challenger).predict(X)["p_up"].to_numpy()
+        new_ll, new_ece = log_loss(y, p_new), ece(y, p_new)
+        old_ll = None
+        if champion is not None and champion != challenger:
+            old_ll = log_loss(y, self.load(name, champion).predict(X)["p_up"].to_numpy())
+        if new_ece > max_ece:
+            promoted, reason = False, f"challenger ECE {new_ece:.4f} above the limit {max_ece}"
+        elif old_ll is not None and new_ll >= old_ll:
+            promoted, reason = False, f"challenger log loss {new_ll:.5f} does not beat champion {old_ll:.5f}"
+        else:
+            promoted = True
+            reason = (
+                "no champion yet"
+                if old_ll is None
+                else f"challenger log loss {new_ll:.5f} beats champion {old_ll:.5f}"
+            )
+        decision = GateDecision(promoted, challenger, champion, new_ll, old_ll, new_ece, reason)
+        tags = {
+            "gate_decision": "promoted" if promoted else "rejected",
+            "gate_reason": reason,
+            "gate_challenger_log_loss": f"{new_ll:.6f}",
+            "gate_challenger_ece": f"{new_ece:.6f}",
+            "gate_champion_version": champion or "",
+            "gate_rows": str(len(y)),
+            "gate_champion_log_loss": "" if old_ll is None else f"{old_ll:.6f}",
+        }
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, challenger, key, value)
+        if promoted:
+            if champion is not None and champion != challenger:
+                self.client.set_registered_model_alias(name, "previous_champion", champion)
+            self.client.set_registered_model_alias(name, "champion", challenger)
+        return decision

@@ -1,0 +1,185 @@
+"""Train step: featurized rows → stacked and ensemble probability models, purged walk-forward.
+
+Pools the configured symbols' rows (sorted by decision time), holds out the final
+``models.holdout_fraction`` of time for evaluation (purged and embargoed), computes
+out-of-fold base-learner probabilities on purged walk-forward folds of the rest, and fits
+both the stack and the ensemble. Writes ``outputs/train/model.pkl`` (both predictors, the
+feature columns, the label) and ``outputs/train/train.json`` (out-of-fold scores).
+
+    python -m pipelines.train [--params params.yaml] [--profile fast]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+
+from models.base_learners import LogisticLearner, XGBoostLearner
+from models.stacking import LearnerFactory, fit_ensemble, fit_stacked, out_of_fold
+from models.validation import Fold, holdout_split, purged_walk_forward_splits
+from pipelines.atomic_files import write_atomic, write_text_atomic
+from pipelines.config import ModelsParams
+from pipelines.mt5.constants import timeframe_seconds
+
+
+@dataclass
+class TrainingData:
+    """Rows sorted by decision time t0 (UTC s, the base bar's close); y ∈ {0, 1}."""
+
+    X: np.ndarray
+    y: np.ndarray
+    t0: np.ndarray
+    t1: np.ndarray
+    symbol: np.ndarray
+    bar_time: np.ndarray  # base bar open time, UTC s
+    close: np.ndarray
+    spread: np.ndarray  # points
+    point: np.ndarray
+    ret: np.ndarray  # log return from close[t] to the label's end
+    columns: list[str]
+    manifest: dict[str, Any]
+
+
+def load_training_data(featurize_dir: Path, label_kind: str) -> TrainingData:
+    """Read the featurize outputs and build binary labels of `label_kind`.
+
+    direction: y = 1 for up, 0 for down (flat rows dropped; needs ``neutral: drop``);
+    triple_barrier: y = 1 when the take-profit is touched first, else 0.
+    """
+    manifest = json.loads((featurize_dir / "columns.json").read_text())
+    columns = manifest["columns"]
+    step = timeframe_seconds(manifest["base_timeframe"])
+    parts = []
+    for symbol in manifest["symbols"]:
+        frame = pd.read_parquet(featurize_dir / f"{symbol}.parquet")
+        frame["symbol"] = symbol
+        frame["point"] = manifest["points"][symbol]
+        parts.append(frame)
+    rows = pd.concat(parts, ignore_index=True)
+    if label_kind == "direction":
+        if set(rows["dir_label"].dropna().unique()) - {0.0, 1.0}:
+            raise ValueError(
+                "direction labels have a flat class: set labels.direction.neutral: drop "
+                "for binary probability models"
+            )
+        label, t1, ret = rows["dir_label"], rows["dir_t1"], rows["dir_ret"]
+    else:
+        label = rows["tb_label"].where(rows["tb_label"].isna(), (rows["tb_label"] == 1).astype(float))
+        t1, ret = rows["tb_t1"], rows["tb_ret"]
+    bar_time = rows["time"].array.as_unit("s").asi8
+    keep = label.notna().to_numpy()
+    t0 = (bar_time + step).astype(float)
+    order = np.argsort(t0[keep], kind="stable")
+    pick = np.flatnonzero(keep)[order]
+    t1_s = t1.array.as_unit("s").asi8.astype(float)
+    return TrainingData(
+        X=rows[columns].to_numpy(np.float32)[pick],
+        y=label.to_numpy(float)[pick],
+        t0=t0[pick],
+        t1=t1_s[pick],
+        symbol=rows["symbol"].to_numpy()[pick],
+        bar_time=bar_time[pick],
+        close=rows["close"].to_numpy(float)[pick],
+        spread=rows["spread"].to_numpy(float)[pick],
+        point=rows["point"].to_numpy(float)[pick],
+        ret=ret.to_numpy(float)[pick],
+        columns=columns,
+        manifest=manifest,
+    )
+
+
+def learner_factories(models: ModelsParams, purge_rows: int) -> dict[str, LearnerFactory]:
+    """Base-learner constructors named in ``models.learners``, configured from params."""
+    x = models.xgb
+    known: dict[str, LearnerFactory] = {
+        "logistic": lambda: LogisticLearner(C=models.logistic.C, seed=models.seed),
+        "xgboost": lambda: XGBoostLearner(
+            params={
+                "max_depth": x.max_depth,
+                "learning_rate": x.learning_rate,
+                "min_child_weight": x.min_child_weight,
+                "subsample": x.subsample,
+                "colsample_bytree": x.colsample_bytree,
+            },
+            n_estimators=x.n_estimators,
+            early_stopping_rounds=x.early_stopping_rounds,
+            purge_rows=purge_rows,
+            seed=models.seed,
+        ),
+    }
+    return {name: known[name] for name in models.learners}
+
+
+def splits(data: TrainingData, models: ModelsParams) -> tuple[Fold, list[Fold]]:
+    """The evaluation holdout and the purged walk-forward folds of the training segment."""
+    step = timeframe_seconds(data.manifest["base_timeframe"])
+    embargo = models.cv.embargo_bars * step
+    holdout = holdout_split(data.t0, data.t1, models.holdout_fraction, embargo)
+    tr = holdout.train
+    folds = purged_walk_forward_splits(
+        data.t0[tr], data.t1[tr], models.cv.n_splits, models.cv.test_fraction, embargo
+    )
+    return holdout, folds
+
+
+def train(data: TrainingData, models: ModelsParams, horizon: int) -> dict[str, Any]:
+    """Fit stack and ensemble on the training segment; returns the bundle to persist."""
+    holdout, folds = splits(data, models)
+    tr = holdout.train
+    factories = learner_factories(models, purge_rows=horizon * len(data.manifest["symbols"]))
+    X, y = data.X[tr], data.y[tr]
+    oof = out_of_fold(factories, X, y, folds)
+    stacked = fit_stacked(factories, X, y, folds, oof=oof, calibration=models.calibration)
+    ensemble = fit_ensemble(factories, X, y, folds, oof=oof, calibration=models.calibration)
+    return {
+        "stacked": stacked,
+        "ensemble": ensemble,
+        "registered": models.registered,
+        "columns": data.columns,
+        "label_kind": data.manifest["label_kind"],
+        "base_timeframe": data.manifest["base_timeframe"],
+        "symbols": data.manifest["symbols"],
+        "train_rows": int(tr.size),
+        "holdout_rows": int(holdout.test.size),
+        "holdout_start": float(data.t0[holdout.test[0]]),
+        "oof_scores": {**stacked.oof_scores, **ensemble.oof_scores},
+        "train_positive_rate": float(y.mean()),
+    }
+
+
+def save_bundle(bundle: dict[str, Any], out_dir: Path) -> None:
+    write_atomic(out_dir / "model.pkl", lambda h: joblib.dump(bundle, h))
+    report = {k: v for k, v in bundle.items() if k not in ("stacked", "ensemble", "columns")}
+    write_text_atomic(json.dumps(report, indent=2) + "\n", out_dir / "train.json")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pipelines.config import load_params
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--profile", default=None)
+    args = parser.parse_args(argv)
+    params = load_params(args.params, args.profile)
+    data = load_training_data(params.outputs / "featurize", params.labels.kind)
+    bundle = train(data, params.models, params.labels.horizon)
+    save_bundle(bundle, params.outputs / "train")
+    scores = ", ".join(f"{k}={v:.4f}" for k, v in bundle["oof_scores"].items())
+    print(f"trained on {bundle['train_rows']} rows ({len(data.columns)} features); out of fold: {scores}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,132 @@
+"""train → evaluate → register on a small simulated store, with a real MLflow SQLite store."""
+
+from __future__ import annotations
+
+import json
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.metrics import log_loss
+from pipelines.bar_store import BarStore
+from pipelines.config import Params
+from pipelines.evaluate import evaluate
+from pipelines.featurize import run as featurize
+from pipelines.ingest import connect, ingest_history
+from pipelines.register import register
+from pipelines.registry import Registry
+from pipelines.terminal import open_terminal
+from pipelines.train import load_training_data, save_bundle, train
+
+
+@pytest.fixture(scope="module")
+def params(tmp_path_factory, contract) -> Params:
+    root = tmp_path_factory.mktemp("pipeline")
+    p = Params.model_validate(
+        {
+            "data": {
+                "root": str(root / "data"),
+                "symbols": ["EURUSD", "GBPUSD"],
+                "timeframes": ["M5", "H1"],
+                "simulator": {"end": "2024-02-20T00:00:00", "signal_strength": 0.5},
+            },
+            "features": {"base_timeframe": "M5", "higher_timeframes": ["H1"]},
+            "labels": {"horizon": 12},
+            "models": {"xgb": {"n_estimators": 150}, "cv": {"n_splits": 3}},
+            "registry": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "gate": {"max_ece": 0.12}},
+            "outputs": str(root / "outputs"),
+        }
+    )
+    client = open_terminal(p.data)
+    connect(client)
+    ingest_history(client, BarStore(p.data.root), contract, p.data)
+    featurize(p.data, p.features, p.labels, p.outputs / "featurize", contract)
+    return p
+
+
+@pytest.mark.slow
+def test_train_evaluate_register(params, tmp_path):
+    data = load_training_data(params.outputs / "featurize", "direction")
+    assert np.all(np.diff(data.t0) >= 0) and set(np.unique(data.y)) == {0.0, 1.0}
+    bundle = train(data, params.models, params.labels.horizon)
+    save_bundle(bundle, params.outputs / "train")
+    report = json.loads((params.outputs / "train" / "train.json").read_text())
+    assert {"logistic", "xgboost", "stacked"} <= set(report["oof_scores"])
+    metrics, images = evaluate(joblib.load(params.outputs / "train" / "model.pkl"), data, params)
+    reg = metrics["registered"]
+    assert reg["kind"] == "stacked" and 0 < reg["log_loss"] < 0.75
+    assert reg["log_loss"] < reg["base_rate_log_loss"]  # strength 0.5: real skill
+    assert reg["bayes_gap"] < 0.03 and reg["bayes_log_loss"] < reg["base_rate_log_loss"]
+    assert set(metrics["backtest"]) == {"EURUSD", "GBPUSD"}
+    assert images["reliability.png"].startswith(b"\x89PNG")
+    out = params.outputs / "evaluate"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, default=float))
+    name, version, decision = register(params)
+    assert name == "mt5prob-fx-M5-direction-h12" and version == "1"
+    assert decision.promoted and decision.reason == "no champion yet"
+    registry = Registry(params.registry.tracking_uri)
+    mv = registry.client.get_model_version(name, "1")
+    assert {"git_commit", "data_dvc_md5", "params_sha256", "gate_decision", "run_id"} <= set(mv.tags)
+    champion = registry.load(name, "champion")
+    frame = pd.DataFrame(data.X[-50:], columns=data.columns)
+    p = champion.predict(frame)["p_up"].to_numpy()
+    assert p.shape == (50,) and np.all((p > 0) & (p < 1))
+    np.testing.assert_allclose(p, bundle["stacked"].predict_proba(data.X[-50:]), rtol=1e-6)
+    with pytest.raises(Exception, match="missing inputs"):  # the signature guards the columns
+        champion.predict(frame.drop(columns=[data.columns[3]]))
+    _, again, second = register(params)  # the same model again cannot beat itself
+    assert again == "2" and not second.promoted and "does not beat" in second.reason
+    assert registry.alias_version(name, "champion") == "1"
+    assert registry.alias_version(name, "challenger") == "2"
+
+
+class Constant:
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return np.full(len(X), self.p)
+
+
+class FirstColumn:
+    """A 'model' that reads the answer from column 0 (for gate tests)."""
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return np.clip(X[:, 0].astype(float), 0.02, 0.98)
+
+
+def test_promotion_gate_and_previous_champion(tmp_path):
+    registry = Registry(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0.2, 0.8, 4000)
+    y = (rng.random(4000) < truth).astype(float)
+    X = pd.DataFrame({"f0": truth, "f1": rng.normal(size=4000)})
+    name, cols = "gate-test", ["f0", "f1"]
+
+    def publish(model) -> str:
+        return registry.log_and_register(
+            name, model, cols, X.head(3), {"kind": type(model).__name__}, {}, {"git_commit": "test"}, []
+        )
+
+    assert publish(Constant(0.5)) == "1"
+    first = registry.promotion_gate(name, X, y, max_ece=0.05)
+    assert first.promoted and registry.alias_version(name, "champion") == "1"
+    publish(FirstColumn())
+    better = registry.promotion_gate(name, X, y, max_ece=0.05)
+    assert better.promoted and better.champion == "1"
+    assert (
+        better.challenger_log_loss
+        < better.champion_log_loss
+        == pytest.approx(log_loss(y, np.full(4000, 0.5)))
+    )
+    assert registry.alias_version(name, "champion") == "2"
+    assert registry.alias_version(name, "previous_champion") == "1"
+    publish(Constant(0.9))  # badly calibrated: refused on ECE
+    refused = registry.promotion_gate(name, X, y, max_ece=0.05)
+    assert not refused.promoted and "ECE" in refused.reason
+    tags = registry.client.get_model_version(name, "3").tags
+    assert tags["gate_decision"] == "rejected" and tags["gate_champion_version"] == "2"
+    assert registry.alias_version(name, "champion") == "2"
