@@ -82,4 +82,5 @@ def summary(
         bayes = log_loss(y, p_true)
         out["bayes_log_loss"] = bayes
         out["bayes_gap"] = (out["log_loss"] - bayes) / bayes
+        out["bayes_ece"] = ece(y, p_true)  # the sampling-noise floor of ECE on these rows
     return out

@@ -237,6 +237,17 @@ class XGBParams(_Frozen):
     early_stopping_rounds: int = Field(30, ge=1)
 
 
+class MLPParams(_Frozen):
+    hidden: int = Field(64, ge=1)
+    layers: int = Field(2, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    max_epochs: int = Field(20, ge=1)
+    batch_size: int = Field(1024, ge=8)
+    patience: int = Field(3, ge=1)
+
+
 class BacktestParams(_Frozen):
     """Threshold policy: long when p > threshold, short when p < 1 − threshold; costs in pips."""
 
@@ -247,7 +258,7 @@ class BacktestParams(_Frozen):
 class ModelsParams(_Frozen):
     """The ``models:`` section."""
 
-    learners: tuple[Literal["logistic", "xgboost"], ...] = ("logistic", "xgboost")
+    learners: tuple[Literal["logistic", "xgboost", "mlp"], ...] = ("logistic", "xgboost", "mlp")
     registered: Literal["stacked", "ensemble"] = "stacked"
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     cv: CVParams = CVParams()
@@ -259,8 +270,20 @@ class ModelsParams(_Frozen):
     )
     logistic: LogisticParams = LogisticParams()
     xgb: XGBParams = XGBParams()
+    mlp: MLPParams = MLPParams()
     seed: int = 7
     backtest: BacktestParams = BacktestParams()
+
+
+class TuneParams(_Frozen):
+    """The ``tune:`` section: one Optuna study per base learner (purged-CV log loss)."""
+
+    enabled: bool = False
+    n_trials: int = Field(10, ge=1)
+    timeout_seconds: float | None = Field(300.0, gt=0)
+    storage: str | None = "sqlite:///optuna.db"
+    log_to_mlflow: bool = True
+    spaces: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
 
 
 class GateParams(_Frozen):
@@ -285,6 +308,7 @@ class Params(BaseModel):
     features: FeaturesParams = FeaturesParams()
     labels: LabelsParams = LabelsParams()
     models: ModelsParams = ModelsParams()
+    tune: TuneParams = TuneParams()
     registry: RegistryParams = RegistryParams()
     outputs: Path = Path("outputs")
 

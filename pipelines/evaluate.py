@@ -168,6 +168,18 @@ def evaluate(
     return metrics, plots(y, registered, p_true)
 
 
+def run(params: Params) -> dict[str, Any]:
+    """The whole step from params: evaluate ``outputs/train`` and write metrics and plots."""
+    bundle = joblib.load(params.outputs / "train" / "model.pkl")
+    data = load_training_data(params.outputs / "featurize", params.labels.kind)
+    metrics, images = evaluate(bundle, data, params)
+    out = params.outputs / "evaluate"
+    write_text_atomic(json.dumps(metrics, indent=2, default=float) + "\n", out / "metrics.json")
+    for name, png in images.items():
+        write_atomic(out / name, lambda h, png=png: h.write(png))
+    return metrics
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from pipelines.config import load_params
 
@@ -180,13 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", default=None)
     args = parser.parse_args(argv)
     params = load_params(args.params, args.profile)
-    bundle = joblib.load(params.outputs / "train" / "model.pkl")
-    data = load_training_data(params.outputs / "featurize", params.labels.kind)
-    metrics, images = evaluate(bundle, data, params)
-    out = params.outputs / "evaluate"
-    write_text_atomic(json.dumps(metrics, indent=2, default=float) + "\n", out / "metrics.json")
-    for name, png in images.items():
-        write_atomic(out / name, lambda h, png=png: h.write(png))
+    metrics = run(params)
     r = metrics["registered"]
     gap = f", Bayes gap {r['bayes_gap']:.2%}" if "bayes_gap" in r else ""
     print(

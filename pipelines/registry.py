@@ -70,6 +70,32 @@ def lineage(repo: Path, params_sections: dict[str, Any]) -> dict[str, str]:
     return {"git_commit": commit, "data_dvc_md5": data_hash, "params_sha256": params_hash[:16]}
 
 
+class TrialLogger:
+    """Records Optuna trials as nested MLflow runs under one parent run per study."""
+
+    def __init__(self, tracking_uri: str, study_name: str) -> None:
+        import mlflow
+
+        self._mlflow = mlflow
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_experiment("tuning")
+        self.study_name = study_name
+
+    def __enter__(self) -> TrialLogger:
+        self._parent = self._mlflow.start_run(run_name=f"tune-{self.study_name}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._mlflow.end_run()
+
+    def on_trial(self, study: Any, trial: Any) -> None:
+        with self._mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
+            self._mlflow.log_params(trial.params)
+            self._mlflow.set_tags({"state": trial.state.name, "study": self.study_name})
+            if trial.value is not None:
+                self._mlflow.log_metric("cv_log_loss", float(trial.value))
+
+
 @dataclass
 class GateDecision:
     promoted: bool

@@ -12,8 +12,10 @@ feature columns, the label) and ``outputs/train/train.json`` (out-of-fold scores
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +25,14 @@ import numpy as np
 import pandas as pd
 
 from models.base_learners import LogisticLearner, XGBoostLearner
+from models.lightning_learners import MLPLearner
 from models.stacking import LearnerFactory, fit_ensemble, fit_stacked, out_of_fold
+from models.tuning import tune
 from models.validation import Fold, holdout_split, purged_walk_forward_splits
 from pipelines.atomic_files import write_atomic, write_text_atomic
-from pipelines.config import ModelsParams
+from pipelines.config import ModelsParams, Params, TuneParams
 from pipelines.mt5.constants import timeframe_seconds
+from pipelines.registry import TrialLogger
 
 
 @dataclass
@@ -96,8 +101,23 @@ def load_training_data(featurize_dir: Path, label_kind: str) -> TrainingData:
     )
 
 
-def learner_factories(models: ModelsParams, purge_rows: int) -> dict[str, LearnerFactory]:
-    """Base-learner constructors named in ``models.learners``, configured from params."""
+def learner_factories(
+    models: ModelsParams, purge_rows: int, tuned: dict[str, dict[str, Any]] | None = None
+) -> dict[str, LearnerFactory]:
+    """Base-learner constructors named in ``models.learners``, configured from params (and
+    from tuned hyper-parameters, which take precedence)."""
+    tuned = tuned or {}
+    models = (
+        models.model_copy(
+            update={
+                name: getattr(models, key).model_copy(update=tuned[name])
+                for name, key in (("logistic", "logistic"), ("xgboost", "xgb"), ("mlp", "mlp"))
+                if name in tuned
+            }
+        )
+        if tuned
+        else models
+    )
     x = models.xgb
     known: dict[str, LearnerFactory] = {
         "logistic": lambda: LogisticLearner(C=models.logistic.C, seed=models.seed),
@@ -114,6 +134,7 @@ def learner_factories(models: ModelsParams, purge_rows: int) -> dict[str, Learne
             purge_rows=purge_rows,
             seed=models.seed,
         ),
+        "mlp": lambda: MLPLearner(**models.mlp.model_dump(), purge_rows=purge_rows, seed=models.seed),
     }
     return {name: known[name] for name in models.learners}
 
@@ -130,11 +151,69 @@ def splits(data: TrainingData, models: ModelsParams) -> tuple[Fold, list[Fold]]:
     return holdout, folds
 
 
-def train(data: TrainingData, models: ModelsParams, horizon: int) -> dict[str, Any]:
+def tune_learners(
+    data: TrainingData,
+    models: ModelsParams,
+    tune_cfg: TuneParams,
+    horizon: int,
+    tracking_uri: str | None = None,
+) -> dict[str, dict[str, Any]]:
+    """One Optuna study per base learner with a search space; returns the best parameters.
+
+    Each trial is also recorded as a nested MLflow run under a ``tune-<learner>`` parent run
+    when `tracking_uri` is given and ``tune.log_to_mlflow`` is on.
+    """
+    holdout, folds = splits(data, models)
+    X, y = data.X[holdout.train], data.y[holdout.train]
+    purge_rows = horizon * len(data.manifest["symbols"])
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                data.manifest["feature_spec"],
+                data.manifest["direction"],
+                data.manifest["label_kind"],
+                int(y.size),
+                horizon,
+            ],
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()[:10]
+    best: dict[str, dict[str, Any]] = {}
+    for name in models.learners:
+        space = tune_cfg.spaces.get(name)
+        if not space:
+            continue
+
+        def build(params: dict[str, Any], name: str = name) -> Any:
+            return learner_factories(models, purge_rows, {name: params})[name]()
+
+        study_name = f"{name}-{data.manifest['label_kind']}-h{horizon}-{key}"
+        logger = TrialLogger(tracking_uri, study_name) if tracking_uri and tune_cfg.log_to_mlflow else None
+        with logger or nullcontext():
+            best[name], _ = tune(
+                study_name,
+                build,
+                space,
+                X,
+                y,
+                folds,
+                tune_cfg.n_trials,
+                tune_cfg.timeout_seconds,
+                tune_cfg.storage,
+                models.seed,
+                logger.on_trial if logger else None,
+            )
+    return best
+
+
+def train(
+    data: TrainingData, models: ModelsParams, horizon: int, tuned: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """Fit stack and ensemble on the training segment; returns the bundle to persist."""
     holdout, folds = splits(data, models)
     tr = holdout.train
-    factories = learner_factories(models, purge_rows=horizon * len(data.manifest["symbols"]))
+    factories = learner_factories(models, purge_rows=horizon * len(data.manifest["symbols"]), tuned=tuned)
     X, y = data.X[tr], data.y[tr]
     oof = out_of_fold(factories, X, y, folds)
     stacked = fit_stacked(factories, X, y, folds, oof=oof, calibration=models.calibration)
@@ -152,6 +231,7 @@ def train(data: TrainingData, models: ModelsParams, horizon: int) -> dict[str, A
         "holdout_start": float(data.t0[holdout.test[0]]),
         "oof_scores": {**stacked.oof_scores, **ensemble.oof_scores},
         "train_positive_rate": float(y.mean()),
+        "tuned": tuned or {},
     }
 
 
@@ -159,6 +239,19 @@ def save_bundle(bundle: dict[str, Any], out_dir: Path) -> None:
     write_atomic(out_dir / "model.pkl", lambda h: joblib.dump(bundle, h))
     report = {k: v for k, v in bundle.items() if k not in ("stacked", "ensemble", "columns")}
     write_text_atomic(json.dumps(report, indent=2) + "\n", out_dir / "train.json")
+
+
+def run(params: Params) -> dict[str, Any]:
+    """The whole step from params: load, (tune), train, save; returns the bundle."""
+    data = load_training_data(params.outputs / "featurize", params.labels.kind)
+    tuned = (
+        tune_learners(data, params.models, params.tune, params.labels.horizon, params.registry.tracking_uri)
+        if params.tune.enabled
+        else None
+    )
+    bundle = train(data, params.models, params.labels.horizon, tuned)
+    save_bundle(bundle, params.outputs / "train")
+    return bundle
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -173,11 +266,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", default=None)
     args = parser.parse_args(argv)
     params = load_params(args.params, args.profile)
-    data = load_training_data(params.outputs / "featurize", params.labels.kind)
-    bundle = train(data, params.models, params.labels.horizon)
-    save_bundle(bundle, params.outputs / "train")
+    bundle = run(params)
     scores = ", ".join(f"{k}={v:.4f}" for k, v in bundle["oof_scores"].items())
-    print(f"trained on {bundle['train_rows']} rows ({len(data.columns)} features); out of fold: {scores}")
+    print(
+        f"trained on {bundle['train_rows']} rows ({len(bundle['columns'])} features); out of fold: {scores}"
+    )
     return 0
 
 

@@ -1,0 +1,90 @@
+"""Prefect flow ``train``: featurize → (tune) → train → evaluate → register, as tasks.
+
+Orchestration only: each task calls a pipeline step. Parameters become a form in the Prefect
+UI; the run publishes a metrics table and the reliability diagram as artifacts.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from pipelines import evaluate, featurize, register, train
+from pipelines.config import Params, load_params
+
+
+@task(cache_policy=NO_CACHE)
+def featurize_task(params: Params) -> dict[str, int]:
+    return featurize.run(params.data, params.features, params.labels, params.outputs / "featurize")
+
+
+@task(cache_policy=NO_CACHE)
+def train_task(params: Params) -> dict[str, Any]:
+    bundle = train.run(params)
+    return {"oof_scores": bundle["oof_scores"], "train_rows": bundle["train_rows"], "tuned": bundle["tuned"]}
+
+
+@task(cache_policy=NO_CACHE)
+def evaluate_task(params: Params) -> dict[str, Any]:
+    return evaluate.run(params)
+
+
+@task(cache_policy=NO_CACHE)
+def register_task(params: Params) -> dict[str, Any]:
+    name, version, decision = register.register(params)
+    return {"name": name, "version": version, "promoted": decision.promoted, "reason": decision.reason}
+
+
+@flow(name="train", log_prints=True)
+def train_flow(
+    params_path: str = "params.yaml",
+    profile: str | None = None,
+    symbols: list[str] | None = None,
+    timeframe: str | None = None,
+    label_kind: Literal["direction", "triple_barrier"] | None = None,
+    horizon: int | None = None,
+    trials: int | None = None,
+) -> dict[str, Any]:
+    """Train, evaluate and register a model; `trials` > 0 turns on Optuna with that many trials."""
+    overrides: dict[str, Any] = {}
+    if symbols:
+        overrides["data"] = {"symbols": symbols}
+    if timeframe:
+        overrides["features"] = {"base_timeframe": timeframe}
+    labels = {k: v for k, v in (("kind", label_kind), ("horizon", horizon)) if v is not None}
+    if labels:
+        overrides["labels"] = labels
+    if trials:
+        overrides["tune"] = {"enabled": True, "n_trials": trials}
+    params = load_params(params_path, profile, overrides or None)
+    featurize_task(params)
+    trained = train_task(params)
+    metrics = evaluate_task(params)
+    registration = register_task(params)
+    rows = [
+        {"predictor": name, **{k: round(v, 5) for k, v in m.items() if isinstance(v, float)}}
+        for name, m in metrics.items()
+        if isinstance(m, dict) and "log_loss" in m
+    ]
+    create_table_artifact(
+        key="train-metrics",
+        table=rows,
+        description=f"holdout metrics; {registration['name']} v{registration['version']}: "
+        f"{registration['reason']}",
+    )
+    png = (params.outputs / "evaluate" / "reliability.png").read_bytes()
+    create_markdown_artifact(
+        key="reliability-diagram",
+        markdown=(f"![reliability](data:image/png;base64,{base64.b64encode(png).decode()})"),
+    )
+    get_run_logger().info(
+        "train: %s v%s %s",
+        registration["name"],
+        registration["version"],
+        "promoted" if registration["promoted"] else "kept as challenger",
+    )
+    return {"train": trained, "registration": registration, "registered": metrics["registered"]}

@@ -1,0 +1,113 @@
+"""PyTorch Lightning base learners: a small LightningModule around a plain network.
+
+Seeded and deterministic; ``accelerator="auto"`` trains on a GPU when one is present and on
+the CPU otherwise. Inputs are median-imputed, standardised (statistics from the training
+rows only) and clipped to ±5 standard deviations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+def _module(net: Any, lr: float, weight_decay: float) -> Any:
+    import pytorch_lightning as pl
+    import torch
+
+    class BinaryClassifier(pl.LightningModule):
+        """Binary cross-entropy on logits; logs ``val_loss`` for early stopping and pruning."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+            self.loss = torch.nn.BCEWithLogitsLoss()
+
+        def training_step(self, batch: Any, _: int) -> Any:
+            x, y = batch
+            loss = self.loss(self.net(x), y)
+            self.log("train_loss", loss, on_epoch=True, on_step=False)
+            return loss
+
+        def validation_step(self, batch: Any, _: int) -> None:
+            x, y = batch
+            self.log("val_loss", self.loss(self.net(x), y), on_epoch=True, prog_bar=False)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
+
+    return BinaryClassifier()
+
+
+@dataclass
+class MLPLearner:
+    """An MLP on the feature matrix, early-stopped on the latest rows of its training window
+    (with `purge_rows` dropped in between)."""
+
+    hidden: int = 64
+    layers: int = 2
+    dropout: float = 0.1
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    max_epochs: int = 20
+    batch_size: int = 1024
+    patience: int = 3
+    validation_fraction: float = 0.2
+    purge_rows: int = 0
+    seed: int = 0
+    callbacks: list[Any] = field(default_factory=list, repr=False)
+    name: str = "mlp"
+    net: Any = None
+    center: Any = None
+    scale: Any = None
+
+    def _prepare(self, X: np.ndarray) -> np.ndarray:
+        Z = np.where(np.isnan(X), self.center, X)
+        return np.clip((Z - self.center) / self.scale, -5, 5).astype(np.float32)
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> MLPLearner:
+        import pytorch_lightning as pl
+        import torch
+        from pytorch_lightning.callbacks import EarlyStopping
+        from torch.utils.data import DataLoader, TensorDataset
+
+        from models.networks import MLPNet
+
+        pl.seed_everything(self.seed, workers=True, verbose=False)
+        cut = int(len(y) * (1 - self.validation_fraction))
+        fit_end = max(1, cut - self.purge_rows)
+        train = X[:fit_end].astype(np.float64)
+        self.center = np.nan_to_num(np.nanmedian(train, axis=0))
+        spread = np.nanstd(train, axis=0)
+        self.scale = np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)
+        Z = torch.from_numpy(self._prepare(X))
+        t = torch.from_numpy(y.astype(np.float32))
+        loaders = [
+            DataLoader(TensorDataset(Z[:fit_end], t[:fit_end]), batch_size=self.batch_size, shuffle=True),
+            DataLoader(TensorDataset(Z[cut:], t[cut:]), batch_size=8192),
+        ]
+        self.net = MLPNet(X.shape[1], self.hidden, self.layers, self.dropout)
+        trainer = pl.Trainer(
+            accelerator="auto",
+            devices=1,
+            max_epochs=self.max_epochs,
+            deterministic=True,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            callbacks=[EarlyStopping("val_loss", patience=self.patience), *self.callbacks],
+        )
+        trainer.fit(_module(self.net, self.lr, self.weight_decay), *loaders)
+        self.net = self.net.cpu().eval()
+        self.callbacks = []  # not part of the fitted model (and not picklable in general)
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            logits = self.net(torch.from_numpy(self._prepare(X)))
+        return torch.sigmoid(logits).numpy().astype(np.float64)

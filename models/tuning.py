@@ -1,0 +1,99 @@
+"""Hyper-parameter search with Optuna: TPE with pruning, objective = purged-CV log loss.
+
+A search space is a plain mapping from ``params.yaml`` (``{name: {low, high, log, int}}`` or
+``{name: {choices: [...]}}``). The objective trains the learner on each purged walk-forward
+fold and reports the running mean log loss after every fold, so unpromising trials are pruned
+early (for every learner, xgboost and the Lightning nets included). Studies live in an Optuna
+storage (a SQLite file by default, PostgreSQL for several workers) and resume where they
+stopped: only the missing trials are run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from models.base_learners import BaseLearner
+from models.metrics import log_loss
+from models.validation import Fold
+
+Space = dict[str, dict[str, Any]]
+
+
+def suggest(trial: Any, space: Space) -> dict[str, Any]:
+    """Draw one point of `space` from an Optuna trial."""
+    out: dict[str, Any] = {}
+    for name, spec in space.items():
+        if "choices" in spec:
+            out[name] = trial.suggest_categorical(name, list(spec["choices"]))
+        elif spec.get("int"):
+            out[name] = trial.suggest_int(
+                name, int(spec["low"]), int(spec["high"]), log=bool(spec.get("log"))
+            )
+        else:
+            out[name] = trial.suggest_float(
+                name, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log"))
+            )
+    return out
+
+
+def cv_log_loss(
+    make: Callable[[], BaseLearner], X: np.ndarray, y: np.ndarray, folds: list[Fold], trial: Any = None
+) -> float:
+    """Mean out-of-fold log loss over `folds`; prunes `trial` after a fold when Optuna says so."""
+    import optuna
+
+    losses = []
+    for step, fold in enumerate(folds):
+        learner = make().fit(X[fold.train], y[fold.train])
+        losses.append(log_loss(y[fold.test], learner.predict_proba(X[fold.test])))
+        if trial is not None:
+            trial.report(float(np.mean(losses)), step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+    return float(np.mean(losses))
+
+
+def tune(
+    study_name: str,
+    build: Callable[[dict[str, Any]], BaseLearner],
+    space: Space,
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: list[Fold],
+    n_trials: int,
+    timeout: float | None,
+    storage: str | None,
+    seed: int = 0,
+    on_trial: Callable[[Any, Any], None] | None = None,
+) -> tuple[dict[str, Any], Any]:
+    """Run (or resume) a study until it holds `n_trials` finished trials; return the best
+    parameters and the study. `build(params)` returns an unfitted learner."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=storage,
+        load_if_exists=True,
+        direction="minimize",
+        sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+    )
+    finished = {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+    done = sum(t.state in finished for t in study.trials)
+
+    def objective(trial: Any) -> float:
+        params = suggest(trial, space)
+        return cv_log_loss(lambda: build(params), X, y, folds, trial)
+
+    if done < n_trials:
+        study.optimize(
+            objective, n_trials=n_trials - done, timeout=timeout, callbacks=[on_trial] if on_trial else None
+        )
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        raise RuntimeError(f"study {study_name}: no trial completed (all pruned or failed)")
+    return dict(study.best_params), study
