@@ -166,6 +166,16 @@ def session(b: Bars, w: Windows) -> Columns:
     return out
 
 
+def return_sequence(b: Bars, w: Windows) -> Columns:
+    """The last `sequence` one-bar log returns, ``seq_k`` = r[t−k] / σ_64[t] (σ: the rolling
+    standard deviation of one-bar returns over 64 bars at t), newest first: the input of
+    sequence models."""
+    r = b.log_return
+    scale = rolling_std(r, 64)
+    scale = np.where(scale > 0, scale, np.nan)
+    return {f"seq_{k}": lag(r, k) / scale for k in range(w.sequence)}
+
+
 def _day_starts(b: Bars) -> tuple[np.ndarray, np.ndarray]:
     day = b.time // 86400
     starts = np.flatnonzero(np.r_[True, day[1:] != day[:-1]]) if day.size else np.zeros(0, int)
@@ -275,5 +285,11 @@ FAMILIES: dict[str, Family] = {
             lambda w: {f"sess_{s}": (0.0, 1.0) for s in SESSIONS},
         ),
         Family("previous_day", previous_day, _previous_day_warmup, _previous_day_history),
+        Family(
+            "return_sequence",
+            return_sequence,
+            _const(lambda w: max(65, w.sequence)),
+            _const(lambda w: max(65, w.sequence + 1)),
+        ),
     )
 }

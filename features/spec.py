@@ -20,6 +20,7 @@ class Windows:
     bollinger: int = 20
     moving_average: tuple[int, ...] = (20, 50, 200)
     tick_volume: int = 64
+    sequence: int = 32  # bars of normalised one-bar returns for sequence models
 
 
 BASE_FAMILIES = (

@@ -44,7 +44,8 @@ def _module(net: Any, lr: float, weight_decay: float) -> Any:
 @dataclass
 class MLPLearner:
     """An MLP on the feature matrix, early-stopped on the latest rows of its training window
-    (with `purge_rows` dropped in between)."""
+    (with `purge_rows` dropped in between). Subclasses change the network (`_network`) and the
+    column layout (`_arrange`)."""
 
     hidden: int = 64
     layers: int = 2
@@ -63,7 +64,16 @@ class MLPLearner:
     center: Any = None
     scale: Any = None
 
+    def _arrange(self, X: np.ndarray) -> np.ndarray:
+        return X
+
+    def _network(self, n_features: int) -> Any:
+        from models.networks import MLPNet
+
+        return MLPNet(n_features, self.hidden, self.layers, self.dropout)
+
     def _prepare(self, X: np.ndarray) -> np.ndarray:
+        X = self._arrange(X)
         Z = np.where(np.isnan(X), self.center, X)
         return np.clip((Z - self.center) / self.scale, -5, 5).astype(np.float32)
 
@@ -73,12 +83,10 @@ class MLPLearner:
         from pytorch_lightning.callbacks import EarlyStopping
         from torch.utils.data import DataLoader, TensorDataset
 
-        from models.networks import MLPNet
-
         pl.seed_everything(self.seed, workers=True, verbose=False)
         cut = int(len(y) * (1 - self.validation_fraction))
         fit_end = max(1, cut - self.purge_rows)
-        train = X[:fit_end].astype(np.float64)
+        train = self._arrange(X[:fit_end]).astype(np.float64)
         self.center = np.nan_to_num(np.nanmedian(train, axis=0))
         spread = np.nanstd(train, axis=0)
         self.scale = np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)
@@ -88,7 +96,7 @@ class MLPLearner:
             DataLoader(TensorDataset(Z[:fit_end], t[:fit_end]), batch_size=self.batch_size, shuffle=True),
             DataLoader(TensorDataset(Z[cut:], t[cut:]), batch_size=8192),
         ]
-        self.net = MLPNet(X.shape[1], self.hidden, self.layers, self.dropout)
+        self.net = self._network(train.shape[1])
         trainer = pl.Trainer(
             accelerator="auto",
             devices=1,
@@ -111,3 +119,28 @@ class MLPLearner:
         with torch.no_grad():
             logits = self.net(torch.from_numpy(self._prepare(X)))
         return torch.sigmoid(logits).numpy().astype(np.float64)
+
+
+@dataclass
+class SequenceLearner(MLPLearner):
+    """A GRU over the last bars' normalised returns (the ``seq_k`` feature columns at
+    `seq_index`, newest first in the matrix, fed oldest first) plus the other features as
+    context. Same training loop, scaling and early stopping as `MLPLearner`."""
+
+    seq_index: tuple[int, ...] = ()
+    name: str = "sequence"
+
+    def _arrange(self, X: np.ndarray) -> np.ndarray:
+        if not self.seq_index:
+            raise ValueError(
+                "SequenceLearner needs the seq_* feature columns (add return_sequence to features.families)"
+            )
+        seq = list(reversed(self.seq_index))
+        rest = [i for i in range(X.shape[1]) if i not in set(self.seq_index)]
+        return X[:, seq + rest]
+
+    def _network(self, n_features: int) -> Any:
+        from models.networks import SequenceNet
+
+        n_seq = len(self.seq_index)
+        return SequenceNet(n_seq, n_features - n_seq, self.hidden, self.hidden, self.dropout)

@@ -151,6 +151,7 @@ class WindowsParams(_Frozen):
     bollinger: int = Field(20, ge=2)
     moving_average: tuple[int, ...] = (20, 50, 200)
     tick_volume: int = Field(64, ge=2)
+    sequence: int = Field(32, ge=2)
 
 
 class FeaturesParams(_Frozen):
@@ -258,7 +259,7 @@ class BacktestParams(_Frozen):
 class ModelsParams(_Frozen):
     """The ``models:`` section."""
 
-    learners: tuple[Literal["logistic", "xgboost", "mlp"], ...] = ("logistic", "xgboost", "mlp")
+    learners: tuple[Literal["logistic", "xgboost", "mlp", "sequence"], ...] = ("logistic", "xgboost", "mlp")
     registered: Literal["stacked", "ensemble"] = "stacked"
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     cv: CVParams = CVParams()
@@ -271,6 +272,7 @@ class ModelsParams(_Frozen):
     logistic: LogisticParams = LogisticParams()
     xgb: XGBParams = XGBParams()
     mlp: MLPParams = MLPParams()
+    sequence: MLPParams = MLPParams(hidden=32, max_epochs=10)  # GRU width; `layers` unused
     seed: int = 7
     backtest: BacktestParams = BacktestParams()
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from models.base_learners import LogisticLearner, XGBoostLearner
-from models.lightning_learners import MLPLearner
+from models.lightning_learners import MLPLearner, SequenceLearner
 from models.stacking import LearnerFactory, fit_ensemble, fit_stacked, out_of_fold
 from models.tuning import tune
 from models.validation import Fold, holdout_split, purged_walk_forward_splits
@@ -102,16 +102,25 @@ def load_training_data(featurize_dir: Path, label_kind: str) -> TrainingData:
 
 
 def learner_factories(
-    models: ModelsParams, purge_rows: int, tuned: dict[str, dict[str, Any]] | None = None
+    models: ModelsParams,
+    purge_rows: int,
+    tuned: dict[str, dict[str, Any]] | None = None,
+    columns: Sequence[str] = (),
 ) -> dict[str, LearnerFactory]:
     """Base-learner constructors named in ``models.learners``, configured from params (and
-    from tuned hyper-parameters, which take precedence)."""
+    from tuned hyper-parameters, which take precedence). `columns` locates the ``seq_*``
+    inputs of the sequence learner."""
     tuned = tuned or {}
     models = (
         models.model_copy(
             update={
-                name: getattr(models, key).model_copy(update=tuned[name])
-                for name, key in (("logistic", "logistic"), ("xgboost", "xgb"), ("mlp", "mlp"))
+                key: getattr(models, key).model_copy(update=tuned[name])
+                for name, key in (
+                    ("logistic", "logistic"),
+                    ("xgboost", "xgb"),
+                    ("mlp", "mlp"),
+                    ("sequence", "sequence"),
+                )
                 if name in tuned
             }
         )
@@ -119,6 +128,7 @@ def learner_factories(
         else models
     )
     x = models.xgb
+    seq_index = tuple(i for i, c in enumerate(columns) if c.startswith("seq_"))
     known: dict[str, LearnerFactory] = {
         "logistic": lambda: LogisticLearner(C=models.logistic.C, seed=models.seed),
         "xgboost": lambda: XGBoostLearner(
@@ -135,6 +145,9 @@ def learner_factories(
             seed=models.seed,
         ),
         "mlp": lambda: MLPLearner(**models.mlp.model_dump(), purge_rows=purge_rows, seed=models.seed),
+        "sequence": lambda: SequenceLearner(
+            **models.sequence.model_dump(), purge_rows=purge_rows, seed=models.seed, seq_index=seq_index
+        ),
     }
     return {name: known[name] for name in models.learners}
 
@@ -186,7 +199,7 @@ def tune_learners(
             continue
 
         def build(params: dict[str, Any], name: str = name) -> Any:
-            return learner_factories(models, purge_rows, {name: params})[name]()
+            return learner_factories(models, purge_rows, {name: params}, data.columns)[name]()
 
         study_name = f"{name}-{data.manifest['label_kind']}-h{horizon}-{key}"
         logger = TrialLogger(tracking_uri, study_name) if tracking_uri and tune_cfg.log_to_mlflow else None
@@ -213,7 +226,9 @@ def train(
     """Fit stack and ensemble on the training segment; returns the bundle to persist."""
     holdout, folds = splits(data, models)
     tr = holdout.train
-    factories = learner_factories(models, purge_rows=horizon * len(data.manifest["symbols"]), tuned=tuned)
+    factories = learner_factories(
+        models, purge_rows=horizon * len(data.manifest["symbols"]), tuned=tuned, columns=data.columns
+    )
     X, y = data.X[tr], data.y[tr]
     oof = out_of_fold(factories, X, y, folds)
     stacked = fit_stacked(factories, X, y, folds, oof=oof, calibration=models.calibration)

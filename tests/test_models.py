@@ -101,3 +101,21 @@ def test_no_skill_claimed_on_a_random_walk():
     y, p = d["y"][te], stacked.predict_proba(d["X"][te])
     assert log_loss(y, p) <= base_rate_log_loss(y, float(d["y"][tr].mean())) + 0.003
     assert ece(y, p) < 0.05
+
+
+@pytest.mark.slow
+def test_sequence_learner_reads_the_return_window():
+    from models.lightning_learners import SequenceLearner
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    seq = rng.normal(size=(n, 8))
+    y = (rng.random(n) < 1 / (1 + np.exp(-(seq[:, 0] + seq[:, 1])))).astype(float)  # newest two returns
+    X = np.column_stack([rng.normal(size=n), seq])
+    learner = SequenceLearner(
+        seq_index=tuple(range(1, 9)), max_epochs=15, hidden=8, lr=0.01, batch_size=128, seed=1
+    ).fit(X[:3000], y[:3000])
+    p = learner.predict_proba(X[3000:])
+    assert log_loss(y[3000:], p) < base_rate_log_loss(y[3000:]) - 0.05
+    with pytest.raises(ValueError, match="seq_"):
+        SequenceLearner().fit(X, y)

@@ -79,3 +79,20 @@ def test_pruning_stops_hopeless_trials(tmp_path):
     )
     states = {t.state for t in study.trials}
     assert optuna.trial.TrialState.PRUNED in states
+
+
+def test_tuned_parameters_reach_every_learner():
+    from pipelines.config import ModelsParams
+    from pipelines.train import learner_factories
+
+    tuned = {
+        "xgboost": {"max_depth": 5},
+        "logistic": {"C": 0.5},
+        "mlp": {"hidden": 32},
+        "sequence": {"hidden": 16},
+    }
+    models = ModelsParams(learners=("logistic", "xgboost", "mlp", "sequence"))
+    made = {k: f() for k, f in learner_factories(models, 12, tuned, ["ret_1", "seq_0", "seq_1"]).items()}
+    assert made["xgboost"].params["max_depth"] == 5 and made["logistic"].C == 0.5
+    assert made["mlp"].hidden == 32 and made["sequence"].hidden == 16
+    assert made["sequence"].seq_index == (1, 2)
