@@ -76,6 +76,11 @@ class NonNegativeLogit:
         return np.column_stack([1 - p, p])
 
 
+def fit_base(factories: dict[str, LearnerFactory], X: np.ndarray, y: np.ndarray) -> list[BaseLearner]:
+    """Every base learner fitted on all the given training rows (shared by stack and ensemble)."""
+    return [make().fit(X, y) for make in factories.values()]
+
+
 def _walk_forward_meta(z: np.ndarray, y: np.ndarray, blocks: int, l2: float) -> np.ndarray:
     """Meta-learner predictions for the later blocks, each fitted on the blocks before it."""
     edges = np.linspace(0, len(y), blocks + 1).astype(int)
@@ -108,6 +113,7 @@ def fit_stacked(
     y: np.ndarray,
     folds: list[Fold],
     oof: np.ndarray | None = None,
+    base: list[BaseLearner] | None = None,
     l2: float = 1e-3,
     calibration: tuple[str, ...] = ("none", "platt", "temperature", "isotonic"),
 ) -> StackedModel:
@@ -123,7 +129,7 @@ def fit_stacked(
         else (Identity(), {})
     )
     meta = NonNegativeLogit(l2).fit(z, yo)
-    base = [make().fit(X, y) for make in factories.values()]
+    base = fit_base(factories, X, y) if base is None else base
     oof_scores = {name: log_loss(yo, oof[rows][:, j]) for j, name in enumerate(factories)}
     oof_scores["stacked"] = log_loss(yo[scored], calibrator.transform(meta_oof[scored]))
     oof_scores.update({f"calibration_{k}": v for k, v in scores.items()})
@@ -151,6 +157,7 @@ def fit_ensemble(
     y: np.ndarray,
     folds: list[Fold],
     oof: np.ndarray | None = None,
+    base: list[BaseLearner] | None = None,
     calibration: tuple[str, ...] = ("none", "platt", "temperature", "isotonic"),
 ) -> EnsembleModel:
     """Calibrate each base learner on its OOF probabilities, then fit simplex weights."""
@@ -167,6 +174,6 @@ def fit_ensemble(
     v = minimize(loss, np.zeros(calibrated.shape[1]), method="Nelder-Mead").x
     weights = np.exp(v - v.max())
     weights /= weights.sum()
-    base = [make().fit(X, y) for make in factories.values()]
+    base = fit_base(factories, X, y) if base is None else base
     scores = {"ensemble_in_sample": log_loss(yo, calibrated @ weights)}  # weights fit on these rows
     return EnsembleModel(list(factories), base, calibrators, weights, scores)

@@ -26,7 +26,7 @@ import pandas as pd
 
 from models.base_learners import LogisticLearner, XGBoostLearner
 from models.lightning_learners import MLPLearner, SequenceLearner
-from models.stacking import LearnerFactory, fit_ensemble, fit_stacked, out_of_fold
+from models.stacking import LearnerFactory, fit_base, fit_ensemble, fit_stacked, out_of_fold
 from models.tuning import tune
 from models.validation import Fold, holdout_split, purged_walk_forward_splits
 from pipelines.atomic_files import write_atomic, write_text_atomic
@@ -231,8 +231,9 @@ def train(
     )
     X, y = data.X[tr], data.y[tr]
     oof = out_of_fold(factories, X, y, folds)
-    stacked = fit_stacked(factories, X, y, folds, oof=oof, calibration=models.calibration)
-    ensemble = fit_ensemble(factories, X, y, folds, oof=oof, calibration=models.calibration)
+    base = fit_base(factories, X, y)
+    stacked = fit_stacked(factories, X, y, folds, oof=oof, base=base, calibration=models.calibration)
+    ensemble = fit_ensemble(factories, X, y, folds, oof=oof, base=base, calibration=models.calibration)
     return {
         "stacked": stacked,
         "ensemble": ensemble,
