@@ -33,23 +33,27 @@ class LogisticLearner:
     seed: int = 0
     name: str = "logistic"
     model: Any = None
+    fill: Any = None
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> LogisticLearner:
-        from sklearn.impute import SimpleImputer
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
+        # np.nanmedian: sklearn's SimpleImputer(median) goes through numpy.ma and took ~3 s
+        # on 80k × 143 rows, 20× longer than the regression itself
+        self.fill = np.nan_to_num(np.nanmedian(X, axis=0))
         self.model = make_pipeline(
-            SimpleImputer(strategy="median", keep_empty_features=True),
-            StandardScaler(),
-            LogisticRegression(C=self.C, max_iter=2000, random_state=self.seed),
+            StandardScaler(), LogisticRegression(C=self.C, max_iter=2000, random_state=self.seed)
         )
-        self.model.fit(X, y)
+        self.model.fit(self._filled(X), y)
         return self
 
+    def _filled(self, X: np.ndarray) -> np.ndarray:
+        return np.where(np.isnan(X), self.fill, X)
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return self.model.predict_proba(X)[:, 1]
+        return self.model.predict_proba(self._filled(X))[:, 1]
 
 
 @dataclass
