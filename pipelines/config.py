@@ -9,6 +9,7 @@ selected (``--profile fast``). Library code never opens the file: entry points c
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -341,3 +342,16 @@ def load_params(
     if overrides:
         raw = _deep_merge(raw, overrides)
     return Params.model_validate(raw)
+
+
+def params_from_cli(prog: str, description: str | None, argv: Sequence[str] | None = None) -> Params:
+    """The ``--params`` / ``--profile`` options every ``python -m pipelines.<step>`` takes."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--params", default="params.yaml", help="path to params.yaml")
+    parser.add_argument("--profile", default=None, help="a profile from params.yaml (e.g. fast)")
+    args = parser.parse_args(argv)
+    return load_params(args.params, args.profile)

@@ -13,7 +13,6 @@ reliability diagram and probability histogram as PNGs (dvc metrics / plots).
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 from collections.abc import Sequence
@@ -181,17 +180,9 @@ def run(params: Params) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipelines.config import load_params
+    from pipelines.config import params_from_cli
 
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.evaluate",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--profile", default=None)
-    args = parser.parse_args(argv)
-    params = load_params(args.params, args.profile)
+    params = params_from_cli("python -m pipelines.evaluate", __doc__, argv)
     metrics = run(params)
     r = metrics["registered"]
     gap = f", Bayes gap {r['bayes_gap']:.2%}" if "bayes_gap" in r else ""

@@ -16,7 +16,6 @@ Entry point (dvc.yaml stage ``featurize``)::
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -126,17 +125,9 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipelines.config import load_params
+    from pipelines.config import params_from_cli
 
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.featurize",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--profile", default=None)
-    args = parser.parse_args(argv)
-    params = load_params(args.params, args.profile)
+    params = params_from_cli("python -m pipelines.featurize", __doc__, argv)
     try:
         rows = run(params.data, params.features, params.labels, params.outputs / "featurize")
     except (FeaturizeError, ValueError) as exc:

@@ -10,7 +10,6 @@ then the gate compares it with the current ``champion`` on the holdout rows.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -77,17 +76,9 @@ def register(params: Params, repo: Path = Path(".")) -> tuple[str, str, GateDeci
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipelines.config import load_params
+    from pipelines.config import params_from_cli
 
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.register",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--profile", default=None)
-    args = parser.parse_args(argv)
-    params = load_params(args.params, args.profile)
+    params = params_from_cli("python -m pipelines.register", __doc__, argv)
     name, version, decision = register(params)
     verdict = "promoted to champion" if decision.promoted else "kept as challenger"
     print(f"{name} version {version}: {verdict} — {decision.reason}")

@@ -11,7 +11,6 @@ feature columns, the label) and ``outputs/train/train.json`` (out-of-fold scores
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from collections.abc import Sequence
@@ -271,17 +270,9 @@ def run(params: Params) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipelines.config import load_params
+    from pipelines.config import params_from_cli
 
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.train",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--profile", default=None)
-    args = parser.parse_args(argv)
-    params = load_params(args.params, args.profile)
+    params = params_from_cli("python -m pipelines.train", __doc__, argv)
     bundle = run(params)
     scores = ", ".join(f"{k}={v:.4f}" for k, v in bundle["oof_scores"].items())
     print(
