@@ -44,17 +44,7 @@ HTFS = ("M5", "M15", "H1", "H4", "D1")
 
 
 def _bars(rates: np.ndarray, tf: str) -> Bars:
-    return Bars(
-        rates["time"].astype(np.int64),
-        rates["open"],
-        rates["high"],
-        rates["low"],
-        rates["close"],
-        rates["tick_volume"].astype(float),
-        rates["spread"].astype(float),
-        timeframe_seconds(tf),
-        1e-5,
-    )
+    return Bars.from_rates(rates, timeframe_seconds(tf), 1e-5)
 
 
 def naive_triple_barrier(b: Bars, spec: TripleBarrierSpec) -> np.ndarray:

@@ -66,6 +66,25 @@ class Bars:
         )
 
     @classmethod
+    def from_rates(
+        cls, rates: np.ndarray | dict[str, np.ndarray], seconds: int, point: float | None = None
+    ) -> Bars:
+        """From an MT5 rates array, or a mapping of its columns (time = bar open, UTC epoch
+        seconds); `point` is inferred from the closes when omitted."""
+        close = rates["close"].astype(np.float64)
+        return cls(
+            rates["time"].astype(np.int64),
+            rates["open"].astype(np.float64),
+            rates["high"].astype(np.float64),
+            rates["low"].astype(np.float64),
+            close,
+            rates["tick_volume"].astype(np.float64),
+            rates["spread"].astype(np.float64),
+            int(seconds),
+            float(point if point is not None else infer_point(close)),
+        )
+
+    @classmethod
     def from_frame(cls, frame: pd.DataFrame, seconds: int, point: float | None = None) -> Bars:
         """From a stored-bars frame (tz-aware UTC ``time``); `point` inferred when omitted."""
         times = frame["time"]
@@ -73,18 +92,8 @@ class Bars:
             t = times.array.as_unit("s").asi8
         else:
             t = np.asarray(times, dtype=np.int64)
-        close = frame["close"].to_numpy(np.float64)
-        return cls(
-            np.ascontiguousarray(t, dtype=np.int64),
-            frame["open"].to_numpy(np.float64),
-            frame["high"].to_numpy(np.float64),
-            frame["low"].to_numpy(np.float64),
-            close,
-            frame["tick_volume"].to_numpy(np.float64),
-            frame["spread"].to_numpy(np.float64),
-            int(seconds),
-            float(point if point is not None else infer_point(close)),
-        )
+        columns = {c: frame[c].to_numpy() for c in BAR_COLUMNS[1:]}
+        return cls.from_rates({"time": np.ascontiguousarray(t, dtype=np.int64), **columns}, seconds, point)
 
 
 def infer_point(prices: np.ndarray) -> float:

@@ -84,20 +84,21 @@ def rolling_std(x: np.ndarray, w: int) -> np.ndarray:
     return np.sqrt(var)  # type: ignore[arg-type]
 
 
-def rolling_max(x: np.ndarray, w: int) -> np.ndarray:
+def _rolling_extreme(x: np.ndarray, w: int, how: str) -> np.ndarray:
+    """Rolling ``max`` or ``min`` over the last `w` values (NaN in a window gives NaN)."""
     if x.size < w:
         return np.full(x.size, np.nan)
     if x.size * w <= _SMALL:
-        return _pad(_windows(x, w).max(axis=1), x.size)
-    return pd.Series(x).rolling(w).max().to_numpy()
+        return _pad(getattr(_windows(x, w), how)(axis=1), x.size)
+    return getattr(pd.Series(x).rolling(w), how)().to_numpy()
+
+
+def rolling_max(x: np.ndarray, w: int) -> np.ndarray:
+    return _rolling_extreme(x, w, "max")
 
 
 def rolling_min(x: np.ndarray, w: int) -> np.ndarray:
-    if x.size < w:
-        return np.full(x.size, np.nan)
-    if x.size * w <= _SMALL:
-        return _pad(_windows(x, w).min(axis=1), x.size)
-    return pd.Series(x).rolling(w).min().to_numpy()
+    return _rolling_extreme(x, w, "min")
 
 
 def ema(x: np.ndarray, alpha: float) -> np.ndarray:

@@ -38,15 +38,10 @@ BASE_FAMILIES = (
     "session",
     "previous_day",
 )
-HTF_FAMILIES = (
-    "returns",
-    "volatility",
-    "atr",
-    "range_position",
-    "rsi",
-    "macd",
-    "bollinger",
-    "moving_average",
+# calendar, session, previous-day, spread and tick-volume features describe the base bar
+# itself; on a higher timeframe they would repeat what the base row already says
+HTF_FAMILIES = tuple(
+    f for f in BASE_FAMILIES if f not in ("tick_volume", "spread", "calendar", "session", "previous_day")
 )
 
 

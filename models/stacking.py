@@ -76,6 +76,20 @@ class NonNegativeLogit:
         return np.column_stack([1 - p, p])
 
 
+def _covered(
+    factories: dict[str, LearnerFactory],
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: list[Fold],
+    oof: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """OOF probabilities (computed unless given) restricted to rows every learner predicted,
+    and the labels of those rows."""
+    oof = out_of_fold(factories, X, y, folds) if oof is None else oof
+    rows = ~np.isnan(oof).any(axis=1)
+    return oof[rows], y[rows]
+
+
 def fit_base(factories: dict[str, LearnerFactory], X: np.ndarray, y: np.ndarray) -> list[BaseLearner]:
     """Every base learner fitted on all the given training rows (shared by stack and ensemble)."""
     return [make().fit(X, y) for make in factories.values()]
@@ -118,9 +132,8 @@ def fit_stacked(
     calibration: tuple[str, ...] = ("none", "platt", "temperature", "isotonic"),
 ) -> StackedModel:
     """Fit the stack: OOF base probabilities → non-negative logistic meta → calibrator (see module)."""
-    oof = out_of_fold(factories, X, y, folds) if oof is None else oof
-    rows = ~np.isnan(oof).any(axis=1)
-    z, yo = logit(oof[rows]), y[rows]
+    probs, yo = _covered(factories, X, y, folds, oof)
+    z = logit(probs)
     meta_oof = _walk_forward_meta(z, yo, blocks=5, l2=l2)
     scored = ~np.isnan(meta_oof)
     calibrator, scores = (
@@ -130,7 +143,7 @@ def fit_stacked(
     )
     meta = NonNegativeLogit(l2).fit(z, yo)
     base = fit_base(factories, X, y) if base is None else base
-    oof_scores = {name: log_loss(yo, oof[rows][:, j]) for j, name in enumerate(factories)}
+    oof_scores = {name: log_loss(yo, probs[:, j]) for j, name in enumerate(factories)}
     oof_scores["stacked"] = log_loss(yo[scored], calibrator.transform(meta_oof[scored]))
     oof_scores.update({f"calibration_{k}": v for k, v in scores.items()})
     return StackedModel(list(factories), base, meta, calibrator, oof_scores)
@@ -161,11 +174,9 @@ def fit_ensemble(
     calibration: tuple[str, ...] = ("none", "platt", "temperature", "isotonic"),
 ) -> EnsembleModel:
     """Calibrate each base learner on its OOF probabilities, then fit simplex weights."""
-    oof = out_of_fold(factories, X, y, folds) if oof is None else oof
-    rows = ~np.isnan(oof).any(axis=1)
-    yo = y[rows]
-    calibrators = [choose_calibrator(oof[rows][:, j], yo, calibration)[0] for j in range(oof.shape[1])]
-    calibrated = np.column_stack([c.transform(oof[rows][:, j]) for j, c in enumerate(calibrators)])
+    probs, yo = _covered(factories, X, y, folds, oof)
+    calibrators = [choose_calibrator(probs[:, j], yo, calibration)[0] for j in range(probs.shape[1])]
+    calibrated = np.column_stack([c.transform(probs[:, j]) for j, c in enumerate(calibrators)])
 
     def loss(v: np.ndarray) -> float:
         w = np.exp(v - v.max())

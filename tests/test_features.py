@@ -22,17 +22,7 @@ TIME_ONLY = {"calendar", "session"}  # functions of the bar's time alone: nothin
 
 
 def _bars(rates: np.ndarray, tf: str, point: float = 1e-5) -> Bars:
-    return Bars(
-        rates["time"].astype(np.int64),
-        rates["open"],
-        rates["high"],
-        rates["low"],
-        rates["close"],
-        rates["tick_volume"].astype(float),
-        rates["spread"].astype(float),
-        C.timeframe_seconds(tf),
-        point,
-    )
+    return Bars.from_rates(rates, C.timeframe_seconds(tf), point)
 
 
 @pytest.fixture(scope="module")

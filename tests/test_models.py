@@ -27,20 +27,9 @@ def simulated_dataset(strength: float, end: datetime) -> dict[str, np.ndarray]:
     sim = MarketSimulator(SimulatorConfig(end=end, signal_strength=strength))
     sim.initialize()
     m1 = sim.copy_rates_range("EURUSD", C.TIMEFRAME_M1, 0, 2**40)
-    bars = {}
-    for tf in ("M5", "H1"):
-        r = aggregate_rates(m1, tf)
-        bars[tf] = Bars(
-            r["time"].astype(np.int64),
-            r["open"],
-            r["high"],
-            r["low"],
-            r["close"],
-            r["tick_volume"].astype(float),
-            r["spread"].astype(float),
-            C.timeframe_seconds(tf),
-            1e-5,
-        )
+    bars = {
+        tf: Bars.from_rates(aggregate_rates(m1, tf), C.timeframe_seconds(tf), 1e-5) for tf in ("M5", "H1")
+    }
     base = bars["M5"]
     matrix = build_features(bars, FeatureSpec(higher_timeframes=("H1",)))
     labels = direction_labels(base, DirectionLabelSpec(horizon=HORIZON))
