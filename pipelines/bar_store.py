@@ -288,6 +288,7 @@ class BarStore:
         is harmless. Returns the number of good rows written.
         """
         with self._locked(key):
+            self._sweep_temporaries(key)
             mark = self.watermark(key)
             if mark is not None and through <= mark:
                 return 0
@@ -335,5 +336,11 @@ class BarStore:
         for path in self.series_dir(key).glob("part-*.parquet"):
             if path != merged:
                 path.unlink()
-        for path in self.series_dir(key).glob(".tmp-*.parquet"):
-            path.unlink()
+        self._sweep_temporaries(key)
+
+    def _sweep_temporaries(self, key: SeriesKey) -> None:
+        """Delete temporaries a crashed writer left in the series' data and quarantine folders.
+        Only call under the series lock: then no live writer owns one."""
+        for folder in (self.series_dir(key), self.series_dir(key, quarantine=True)):
+            for path in folder.glob(".tmp-*.parquet"):
+                path.unlink()
