@@ -302,6 +302,18 @@ class RegistryParams(_Frozen):
     gate: GateParams = GateParams()
 
 
+class StoreParams(_Frozen):
+    """The ``store:`` section: the per-tenant results database.
+
+    ``url`` is what scoring and serving connect with (on PostgreSQL the ``mt5prob_app`` role,
+    which row-level security confines to one tenant per transaction); ``admin_url`` runs the
+    migrations and tenant administration (owner, superuser or BYPASSRLS). Empty ``admin_url``
+    means the same as ``url`` (SQLite)."""
+
+    url: str = "sqlite:///results.db"
+    admin_url: str | None = None
+
+
 class Params(BaseModel):
     """All of params.yaml. Sections of rooms not built yet are kept as plain mappings."""
 
@@ -313,6 +325,7 @@ class Params(BaseModel):
     models: ModelsParams = ModelsParams()
     tune: TuneParams = TuneParams()
     registry: RegistryParams = RegistryParams()
+    store: StoreParams = StoreParams()
     outputs: Path = Path("outputs")
 
 

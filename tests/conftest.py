@@ -55,3 +55,34 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+PG_SERVER = os.environ.get("MT5PROB_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url():
+    """A fresh PostgreSQL database for this test session (dropped afterwards), as the admin
+    (superuser) URL. Unreachable server: skip on a laptop, FAIL when CI=true."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    server = sa.create_engine(PG_SERVER, isolation_level="AUTOCOMMIT")
+    try:
+        with server.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        server.dispose()
+        message = f"PostgreSQL unreachable at {PG_SERVER}: {exc.orig}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    name = f"mt5prob_test_{uuid.uuid4().hex[:10]}"
+    with server.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(PG_SERVER).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with server.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    server.dispose()

@@ -1,0 +1,21 @@
+"""The per-tenant results store (see results.py) and its Alembic migrations."""
+
+from pipelines.store.results import (
+    ResultsStore,
+    StoreError,
+    Subscription,
+    Tenant,
+    TenantIsolationError,
+    TenantSession,
+    app_url,
+)
+
+__all__ = [
+    "ResultsStore",
+    "StoreError",
+    "Subscription",
+    "Tenant",
+    "TenantIsolationError",
+    "TenantSession",
+    "app_url",
+]

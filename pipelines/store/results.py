@@ -1,0 +1,572 @@
+"""The results store: tenants, their probabilities and an audit trail, isolated per tenant.
+
+SQLite file by default, PostgreSQL when a ``postgresql+psycopg://`` URL is configured. Two
+connections, two privileges:
+
+- ``url`` — what scoring and serving use. On PostgreSQL this is the ``mt5prob_app`` role
+  (no BYPASSRLS, owns nothing). Every transaction that touches tenant data first sets
+  ``app.tenant_id`` (transaction-local), and row-level security on every tenant table lets the
+  session see and write only that tenant's rows, even when a query forgets its filter.
+- ``admin_url`` — migrations and tenant administration (add, remove, list across tenants).
+  It must own the tables and be a superuser or have BYPASSRLS. Defaults to ``url`` (SQLite).
+
+On SQLite there is no RLS; the API enforces the same rule: data is reached only through a
+`TenantSession`, whose queries carry its tenant and whose writes refuse any other tenant.
+
+API keys look like ``mt5p_<key id>_<secret>``; only the key id and the SHA-256 of the whole
+key are stored. Keys are compared in constant time and never logged. Times are UTC;
+``bar_time`` is the bar's open time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+
+from pipelines.store.schema import APP_ROLE, TENANT_SETTING, audit, probabilities, tenants, watermarks
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+KEY_PREFIX = "mt5p"
+SIGNALS = ("long", "short", "flat")
+RESULT_COLUMNS = (
+    "symbol",
+    "timeframe",
+    "bar_time",
+    "horizon",
+    "label_kind",
+    "probability",
+    "signal",
+    "model_name",
+    "model_version",
+    "scored_at",
+)
+_UNIQUE = ("tenant_id", "symbol", "timeframe", "bar_time", "horizon", "label_kind", "model_version")
+
+
+class StoreError(ValueError):
+    """Bad input to the store (unknown tenant, invalid subscription, wrong tenant...)."""
+
+
+class TenantIsolationError(PermissionError):
+    """A tenant session tried to reach another tenant's rows."""
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One thing a tenant follows: a symbol on a timeframe, a label kind and horizon (bars)."""
+
+    symbol: str
+    timeframe: str
+    horizon: int
+    label_kind: str = "direction"
+
+    @classmethod
+    def parse(cls, text: str) -> Subscription:
+        """``EURUSD:M5:12`` or ``EURUSD:M5:12:triple_barrier``."""
+        parts = text.split(":")
+        if len(parts) not in (3, 4) or not parts[2].isdigit():
+            raise StoreError(f"subscription {text!r}: expected SYMBOL:TIMEFRAME:HORIZON[:LABEL_KIND]")
+        return cls(parts[0].upper(), parts[1].upper(), int(parts[2]), *(parts[3:] or ["direction"]))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "symbol": self.symbol,
+            "timeframe": self.timeframe,
+            "horizon": self.horizon,
+            "label_kind": self.label_kind,
+        }
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A client account. Thresholds are on P(up): long above `long_above`, short below
+    `short_below`, flat between. `pins` maps a model name to the version this tenant uses."""
+
+    tenant_id: str
+    name: str
+    follows: tuple[Subscription, ...]
+    long_above: float = 0.55
+    short_below: float = 0.45
+    pins: Mapping[str, str] = field(default_factory=dict)
+    created_at: datetime | None = None
+
+    def signal(self, probability: float) -> str:
+        if probability > self.long_above:
+            return "long"
+        if probability < self.short_below:
+            return "short"
+        return "flat"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tenant_id": self.tenant_id,
+            "name": self.name,
+            "follows": [s.as_dict() for s in self.follows],
+            "long_above": self.long_above,
+            "short_below": self.short_below,
+            "pins": dict(self.pins),
+            "created_at": None if self.created_at is None else self.created_at.isoformat(),
+        }
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _new_key() -> tuple[str, str]:
+    key_id = secrets.token_hex(6)
+    return key_id, f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+
+
+def _key_id(key: str) -> str | None:
+    parts = key.split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_PREFIX or not parts[1]:
+        return None
+    return parts[1]
+
+
+def _tenant_from_row(row: Any) -> Tenant:
+    follows = row.follows if not isinstance(row.follows, str) else json.loads(row.follows)
+    pins = row.pins if not isinstance(row.pins, str) else json.loads(row.pins)
+    return Tenant(
+        tenant_id=row.tenant_id,
+        name=row.name,
+        follows=tuple(Subscription(**f) for f in follows),
+        long_above=row.long_above,
+        short_below=row.short_below,
+        pins={str(k): str(v) for k, v in (pins or {}).items()},
+        created_at=_utc(row.created_at),
+    )
+
+
+def _validate_thresholds(long_above: float, short_below: float) -> None:
+    if not (0.0 <= short_below <= long_above <= 1.0):
+        raise StoreError(
+            f"thresholds need 0 <= short_below ({short_below}) <= long_above ({long_above}) <= 1"
+        )
+
+
+def _engine(url: str) -> sa.Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")  # readers do not block the scoring writer
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+class ResultsStore:
+    """Entry point to the store; cheap to share across threads (SQLAlchemy engines pool)."""
+
+    def __init__(self, url: str, admin_url: str | None = None) -> None:
+        self.url = url
+        self.admin_url = admin_url or url
+        self.engine = _engine(url)
+        self.admin_engine = self.engine if self.admin_url == url else _engine(self.admin_url)
+        self.dialect = self.engine.dialect.name
+
+    def close(self) -> None:
+        self.engine.dispose()
+        if self.admin_engine is not self.engine:
+            self.admin_engine.dispose()
+
+    # ---------------------------------------------------------------- schema
+    def migrate(self, revision: str = "head") -> None:
+        """Apply Alembic migrations up to `revision` (idempotent) through the admin connection."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self.admin_engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+
+    # ---------------------------------------------------------------- admin
+    def add_tenant(
+        self,
+        name: str,
+        follows: Sequence[Subscription],
+        long_above: float = 0.55,
+        short_below: float = 0.45,
+        pins: Mapping[str, str] | None = None,
+        actor: str = "admin",
+    ) -> tuple[Tenant, str]:
+        """Create a tenant; returns it and its API key (shown once: only a hash is stored)."""
+        if not name.strip():
+            raise StoreError("tenant name must not be empty")
+        if not follows:
+            raise StoreError("a tenant must follow at least one SYMBOL:TIMEFRAME:HORIZON")
+        _validate_thresholds(long_above, short_below)
+        tenant_id = uuid.uuid4().hex[:16]
+        key_id, key = _new_key()
+        now = _now()
+        with self.admin_engine.begin() as conn:
+            if conn.execute(sa.select(tenants.c.tenant_id).where(tenants.c.name == name)).first():
+                raise StoreError(f"a tenant named {name!r} exists already")
+            conn.execute(
+                tenants.insert().values(
+                    tenant_id=tenant_id,
+                    name=name,
+                    key_id=key_id,
+                    key_hash=_hash_key(key),
+                    follows=[s.as_dict() for s in follows],
+                    long_above=long_above,
+                    short_below=short_below,
+                    pins={str(k): str(v) for k, v in (pins or {}).items()},
+                    created_at=now,
+                    key_rotated_at=now,
+                )
+            )
+            _audit(conn, tenant_id, actor, "tenant.add", {"name": name})
+        tenant = Tenant(tenant_id, name, tuple(follows), long_above, short_below, dict(pins or {}), now)
+        return tenant, key
+
+    def list_tenants(self) -> list[Tenant]:
+        with self.admin_engine.connect() as conn:
+            rows = conn.execute(sa.select(tenants).order_by(tenants.c.created_at, tenants.c.name))
+            return [_tenant_from_row(r) for r in rows]
+
+    def find_tenant(self, ref: str) -> Tenant:
+        """A tenant by id or by name (admin connection)."""
+        with self.admin_engine.connect() as conn:
+            row = conn.execute(
+                sa.select(tenants).where((tenants.c.tenant_id == ref) | (tenants.c.name == ref))
+            ).first()
+        if row is None:
+            raise StoreError(f"no tenant with id or name {ref!r}")
+        return _tenant_from_row(row)
+
+    def update_tenant(
+        self,
+        ref: str,
+        *,
+        follows: Sequence[Subscription] | None = None,
+        long_above: float | None = None,
+        short_below: float | None = None,
+        pins: Mapping[str, str] | None = None,
+        actor: str = "admin",
+    ) -> Tenant:
+        tenant = self.find_tenant(ref)
+        values: dict[str, Any] = {}
+        if follows is not None:
+            values["follows"] = [s.as_dict() for s in follows]
+        la = tenant.long_above if long_above is None else long_above
+        sb = tenant.short_below if short_below is None else short_below
+        _validate_thresholds(la, sb)
+        values.update(long_above=la, short_below=sb)
+        if pins is not None:
+            values["pins"] = {str(k): str(v) for k, v in pins.items()}
+        with self.admin_engine.begin() as conn:
+            conn.execute(tenants.update().where(tenants.c.tenant_id == tenant.tenant_id).values(**values))
+            _audit(conn, tenant.tenant_id, actor, "tenant.update", {k: str(v) for k, v in values.items()})
+        return self.find_tenant(tenant.tenant_id)
+
+    def rotate_key(self, ref: str, actor: str = "admin") -> str:
+        """A new API key for the tenant; the old one stops working at once."""
+        tenant = self.find_tenant(ref)
+        key_id, key = _new_key()
+        with self.admin_engine.begin() as conn:
+            conn.execute(
+                tenants.update()
+                .where(tenants.c.tenant_id == tenant.tenant_id)
+                .values(key_id=key_id, key_hash=_hash_key(key), key_rotated_at=_now())
+            )
+            _audit(conn, tenant.tenant_id, actor, "tenant.rotate_key", {})
+        return key
+
+    def remove_tenant(self, ref: str) -> int:
+        """Delete the tenant, its results and its audit trail (right to be forgotten); returns
+        the number of result rows deleted."""
+        tenant = self.find_tenant(ref)
+        with self.admin_engine.begin() as conn:
+            n = conn.execute(
+                probabilities.delete().where(probabilities.c.tenant_id == tenant.tenant_id)
+            ).rowcount
+            conn.execute(audit.delete().where(audit.c.tenant_id == tenant.tenant_id))
+            conn.execute(tenants.delete().where(tenants.c.tenant_id == tenant.tenant_id))
+        return int(n)
+
+    # ---------------------------------------------------------------- auth
+    def authenticate(self, api_key: str | None) -> Tenant | None:
+        """The tenant an API key belongs to, or None. Constant-time comparison of hashes;
+        an unknown key id still costs one comparison."""
+        if not api_key:
+            return None
+        key_id = _key_id(api_key)
+        presented = _hash_key(api_key)
+        stored = None
+        tenant_id = None
+        if key_id is not None:
+            with self.engine.connect() as conn:
+                if self.dialect == "postgresql":
+                    row = conn.execute(
+                        sa.text("SELECT tenant_id, key_hash FROM mt5prob_key_lookup(:k)"), {"k": key_id}
+                    ).first()
+                else:
+                    row = conn.execute(
+                        sa.select(tenants.c.tenant_id, tenants.c.key_hash).where(tenants.c.key_id == key_id)
+                    ).first()
+            if row is not None:
+                tenant_id, stored = row.tenant_id, row.key_hash
+        ok = hmac.compare_digest(presented, stored or "0" * 64)
+        if not ok or tenant_id is None:
+            return None
+        with self.tenant(tenant_id, actor="auth") as session:
+            return session.tenant()
+
+    # ---------------------------------------------------------------- tenant data
+    @contextmanager
+    def tenant(self, tenant_id: str, actor: str) -> Iterator[TenantSession]:
+        """One transaction scoped to `tenant_id` (RLS on PostgreSQL, the API on SQLite);
+        commits on success, rolls back on error."""
+        with self.engine.begin() as conn:
+            _set_tenant(conn, tenant_id)
+            yield TenantSession(conn, tenant_id, actor)
+
+    def write_results(
+        self,
+        rows_by_tenant: Mapping[str, Sequence[Mapping[str, Any]]],
+        actor: str = "live-score",
+        watermark: Mapping[tuple[str, str], datetime] | None = None,
+    ) -> dict[str, int]:
+        """Upsert every tenant's rows and move the scoring watermarks in ONE transaction:
+        all of it lands or none. Each tenant's rows are written under its own tenant
+        setting, so RLS checks every row. Returns rows written per tenant."""
+        written: dict[str, int] = {}
+        with self.engine.begin() as conn:
+            for tenant_id, rows in rows_by_tenant.items():
+                if not rows:
+                    continue
+                _set_tenant(conn, tenant_id)
+                written[tenant_id] = TenantSession(conn, tenant_id, actor).upsert(rows, audited=False)
+                _audit(conn, tenant_id, actor, "results.write", {"rows": written[tenant_id]})
+            for (symbol, timeframe), last in (watermark or {}).items():
+                _upsert(
+                    conn,
+                    watermarks,
+                    [
+                        {
+                            "symbol": symbol,
+                            "timeframe": timeframe,
+                            "last_bar_time": _utc(last),
+                            "updated_at": _now(),
+                        }
+                    ],
+                    ("symbol", "timeframe"),
+                )
+        return written
+
+    def watermarks(self) -> dict[tuple[str, str], datetime]:
+        """Last scored bar open time (UTC) per (symbol, timeframe)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(watermarks.c.symbol, watermarks.c.timeframe, watermarks.c.last_bar_time)
+            )
+            return {(r.symbol, r.timeframe): _utc(r.last_bar_time) for r in rows}
+
+
+def _set_tenant(conn: sa.Connection, tenant_id: str) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT set_config(:k, :v, true)"), {"k": TENANT_SETTING, "v": tenant_id})
+
+
+def _audit(conn: sa.Connection, tenant_id: str, actor: str, action: str, detail: Mapping[str, Any]) -> None:
+    conn.execute(
+        audit.insert().values(
+            tenant_id=tenant_id,
+            actor=actor,
+            action=action,
+            detail=json.dumps(detail, sort_keys=True, default=str),
+            at=_now(),
+        )
+    )
+
+
+def _upsert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], keys: Sequence[str]) -> None:
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(table)
+    updates = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
+    conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=updates), rows)
+
+
+class TenantSession:
+    """Reads and writes of one tenant inside one transaction. Every query carries the tenant;
+    on PostgreSQL RLS enforces it again underneath."""
+
+    def __init__(self, conn: sa.Connection, tenant_id: str, actor: str) -> None:
+        self.conn = conn
+        self.tenant_id = tenant_id
+        self.actor = actor
+
+    def tenant(self) -> Tenant | None:
+        row = self.conn.execute(sa.select(tenants).where(tenants.c.tenant_id == self.tenant_id)).first()
+        return None if row is None else _tenant_from_row(row)
+
+    def upsert(self, rows: Iterable[Mapping[str, Any]], audited: bool = True) -> int:
+        """Insert or replace rows keyed on (tenant, symbol, timeframe, bar_time, horizon,
+        label kind, model version). A row naming another tenant raises
+        `TenantIsolationError` and nothing is written."""
+        now = _now()
+        clean: list[dict[str, Any]] = []
+        for row in rows:
+            owner = row.get("tenant_id", self.tenant_id)
+            if owner != self.tenant_id:
+                raise TenantIsolationError(
+                    f"a session of tenant {self.tenant_id} cannot write rows of {owner}"
+                )
+            p = float(row["probability"])
+            if not 0.0 <= p <= 1.0:
+                raise StoreError(f"probability {p} outside [0, 1]")
+            if row["signal"] not in SIGNALS:
+                raise StoreError(f"signal {row['signal']!r} not one of {SIGNALS}")
+            clean.append(
+                {
+                    "tenant_id": self.tenant_id,
+                    "symbol": row["symbol"],
+                    "timeframe": row["timeframe"],
+                    "bar_time": _utc(pd.Timestamp(row["bar_time"]).to_pydatetime()),
+                    "horizon": int(row["horizon"]),
+                    "label_kind": row["label_kind"],
+                    "probability": p,
+                    "signal": row["signal"],
+                    "model_name": row["model_name"],
+                    "model_version": str(row["model_version"]),
+                    "scored_at": _utc(row.get("scored_at")) or now,
+                }
+            )
+        if clean:
+            _upsert(self.conn, probabilities, clean, _UNIQUE)
+            if audited:
+                self.audit("results.write", {"rows": len(clean)})
+        return len(clean)
+
+    def probabilities(
+        self,
+        symbol: str | None = None,
+        timeframe: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int | None = None,
+    ) -> pd.DataFrame:
+        """This tenant's rows, bar_time in [start, end) (UTC), newest first."""
+        q = sa.select(*[probabilities.c[c] for c in RESULT_COLUMNS]).where(
+            probabilities.c.tenant_id == self.tenant_id
+        )
+        if symbol:
+            q = q.where(probabilities.c.symbol == symbol)
+        if timeframe:
+            q = q.where(probabilities.c.timeframe == timeframe)
+        if start is not None:
+            q = q.where(probabilities.c.bar_time >= _utc(start))
+        if end is not None:
+            q = q.where(probabilities.c.bar_time < _utc(end))
+        q = q.order_by(probabilities.c.bar_time.desc(), probabilities.c.symbol, probabilities.c.timeframe)
+        if limit:
+            q = q.limit(limit)
+        frame = _frame(self.conn.execute(q))
+        self.audit(
+            "results.read",
+            {"symbol": symbol, "timeframe": timeframe, "start": start, "end": end, "rows": len(frame)},
+        )
+        return frame
+
+    def latest(self, symbol: str | None = None, timeframe: str | None = None) -> pd.DataFrame:
+        """The newest row per (symbol, timeframe, horizon, label kind) of this tenant."""
+        p = probabilities.c
+        newest = (
+            sa.select(p.symbol, p.timeframe, p.horizon, p.label_kind, sa.func.max(p.bar_time).label("bt"))
+            .where(p.tenant_id == self.tenant_id)
+            .group_by(p.symbol, p.timeframe, p.horizon, p.label_kind)
+        )
+        if symbol:
+            newest = newest.where(p.symbol == symbol)
+        if timeframe:
+            newest = newest.where(p.timeframe == timeframe)
+        sub = newest.subquery()
+        q = (
+            sa.select(*[p[c] for c in RESULT_COLUMNS])
+            .join(
+                sub,
+                sa.and_(
+                    p.symbol == sub.c.symbol,
+                    p.timeframe == sub.c.timeframe,
+                    p.horizon == sub.c.horizon,
+                    p.label_kind == sub.c.label_kind,
+                    p.bar_time == sub.c.bt,
+                ),
+            )
+            .where(p.tenant_id == self.tenant_id)
+            .order_by(p.symbol, p.timeframe, p.horizon, p.label_kind, p.scored_at.desc())
+        )
+        frame = _frame(self.conn.execute(q))
+        if len(frame):  # several model versions for the same bar: keep the most recent score
+            frame = frame.drop_duplicates(["symbol", "timeframe", "horizon", "label_kind"]).reset_index(
+                drop=True
+            )
+        self.audit("results.read_latest", {"symbol": symbol, "timeframe": timeframe, "rows": len(frame)})
+        return frame
+
+    def audit_log(self) -> pd.DataFrame:
+        q = (
+            sa.select(audit.c.actor, audit.c.action, audit.c.detail, audit.c.at)
+            .where(audit.c.tenant_id == self.tenant_id)
+            .order_by(audit.c.id)
+        )
+        return pd.DataFrame(
+            self.conn.execute(q).mappings().all(), columns=["actor", "action", "detail", "at"]
+        )
+
+    def audit(self, action: str, detail: Mapping[str, Any]) -> None:
+        _audit(self.conn, self.tenant_id, self.actor, action, detail)
+
+    def execute(self, statement: Any, parameters: Any = None) -> Any:
+        """Raw SQL inside this tenant's transaction (RLS still applies on PostgreSQL)."""
+        return self.conn.execute(sa.text(statement) if isinstance(statement, str) else statement, parameters)
+
+
+def _frame(result: Any) -> pd.DataFrame:
+    frame = pd.DataFrame(result.mappings().all(), columns=list(RESULT_COLUMNS))
+    for col in ("bar_time", "scored_at"):
+        frame[col] = (
+            pd.to_datetime(frame[col], utc=True) if len(frame) else pd.Series([], dtype="datetime64[ns, UTC]")
+        )
+    return frame
+
+
+def app_url(admin_url: str, role: str = APP_ROLE) -> str:
+    """The application URL for a PostgreSQL admin URL: same host and database, the app role."""
+    url = sa.make_url(admin_url)
+    return url.set(username=role, password=None).render_as_string(hide_password=False)

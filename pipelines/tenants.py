@@ -1,0 +1,139 @@
+"""Tenant administration for the results store.
+
+    python -m pipelines.tenants migrate
+    python -m pipelines.tenants add NAME --follow EURUSD:M5:12 [--follow XAUUSD:M5:12:triple_barrier]
+                                     [--long-above 0.55] [--short-below 0.45] [--pin MODEL=VERSION]
+    python -m pipelines.tenants list
+    python -m pipelines.tenants update TENANT [--follow ...] [--long-above P] [--short-below P]
+                                     [--pin MODEL=VERSION] [--unpin]
+    python -m pipelines.tenants rotate-key TENANT
+    python -m pipelines.tenants remove TENANT --yes
+    python -m pipelines.tenants export TENANT --out FILE.parquet|FILE.csv
+
+TENANT is an id or a name. ``add`` and ``rotate-key`` print the API key once; only its hash
+is stored. ``remove`` deletes the tenant's results and audit trail (right to be forgotten);
+``export`` writes all of its results (portability) atomically. The store is ``store:`` in
+params.yaml (``--params``, ``--profile``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipelines.store import ResultsStore, StoreError, Subscription
+
+
+def _pins(values: Sequence[str]) -> dict[str, str]:
+    pins = {}
+    for value in values:
+        name, sep, version = value.partition("=")
+        if not sep or not name or not version.isdigit():
+            raise StoreError(f"--pin {value!r}: expected MODEL_NAME=VERSION (a version number)")
+        pins[name] = version
+    return pins
+
+
+def export_results(store: ResultsStore, ref: str, out: Path) -> int:
+    """Write every result row of the tenant to `out` (.parquet or .csv), atomically."""
+    from pipelines.atomic_files import write_atomic
+
+    if out.suffix not in (".parquet", ".csv"):
+        raise StoreError(f"--out {out}: use a .parquet or .csv file name")
+    tenant = store.find_tenant(ref)
+    with store.tenant(tenant.tenant_id, actor="admin:export") as session:
+        frame = session.probabilities()
+        session.audit("tenant.export", {"rows": len(frame), "file": out.name})
+    frame = frame.sort_values(["bar_time", "symbol", "timeframe", "horizon", "label_kind"]).reset_index(
+        drop=True
+    )
+    if out.suffix == ".parquet":
+        write_atomic(out, lambda h: frame.to_parquet(h, index=False))
+    else:
+        write_atomic(out, lambda h: h.write(frame.to_csv(index=False).encode()))  # type: ignore[attr-defined]
+    return len(frame)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pipelines.config import load_params
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.tenants",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--profile", default=None)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="create or upgrade the store's tables")
+    add = sub.add_parser("add", help="create a tenant and print its API key once")
+    add.add_argument("name")
+    for p in (add, update := sub.add_parser("update", help="change what a tenant follows or its thresholds")):
+        p.add_argument("--follow", action="append", default=[], metavar="SYMBOL:TF:HORIZON[:KIND]")
+        p.add_argument("--long-above", type=float, default=None)
+        p.add_argument("--short-below", type=float, default=None)
+        p.add_argument("--pin", action="append", default=[], metavar="MODEL=VERSION")
+    update.add_argument("tenant")
+    update.add_argument("--unpin", action="store_true", help="drop every pin (use champion)")
+    sub.add_parser("list", help="tenants as JSON lines (never keys)")
+    rotate = sub.add_parser("rotate-key", help="issue a new key; the old one stops working")
+    rotate.add_argument("tenant")
+    remove = sub.add_parser("remove", help="delete a tenant and all of its results")
+    remove.add_argument("tenant")
+    remove.add_argument("--yes", action="store_true", help="confirm")
+    export = sub.add_parser("export", help="write a tenant's results to Parquet or CSV")
+    export.add_argument("tenant")
+    export.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+
+    params = load_params(args.params, args.profile)
+    store = ResultsStore(params.store.url, params.store.admin_url)
+    try:
+        if args.command == "migrate":
+            store.migrate()
+            print(f"store at {store.dialect} is at the newest migration")
+            return 0
+        store.migrate()
+        if args.command == "add":
+            tenant, key = store.add_tenant(
+                args.name,
+                [Subscription.parse(f) for f in args.follow],
+                0.55 if args.long_above is None else args.long_above,
+                0.45 if args.short_below is None else args.short_below,
+                _pins(args.pin),
+            )
+            print(json.dumps(tenant.as_dict()))
+            print(f"API key (shown once, store it now): {key}")
+        elif args.command == "update":
+            tenant = store.update_tenant(
+                args.tenant,
+                follows=[Subscription.parse(f) for f in args.follow] or None,
+                long_above=args.long_above,
+                short_below=args.short_below,
+                pins={} if args.unpin else (_pins(args.pin) or None),
+            )
+            print(json.dumps(tenant.as_dict()))
+        elif args.command == "list":
+            for tenant in store.list_tenants():
+                print(json.dumps(tenant.as_dict()))
+        elif args.command == "rotate-key":
+            print(f"new API key (shown once; the old key no longer works): {store.rotate_key(args.tenant)}")
+        elif args.command == "remove":
+            if not args.yes:
+                raise StoreError("remove deletes the tenant and all of its results: add --yes to confirm")
+            print(f"removed {args.tenant}: {store.remove_tenant(args.tenant)} result rows deleted")
+        elif args.command == "export":
+            print(f"wrote {export_results(store, args.tenant, args.out)} rows to {args.out}")
+        return 0
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
