@@ -103,3 +103,8 @@ class XGBoostLearner:
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         return self.model.predict_proba(X)[:, 1]
+
+    def to(self, device: str) -> XGBoostLearner:
+        """Predict on `device` ("cpu" or "cuda")."""
+        self.model.set_params(device=device)
+        return self

@@ -116,9 +116,16 @@ class MLPLearner:
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         import torch
 
+        device = getattr(self, "device", "cpu")
         with torch.no_grad():
-            logits = self.net(torch.from_numpy(self._prepare(X)))
-        return torch.sigmoid(logits).numpy().astype(np.float64)
+            logits = self.net(torch.from_numpy(self._prepare(X)).to(device))
+        return torch.sigmoid(logits).cpu().numpy().astype(np.float64)
+
+    def to(self, device: str) -> MLPLearner:
+        """Predict on `device` ("cpu" or "cuda"); the fitted weights move with it."""
+        self.net = self.net.to(device)
+        self.device = device
+        return self
 
 
 @dataclass

@@ -116,6 +116,12 @@ class StackedModel:
     def base_probabilities(self, X: np.ndarray) -> np.ndarray:
         return np.column_stack([m.predict_proba(X) for m in self.base])
 
+    def to(self, device: str) -> StackedModel:
+        from models.device import place
+
+        self.base = [place(m, device) for m in self.base]
+        return self
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         z = logit(self.base_probabilities(X))
         return self.calibrator.transform(self.meta.predict_proba(z)[:, 1])
@@ -156,6 +162,12 @@ class EnsembleModel:
     calibrators: list[Any]
     weights: np.ndarray
     oof_scores: dict[str, float] = field(default_factory=dict)
+
+    def to(self, device: str) -> EnsembleModel:
+        from models.device import place
+
+        self.base = [place(m, device) for m in self.base]
+        return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         probs = np.column_stack(

@@ -314,6 +314,23 @@ class StoreParams(_Frozen):
     admin_url: str | None = None
 
 
+class ServingParams(_Frozen):
+    """The ``serving:`` section (serving/): which registered models the BentoML service serves
+    and how. An empty `models` list means the one model this params file trains."""
+
+    models: tuple[str, ...] = ()
+    alias: str = "champion"
+    max_loaded_versions: int = Field(4, ge=1)  # least recently used versions are evicted
+    reload_interval_seconds: float = Field(2.0, gt=0, le=60)  # alias changes picked up this fast
+    max_batch_rows: int = Field(10_000, ge=1)  # rows per request on /score
+    max_bars: int = Field(20_000, ge=1)  # bars per timeframe on /score_bars
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    workers: int = Field(1, ge=1)
+    gpus: int = Field(0, ge=0)  # BentoML resources: GPUs to request (0 = none required)
+    auth_cache_seconds: float = Field(5.0, ge=0)  # a rotated or removed key stops within this
+    api_key_header: str = "X-API-Key"
+
+
 class Params(BaseModel):
     """All of params.yaml. Sections of rooms not built yet are kept as plain mappings."""
 
@@ -326,6 +343,7 @@ class Params(BaseModel):
     tune: TuneParams = TuneParams()
     registry: RegistryParams = RegistryParams()
     store: StoreParams = StoreParams()
+    serving: ServingParams = ServingParams()
     outputs: Path = Path("outputs")
 
 

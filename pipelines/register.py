@@ -10,6 +10,7 @@ then the gate compares it with the current ``champion`` on the holdout rows.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,6 +71,13 @@ def register(params: Params, repo: Path = Path(".")) -> tuple[str, str, GateDeci
             )
             if p.exists()
         ],
+        meta={
+            "feature_spec": dataclasses.asdict(params.features.spec()),
+            "base_timeframe": bundle["base_timeframe"],
+            "label_kind": bundle["label_kind"],
+            "horizon": params.labels.horizon,
+            "symbols": list(bundle["symbols"]),
+        },
     )
     decision = registry.promotion_gate(name, X, y, params.registry.gate.max_ece)
     return name, version, decision

@@ -5,7 +5,12 @@ Naming: ``<prefix>-<symbol group>-<timeframe>-<label kind>-h<horizon>``. A new v
 alias ``challenger``. `promotion_gate` moves ``champion`` only when the challenger's log loss
 on the same out-of-sample rows beats the champion's and its ECE is within the limit; the
 decision and its numbers are written as tags on the challenger version, and the replaced
-champion keeps alias ``previous_champion`` (what rollback returns to).
+champion keeps alias ``previous_champion``.
+
+Every change of ``champion`` (promotion or rollback) goes through `Registry.set_champion`,
+which keeps the order of champions in the registered model's ``champion_history`` tag (a
+JSON list of versions, newest last) and writes who, when and why on the version. `rollback`
+steps back through that history (or jumps to a named version).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import hashlib
 import json
 import subprocess
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +38,16 @@ class ProbabilityModel:
     behind MLflow's pyfunc interface: a frame with the recorded feature columns in → a frame
     with ``p_up`` (probability of label 1) out."""
 
-    def __init__(self, predictor: Any, columns: list[str]) -> None:
+    def __init__(self, predictor: Any, columns: list[str], meta: dict[str, Any] | None = None) -> None:
         self.predictor = predictor
         self.columns = list(columns)
+        # what serving needs to score from raw bars: the feature spec (features.spec.FeatureSpec
+        # as a dict), base timeframe, label kind, horizon, symbols
+        self.meta = dict(meta or {})
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """P(label 1) for a float matrix whose columns are `columns`, in that order."""
+        return np.asarray(self.predictor.predict_proba(np.asarray(X, dtype=np.float32)), dtype=np.float64)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         missing = [c for c in self.columns if c not in model_input.columns]
@@ -128,6 +141,7 @@ class Registry:
         metrics: dict[str, float],
         tags: dict[str, str],
         artifacts: list[Path],
+        meta: dict[str, Any] | None = None,
     ) -> str:
         """One MLflow run with params, metrics, artifacts and the pyfunc model; returns the new
         registered version, aliased ``challenger``."""
@@ -135,7 +149,7 @@ class Registry:
 
         mlflow = self._mlflow
         mlflow.set_experiment(name)
-        model = _pyfunc_class()(predictor, columns)
+        model = _pyfunc_class()(predictor, columns, meta)
         with mlflow.start_run(run_name=f"train-{tags.get('git_commit', '')[:8]}") as run:
             mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
             mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)})
@@ -205,7 +219,83 @@ class Registry:
         for key, value in tags.items():
             self.client.set_model_version_tag(name, challenger, key, value)
         if promoted:
-            if champion is not None and champion != challenger:
-                self.client.set_registered_model_alias(name, "previous_champion", champion)
-            self.client.set_registered_model_alias(name, "champion", challenger)
+            self.set_champion(name, challenger, reason=f"promotion gate: {reason}", actor="promotion-gate")
         return decision
+
+    def champion_history(self, name: str) -> list[str]:
+        """Versions that were champion, oldest first (current champion last)."""
+        tags = self.client.get_registered_model(name).tags
+        history = json.loads(tags.get("champion_history", "[]"))
+        current = self.alias_version(name, "champion")
+        if current is not None and (not history or history[-1] != current):
+            history.append(current)  # aliases moved outside this class: trust the alias
+        return [str(v) for v in history]
+
+    def set_champion(
+        self, name: str, version: str, reason: str, actor: str, history: list[str] | None = None
+    ) -> None:
+        """Point ``champion`` at `version`, keep ``previous_champion`` and the history tag in
+        step, and record who/when/why on the version."""
+        version = str(version)
+        self.require_version(name, version)
+        if history is None:
+            history = [v for v in self.champion_history(name) if v != version] + [version]
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        self.client.set_model_version_tag(name, version, "champion_since", now)
+        self.client.set_model_version_tag(name, version, "champion_reason", reason[:500])
+        self.client.set_model_version_tag(name, version, "champion_set_by", actor)
+        self.client.set_registered_model_tag(name, "champion_history", json.dumps(history[-50:]))
+        if len(history) >= 2:
+            self.client.set_registered_model_alias(name, "previous_champion", history[-2])
+        else:
+            try:
+                self.client.delete_registered_model_alias(name, "previous_champion")
+            except Exception:  # noqa: BLE001 - no such alias
+                pass
+        self.client.set_registered_model_alias(name, "champion", version)
+
+    def rollback(self, name: str, to: str | None, reason: str, actor: str = "rollback") -> tuple[str, str]:
+        """Move ``champion`` back to the previous champion (or to version `to`); returns
+        (old, new) versions. The demoted version is tagged with why."""
+        history = self.champion_history(name)
+        if not history:
+            raise ValueError(f"{name} has no champion to roll back")
+        current = history[-1]
+        if to is None:
+            if len(history) < 2:
+                raise ValueError(f"{name}: no previous champion to roll back to; pass --to VERSION")
+            new_history = history[:-1]
+        else:
+            to = str(to)
+            if to == current:
+                raise ValueError(f"{name}: version {to} is already the champion")
+            self.require_version(name, to)
+            new_history = [v for v in history if v != to] + [to]
+        target = new_history[-1]
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        self.client.set_model_version_tag(name, current, "demoted_at", now)
+        self.client.set_model_version_tag(
+            name, current, "demoted_reason", f"rollback to {target}: {reason}"[:500]
+        )
+        self.set_champion(
+            name, target, reason=f"rollback from {current}: {reason}", actor=actor, history=new_history
+        )
+        return current, target
+
+    def require_version(self, name: str, version: str) -> None:
+        """ValueError naming the versions that exist when `version` is not one of them."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_model_version(name, str(version))
+        except MlflowException as exc:
+            try:
+                known = sorted(int(v.version) for v in self.client.search_model_versions(f"name='{name}'"))
+            except MlflowException:
+                known = []
+            raise ValueError(f"{name} has no version {version!r} (versions: {known or 'none'})") from exc
+
+    def aliases(self, name: str) -> dict[str, str]:
+        """alias → version of one registered model."""
+        model = self.client.get_registered_model(name)
+        return {str(k): str(v) for k, v in (model.aliases or {}).items()}

@@ -213,3 +213,10 @@ def test_cli_round_trip(tmp_path, capsys):
     assert "SYMBOL:TIMEFRAME:HORIZON" in capsys.readouterr().err
     assert tenants_cli(["--params", str(params), "remove", "acme"]) == 2
     assert tenants_cli(["--params", str(params), "remove", "acme", "--yes"]) == 0
+
+
+def test_pinned_versions_visible_without_other_tenant_data(store):
+    a, _ = store.add_tenant("a", FOLLOWS, pins={"m": "2"})
+    store.add_tenant("b", FOLLOWS)
+    assert store.pinned_versions("m") == [(a.tenant_id, "2")]
+    assert store.pinned_versions("other") == []

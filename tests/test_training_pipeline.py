@@ -130,3 +130,31 @@ def test_promotion_gate_and_previous_champion(tmp_path):
     tags = registry.client.get_model_version(name, "3").tags
     assert tags["gate_decision"] == "rejected" and tags["gate_champion_version"] == "2"
     assert registry.alias_version(name, "champion") == "2"
+
+
+def test_rollback_walks_champion_history_and_records_why(tmp_path):
+    registry = Registry(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    name, cols = "rollback-test", ["f0", "f1"]
+    X = pd.DataFrame({"f0": [0.3, 0.6, 0.7], "f1": [0.0, 1.0, 2.0]})
+    for p in (0.4, 0.5, 0.6):
+        v = registry.log_and_register(name, Constant(p), cols, X, {}, {}, {}, [])
+        registry.set_champion(name, v, reason=f"test {p}", actor="test")
+    assert registry.champion_history(name) == ["1", "2", "3"]
+    assert registry.aliases(name)["previous_champion"] == "2"
+    assert registry.rollback(name, None, "bad live calibration") == ("3", "2")
+    assert registry.alias_version(name, "champion") == "2"
+    assert registry.alias_version(name, "previous_champion") == "1"
+    tags = registry.client.get_model_version(name, "3").tags
+    assert "bad live calibration" in tags["demoted_reason"]
+    assert registry.client.get_model_version(name, "2").tags["champion_set_by"] == "rollback"
+    assert registry.rollback(name, None, "again") == ("2", "1")
+    with pytest.raises(ValueError, match="no previous champion"):
+        registry.rollback(name, None, "nothing left")
+    assert registry.rollback(name, "3", "forward again") == ("1", "3")
+    assert registry.champion_history(name) == ["1", "3"]
+    with pytest.raises(ValueError, match=r"no version '9' \(versions: \[1, 2, 3\]\)"):
+        registry.rollback(name, "9", "typo")
+    with pytest.raises(ValueError, match="already the champion"):
+        registry.rollback(name, "3", "noop")
+    model = registry.load(name, "champion").unwrap_python_model()
+    assert model.predict_proba(X[cols].to_numpy()).tolist() == [0.6] * 3

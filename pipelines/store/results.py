@@ -344,6 +344,23 @@ class ResultsStore:
         with self.tenant(tenant_id, actor="auth") as session:
             return session.tenant()
 
+    def pinned_versions(self, model_name: str) -> list[tuple[str, str]]:
+        """(tenant id, version) of every tenant pinned to a version of `model_name` — and
+        nothing else about them (a SECURITY DEFINER function on PostgreSQL)."""
+        with self.engine.connect() as conn:
+            if self.dialect == "postgresql":
+                rows = conn.execute(
+                    sa.text("SELECT tenant_id, version FROM mt5prob_pinned_versions(:m)"), {"m": model_name}
+                ).all()
+                return [(r.tenant_id, str(r.version)) for r in rows]
+            rows = conn.execute(sa.select(tenants.c.tenant_id, tenants.c.pins)).all()
+        out = []
+        for r in rows:
+            pins = r.pins if not isinstance(r.pins, str) else json.loads(r.pins)
+            if model_name in (pins or {}):
+                out.append((r.tenant_id, str(pins[model_name])))
+        return out
+
     # ---------------------------------------------------------------- tenant data
     @contextmanager
     def tenant(self, tenant_id: str, actor: str) -> Iterator[TenantSession]:

@@ -114,21 +114,32 @@ def _postgres_isolation() -> None:
         AS $$ SELECT t.tenant_id::text, t.key_hash::text FROM tenants t WHERE t.key_id = p_key_id $$
         """
     )
+    # which tenants pin a version of a model (no other tenant data): serving's 403 rule
     op.execute(
         """
-        DO $$ BEGIN
-          EXECUTE format('ALTER FUNCTION mt5prob_key_lookup(text) SET search_path = %I, pg_temp',
-                         current_schema());
-        END $$;
+        CREATE FUNCTION mt5prob_pinned_versions(p_model text)
+        RETURNS TABLE (tenant_id text, version text)
+        LANGUAGE sql STABLE SECURITY DEFINER
+        AS $$ SELECT t.tenant_id::text, (t.pins::jsonb ->> p_model)::text FROM tenants t
+              WHERE t.pins::jsonb ? p_model $$
         """
     )
-    op.execute("REVOKE ALL ON FUNCTION mt5prob_key_lookup(text) FROM PUBLIC")
-    op.execute(f"GRANT EXECUTE ON FUNCTION mt5prob_key_lookup(text) TO {APP_ROLE}")
+    for fn in ("mt5prob_key_lookup(text)", "mt5prob_pinned_versions(text)"):
+        op.execute(
+            f"""
+            DO $$ BEGIN
+              EXECUTE format('ALTER FUNCTION {fn} SET search_path = %I, pg_temp', current_schema());
+            END $$;
+            """
+        )
+        op.execute(f"REVOKE ALL ON FUNCTION {fn} FROM PUBLIC")
+        op.execute(f"GRANT EXECUTE ON FUNCTION {fn} TO {APP_ROLE}")
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP FUNCTION IF EXISTS mt5prob_key_lookup(text)")
+        op.execute("DROP FUNCTION IF EXISTS mt5prob_pinned_versions(text)")
     op.drop_table("score_watermarks")
     op.drop_table("audit")
     op.drop_table("probabilities")

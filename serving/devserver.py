@@ -1,0 +1,74 @@
+"""Start the scoring service as a real ``bentoml serve`` subprocess on a loopback port (tests,
+benchmarks and the demo), wait until it is ready, and stop it (with its workers) afterwards."""
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_service(
+    params: Path,
+    profile: str | None = None,
+    port: int | None = None,
+    timeout: float = 180.0,
+    log: Path | None = None,
+) -> Iterator[str]:
+    """Yields the base URL (``http://127.0.0.1:PORT``) once ``/readyz`` answers 200."""
+    port = port or free_port()
+    bentoml = Path(sys.executable).with_name("bentoml")
+    env = {**os.environ, "MT5PROB_PARAMS": str(Path(params).resolve()), "BENTOML_DO_NOT_TRACK": "True"}
+    if profile:
+        env["MT5PROB_PROFILE"] = profile
+    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [str(bentoml), "serve", "serving.service:ScoringService", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited with {proc.returncode} (log: {log})")
+            try:
+                with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"service not ready after {timeout:.0f} s (log: {log})")
+            time.sleep(0.3)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if log:
+            out.close()

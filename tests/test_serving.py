@@ -1,0 +1,406 @@
+"""The BentoML service, started for real (`bentoml serve` in a subprocess) against a real
+MLflow store and a real results store: scoring, versions, pins, auth, bad input, rollback
+under load, metrics, results endpoints, and schemathesis over its OpenAPI spec."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from features.bars import Bars
+from features.labels import direction_labels
+from features.matrix import build_features, history_bars
+from features.spec import DirectionLabelSpec, FeatureSpec, Windows
+from models.base_learners import LogisticLearner
+from pipelines.mt5 import constants as C
+from pipelines.mt5.simulator import MarketSimulator, SimulatorConfig
+from pipelines.registry import Registry
+from pipelines.store import ResultsStore, Subscription
+from serving.devserver import REPO, running_service
+
+pytestmark = pytest.mark.slow
+
+NAME = "mt5prob-test-M5-direction-h12"
+SPEC = FeatureSpec(
+    "M5",
+    ("H1",),
+    ("returns", "volatility", "atr", "rsi", "calendar"),
+    ("returns", "atr"),
+    Windows(return_lags=(1, 4), volatility=(16,), atr=14, rsi=14),
+)
+TF_SECONDS = {"M5": 300, "H1": 3600}
+
+
+def _bars() -> dict[str, Bars]:
+    sim = MarketSimulator(SimulatorConfig(end=datetime(2024, 2, 5, tzinfo=UTC)))
+    assert sim.initialize()
+    out = {}
+    for tf in ("M5", "H1"):
+        rates = sim.copy_rates_range("EURUSD", C.timeframe_value(tf), 0, 2**40)
+        out[tf] = Bars.from_rates(rates, TF_SECONDS[tf])
+    return out
+
+
+def _payload(bars: dict[str, Bars], upto: int | None = None) -> dict:
+    """The newest M5 bars up to index `upto` (exclusive) and the H1 bars closed by then."""
+    m5 = bars["M5"] if upto is None else bars["M5"].slice(0, upto)
+    close = int(m5.time[-1]) + 300
+    h1 = bars["H1"].slice(0, int(np.searchsorted(bars["H1"].time, close - 3600, side="right")))
+    out = {}
+    for tf, b in (("M5", m5.slice(max(0, len(m5) - 400))), ("H1", h1.slice(max(0, len(h1) - 450)))):
+        out[tf] = {
+            f: getattr(b, f).tolist()
+            for f in ("time", "open", "high", "low", "close", "tick_volume", "spread")
+        }
+    return out
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serving")
+    bars = _bars()
+    fm = build_features(bars, SPEC)
+    y = direction_labels(bars["M5"], DirectionLabelSpec(horizon=12))["label"]
+    ok = np.isfinite(y) & np.isfinite(fm.values).all(axis=1)
+    X = fm.values[ok]
+    registry = Registry(f"sqlite:///{root / 'mlflow.db'}")
+    meta = {
+        "feature_spec": dataclasses.asdict(SPEC),
+        "base_timeframe": "M5",
+        "label_kind": "direction",
+        "horizon": 12,
+        "symbols": ["EURUSD"],
+    }
+    example = pd.DataFrame(X[:3], columns=fm.columns)
+    predictors = {}
+    for version, C_ in (("1", 1e-3), ("2", 1e-1), ("3", 1.0)):
+        learner = LogisticLearner(C=C_).fit(X, y[ok])
+        predictors[version] = learner
+        got = registry.log_and_register(
+            NAME, learner, fm.columns, example, {"C": C_}, {}, {"git_commit": "t"}, [], meta=meta
+        )
+        assert got == version
+        if version != "3":
+            registry.set_champion(NAME, version, reason="test setup", actor="test")
+    registry.client.delete_registered_model_alias(NAME, "challenger")  # v3: not aliased
+    store = ResultsStore(f"sqlite:///{root / 'results.db'}")
+    store.migrate()
+    follows = [Subscription("EURUSD", "M5", 12)]
+    acme, acme_key = store.add_tenant("acme", follows)
+    beta, beta_key = store.add_tenant("beta", follows, pins={NAME: "1"})
+    store.add_tenant("gamma", follows, pins={NAME: "3"})
+    params = root / "params.yaml"
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "registry": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"},
+                "store": {"url": f"sqlite:///{root / 'results.db'}"},
+                "serving": {
+                    "models": [NAME],
+                    "reload_interval_seconds": 0.5,
+                    "max_batch_rows": 500,
+                    "max_bars": 3000,
+                    "auth_cache_seconds": 0,
+                    "max_loaded_versions": 2,
+                },
+            }
+        )
+    )
+    log = root / "serve.log"
+    with running_service(params, log=log) as url:
+        yield {
+            "url": url,
+            "root": root,
+            "params": params,
+            "bars": bars,
+            "fm": fm,
+            "X": X,
+            "registry": registry,
+            "predictors": predictors,
+            "store": store,
+            "acme": acme,
+            "beta": beta,
+            "log": log,
+            "keys": {"acme": acme_key, "beta": beta_key},
+        }
+    store.close()
+
+
+def post(env, path, body, tenant="acme", **kw):
+    headers = {"X-API-Key": env["keys"][tenant]} if tenant else {}
+    return httpx.post(env["url"] + path, json=body, headers=headers, timeout=30, **kw)
+
+
+def test_probes_and_metrics(env):
+    for path in ("/livez", "/readyz", "/healthz"):
+        assert httpx.get(env["url"] + path).status_code == 200
+    assert post(env, "/score", {"rows": env["X"][:2].tolist()}).status_code == 200
+    metrics = httpx.get(env["url"] + "/metrics").text
+    line = next(
+        m
+        for m in metrics.splitlines()
+        if m.startswith("mt5prob_requests_total") and 'endpoint="score"' in m and 'status="200"' in m
+    )
+    assert f'model="{NAME}"' in line and 'version="2"' in line
+    assert "mt5prob_request_seconds_bucket" in metrics
+
+
+def test_score_rows_names_model_and_version_and_matches_the_model(env):
+    X = env["X"][-50:]
+    r = post(env, "/score", {"rows": X.tolist()})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == NAME and body["version"] == "2" and body["alias"] == "champion"
+    expected = env["predictors"]["2"].predict_proba(X.astype(np.float32))
+    np.testing.assert_allclose(body["probabilities"], expected, rtol=1e-6)
+    # named columns in another order give the same answer
+    cols = env["fm"].columns
+    order = list(reversed(range(len(cols))))
+    r2 = post(env, "/score", {"rows": X[:, order].tolist(), "columns": [cols[i] for i in order]})
+    np.testing.assert_allclose(r2.json()["probabilities"], expected, rtol=1e-6)
+    # a version by number, and the previous champion by alias
+    assert post(env, "/score", {"rows": X[:1].tolist(), "version": "1"}).json()["version"] == "1"
+    r3 = post(env, "/score", {"rows": X[:1].tolist(), "version": "previous_champion"}).json()
+    assert r3["version"] == "1" and r3["alias"] == "previous_champion"
+
+
+def test_pinned_tenant_gets_its_version(env):
+    X = env["X"][-5:].tolist()
+    assert post(env, "/score", {"rows": X}, tenant="beta").json()["version"] == "1"
+    assert post(env, "/score", {"rows": X}, tenant="acme").json()["version"] == "2"
+    models = post(env, "/models", {}, tenant="beta").json()
+    assert models["tenant"] == "beta" and models["models"][0]["default_version"] == "1"
+    assert models["models"][0]["aliases"]["champion"] == "2"
+
+
+def test_auth(env):
+    X = env["X"][-1:].tolist()
+    assert post(env, "/score", {"rows": X}, tenant=None).status_code == 401
+    r = httpx.post(env["url"] + "/score", json={"rows": X}, headers={"X-API-Key": "mt5p_nope_nope"})
+    assert r.status_code == 401 and "unknown API key" in r.text
+    bearer = httpx.post(
+        env["url"] + "/score", json={"rows": X}, headers={"Authorization": f"Bearer {env['keys']['acme']}"}
+    )
+    assert bearer.status_code == 200
+    # version 3 is pinned to gamma and not aliased: not for acme
+    r = post(env, "/score", {"rows": X, "version": "3"})
+    assert r.status_code == 403 and "pinned to another tenant" in r.text
+    r = post(env, "/results/latest", {"tenant": "beta"})
+    assert r.status_code == 403
+    assert env["keys"]["acme"] not in env["log"].read_text()
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ({"rows": [[0.1, 0.2]]}, 400, "expects"),
+        ({"rows": "BAD"}, 400, ""),
+        ({"rows": [["a"] * 3]}, 400, ""),
+        ({"rows": []}, 400, "empty batch"),
+        ({"rows": [[0.0]] * 501}, 400, "over the limit"),
+        ({"rows": [[0.0, 1.0], [0.0]]}, 400, "row 1 has 1 values"),
+        ({"model": "nope", "rows": [[0.0]]}, 404, "not served"),
+        ({"version": "99", "rows": [[0.0]]}, 404, "no version"),
+        ({"version": "staging", "rows": [[0.0]]}, 404, "no alias"),
+    ],
+)
+def test_bad_rows_are_4xx_with_a_message(env, body, status, message):
+    r = post(env, "/score", body)
+    assert r.status_code == status, r.text
+    assert message in r.text
+
+
+def test_bad_columns_and_non_finite_values(env):
+    X = env["X"][-2:].copy()
+    cols = list(env["fm"].columns)
+    r = post(env, "/score", {"rows": X.tolist(), "columns": ["x"] + cols[1:]})
+    assert r.status_code == 400 and "missing" in r.text and "'x'" in r.text
+    X[1, 3] = np.inf
+    body = json.dumps({"rows": X.tolist()}).replace("Infinity", "1e999")
+    r = httpx.post(
+        env["url"] + "/score",
+        content=body,
+        headers={"X-API-Key": env["keys"]["acme"], "Content-Type": "application/json"},
+    )
+    assert r.status_code == 400 and "non-finite" in r.text and cols[3] in r.text
+    X[1, 3] = np.nan
+    r = httpx.post(
+        env["url"] + "/score",
+        content=json.dumps({"rows": X.tolist()}),
+        headers={"X-API-Key": env["keys"]["acme"], "Content-Type": "application/json"},
+    )
+    assert r.status_code == 400, r.text
+
+
+def test_score_from_bars_equals_training_features(env):
+    bars, fm = env["bars"], env["fm"]
+    i = len(bars["M5"]) - 7
+    r = post(env, "/score_bars", {"symbol": "EURUSD", "bars": _payload(bars, i + 1)})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (
+        body["version"] == "2"
+        and body["bar_time"] == datetime.fromtimestamp(bars["M5"].time[i], UTC).isoformat()
+    )
+    expected = env["predictors"]["2"].predict_proba(fm.values[i : i + 1])
+    assert body["probability"] == pytest.approx(float(expected[0]), abs=1e-6)
+
+
+def test_bad_bars(env):
+    bars = env["bars"]
+    need = history_bars(bars, SPEC)
+    short = _payload(bars)
+    short["H1"] = {k: v[-(need["H1"] - 1) :] for k, v in short["H1"].items()}
+    r = post(env, "/score_bars", {"symbol": "EURUSD", "bars": short})
+    assert r.status_code == 400 and "too few bars" in r.text and "H1" in r.text
+    r = post(env, "/score_bars", {"symbol": "EURUSD", "bars": {"M5": _payload(bars)["M5"]}})
+    assert r.status_code == 400 and "missing" in r.text
+    broken = _payload(bars)
+    broken["M5"]["time"] = list(reversed(broken["M5"]["time"]))
+    r = post(env, "/score_bars", {"symbol": "EURUSD", "bars": broken})
+    assert r.status_code == 400 and "increasing" in r.text
+    ragged = _payload(bars)
+    ragged["M5"]["close"] = ragged["M5"]["close"][:-1]
+    assert post(env, "/score_bars", {"symbol": "EURUSD", "bars": ragged}).status_code == 400
+
+
+def test_results_endpoints(env):
+    store, acme, beta = env["store"], env["acme"], env["beta"]
+    t0 = datetime(2024, 3, 1, tzinfo=UTC)
+    rows = [
+        {
+            "symbol": "EURUSD",
+            "timeframe": "M5",
+            "bar_time": t0 + timedelta(minutes=5 * k),
+            "horizon": 12,
+            "label_kind": "direction",
+            "probability": 0.5 + k / 100,
+            "signal": "flat",
+            "model_name": NAME,
+            "model_version": "2",
+        }
+        for k in range(4)
+    ]
+    store.write_results({acme.tenant_id: rows, beta.tenant_id: rows[:1]})
+    latest = post(env, "/results/latest", {}).json()
+    assert latest["tenant"] == "acme" and len(latest["rows"]) == 1
+    assert latest["rows"][0]["probability"] == pytest.approx(0.53)
+    rng = post(
+        env, "/results/range", {"start": t0.isoformat(), "end": (t0 + timedelta(minutes=10)).isoformat()}
+    )
+    assert [r["bar_time"] for r in rng.json()["rows"]] == [
+        (t0 + timedelta(minutes=5)).isoformat(),
+        t0.isoformat(),
+    ]
+    assert post(env, "/results/range", {"start": t0.isoformat(), "end": t0.isoformat()}).status_code == 400
+    assert len(post(env, "/results/latest", {}, tenant="beta").json()["rows"]) == 1
+
+
+def test_rollback_and_promotion_under_load_without_failures(env):
+    X = env["X"][-1:].tolist()
+    seen: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(headers={"X-API-Key": env["keys"]["acme"]}, timeout=30) as c:
+            while not stop.is_set():
+                r = c.post(env["url"] + "/score", json={"rows": X})
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text}")
+                else:
+                    seen.append(r.json()["version"])
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        rollback = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "serving.rollback",
+                NAME,
+                "--reason",
+                "test under load",
+                "--params",
+                str(env["params"]),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert rollback.returncode == 0, rollback.stderr
+        assert "champion 2 -> 1" in rollback.stdout
+        moved = _wait_for_version(env, "1", timeout=5.0)
+        env["registry"].set_champion(NAME, "2", reason="promotion back", actor="test")
+        promoted = _wait_for_version(env, "2", timeout=5.0)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not failures, failures[:3]
+    assert moved <= 5.0 and promoted <= 5.0
+    assert "1" in seen and seen[-1] == "2"
+    tags = env["registry"].client.get_model_version(NAME, "2").tags
+    assert "test under load" in tags["demoted_reason"]
+    bad = subprocess.run(
+        [sys.executable, "-m", "serving.rollback", NAME, "--to", "42", "--params", str(env["params"])],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "no version '42'" in bad.stderr
+
+
+def _wait_for_version(env, version: str, timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if post(env, "/score", {"rows": env["X"][-1:].tolist()}).json()["version"] == version:
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise AssertionError(f"service did not move to version {version} within {timeout} s")
+
+
+def test_schemathesis_finds_no_server_errors(env):
+    """Schema-generated requests (valid and edge-case bodies) on every endpoint: never a 5xx."""
+    import schemathesis
+
+    schema = schemathesis.openapi.from_url(env["url"] + "/docs.json")
+    failures: list[str] = []
+    counts: dict[str, int] = {}
+    for op in ("/score", "/score_bars", "/models", "/results/latest", "/results/range"):
+        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
+            _fuzz(schema[op]["POST"].as_strategy(generation_mode=mode), env, f"{op} {mode}", failures, counts)
+    assert not failures, failures[:3]
+    assert len(counts) == 10 and all(n >= 5 for n in counts.values()), counts
+
+
+def _fuzz(strategy, env, op: str, failures: list[str], counts: dict[str, int]) -> None:
+    from hypothesis import HealthCheck, given, settings
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(case=strategy)
+    def run(case):
+        case.headers = {**(case.headers or {}), "X-API-Key": env["keys"]["acme"]}
+        response = case.call(base_url=env["url"], timeout=30)
+        counts[op] = counts.get(op, 0) + 1
+        if response.status_code >= 500:
+            failures.append(f"{op}: {response.status_code} {response.text[:200]} for {case.body!r:.200}")
+
+    run()
