@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,6 +23,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class RunningService:
+    url: str  # http://127.0.0.1:PORT
+    pid: int  # the bentoml serve process (its workers are its children)
+
+
 @contextlib.contextmanager
 def running_service(
     params: Path,
@@ -29,8 +36,8 @@ def running_service(
     port: int | None = None,
     timeout: float = 180.0,
     log: Path | None = None,
-) -> Iterator[str]:
-    """Yields the base URL (``http://127.0.0.1:PORT``) once ``/readyz`` answers 200."""
+) -> Iterator[RunningService]:
+    """Yields the running service once ``/readyz`` answers 200."""
     port = port or free_port()
     bentoml = Path(sys.executable).with_name("bentoml")
     env = {**os.environ, "MT5PROB_PARAMS": str(Path(params).resolve()), "BENTOML_DO_NOT_TRACK": "True"}
@@ -60,7 +67,7 @@ def running_service(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"service not ready after {timeout:.0f} s (log: {log})")
             time.sleep(0.3)
-        yield url
+        yield RunningService(url, proc.pid)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)

@@ -321,9 +321,11 @@ class ScoringService:
     async def score(
         self,
         rows: Annotated[
-            list[list[float]],
+            list[list[float | None]],
             Field(
-                description="feature rows, one list per row, columns in the model's order",
+                description="feature rows, one list per row, columns in the model's order; null marks "
+                "a missing value (a feature still in its warm-up), imputed as in training; NaN and "
+                "Infinity are rejected",
                 examples=[_ROWS_EXAMPLE],
             ),
         ],
@@ -537,7 +539,7 @@ def _rows(frame: Any) -> list[ResultRow]:
     return out
 
 
-def _matrix(rows: list[list[float]], columns: list[str] | None, expected: list[str]) -> np.ndarray:
+def _matrix(rows: list[list[float | None]], columns: list[str] | None, expected: list[str]) -> np.ndarray:
     """Rows as a float32 matrix in the model's column order, or ApiError naming the problem."""
     width = len(expected)
     bad = next((i for i, r in enumerate(rows) if len(r) != len(rows[0])), None)
@@ -567,16 +569,27 @@ def _matrix(rows: list[list[float]], columns: list[str] | None, expected: list[s
             f"rows have {X.shape[1]} values; the model expects {width} columns (first: {expected[:3]}); "
             "send `columns` to check names",
         )
-    finite = np.isfinite(X)
-    if not finite.all():
-        r, c = np.argwhere(~finite)[0]
+    # numpy turned null into NaN; a NaN or inf that was not a null in the request is an error
+    bad = [
+        (r, c) for r, c in np.argwhere(~np.isfinite(X)) if _cell(rows, r, c, columns, expected) is not None
+    ]
+    if bad:
+        r, c = bad[0]
         raise ApiError(
             HTTPStatus.BAD_REQUEST,
-            f"{int((~finite).sum())} non-finite values (NaN or inf), first at row {r} column {expected[c]!r}",
+            f"{len(bad)} non-finite values (NaN or inf; send null for a missing value), first at row {r} "
+            f"column {expected[c]!r}",
         )
-    if np.abs(X).max(initial=0.0) > np.finfo(np.float32).max:
+    if np.nanmax(np.abs(X), initial=0.0) > np.finfo(np.float32).max:
         raise ApiError(HTTPStatus.BAD_REQUEST, "values beyond float32 range")
     return X.astype(np.float32)
+
+
+def _cell(
+    rows: list[list[float | None]], r: int, c: int, columns: list[str] | None, expected: list[str]
+) -> Any:
+    """The request's value behind matrix cell (r, c) (columns may have been reordered)."""
+    return rows[r][c if columns is None else columns.index(expected[c])]
 
 
 def _features_from_bars(

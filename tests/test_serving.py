@@ -118,9 +118,9 @@ def env(tmp_path_factory):
         )
     )
     log = root / "serve.log"
-    with running_service(params, log=log) as url:
+    with running_service(params, log=log) as service:
         yield {
-            "url": url,
+            "url": service.url,
             "root": root,
             "params": params,
             "bars": bars,
