@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -99,7 +101,7 @@ def env(tmp_path_factory):
     follows = [Subscription("EURUSD", "M5", 12)]
     acme, acme_key = store.add_tenant("acme", follows)
     beta, beta_key = store.add_tenant("beta", follows, pins={NAME: "1"})
-    store.add_tenant("gamma", follows, pins={NAME: "3"})
+    _, gamma_key = store.add_tenant("gamma", follows, pins={NAME: "3"})
     params = root / "params.yaml"
     params.write_text(
         yaml.safe_dump(
@@ -132,7 +134,7 @@ def env(tmp_path_factory):
             "acme": acme,
             "beta": beta,
             "log": log,
-            "keys": {"acme": acme_key, "beta": beta_key},
+            "keys": {"acme": acme_key, "beta": beta_key, "gamma": gamma_key},
         }
     store.close()
 
@@ -182,6 +184,31 @@ def test_pinned_tenant_gets_its_version(env):
     models = post(env, "/models", {}, tenant="beta").json()
     assert models["tenant"] == "beta" and models["models"][0]["default_version"] == "1"
     assert models["models"][0]["aliases"]["champion"] == "2"
+
+
+def test_loaded_versions_are_bounded_lru(env):
+    X = env["X"][-1:].tolist()
+    for tenant, version in (("beta", "1"), ("gamma", "3"), ("acme", "2"), ("gamma", "3")):
+        assert post(env, "/score", {"rows": X}, tenant=tenant).json()["version"] == version
+    loaded = post(env, "/models", {}).json()["models"][0]["loaded_versions"]
+    assert len(loaded) == 2 and "2" in loaded  # max_loaded_versions=2; the champion is kept
+    assert post(env, "/score", {"rows": X}, tenant="beta").json()["version"] == "1"  # reloaded on demand
+
+
+def test_bentoml_build_packages_the_service(tmp_path):
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "True"}
+    bentoml = Path(sys.executable).with_name("bentoml")
+    r = subprocess.run(
+        [str(bentoml), "build", "."], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    (bento,) = [p for p in (tmp_path / "bentos" / "mt5prob").iterdir() if p.name != "latest"]
+    assert (bento / "src" / "serving" / "service.py").is_file()
+    assert (
+        bento / "src" / "pipelines" / "store" / "migrations" / "versions" / "0001_results_store.py"
+    ).is_file()
+    openapi = yaml.safe_load((bento / "apis" / "openapi.yaml").read_text())
+    assert {"/score", "/score_bars", "/models", "/results/latest", "/results/range"} <= set(openapi["paths"])
 
 
 def test_auth(env):
