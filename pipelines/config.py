@@ -314,6 +314,14 @@ class StoreParams(_Frozen):
     admin_url: str | None = None
 
 
+class LiveScoreParams(_Frozen):
+    """The ``live_score:`` section (pipelines/live_score.py, flows/live_score.py)."""
+
+    interval_seconds: float | None = Field(None, gt=0)  # None: the base timeframe's length
+    max_bars_per_cycle: int = Field(288, ge=1)  # backfill after an outage spreads over cycles
+    first_run_bars: int = Field(1, ge=1)  # with no watermark yet, score the newest N bars
+
+
 class ServingParams(_Frozen):
     """The ``serving:`` section (serving/): which registered models the BentoML service serves
     and how. An empty `models` list means the one model this params file trains."""
@@ -344,6 +352,7 @@ class Params(BaseModel):
     registry: RegistryParams = RegistryParams()
     store: StoreParams = StoreParams()
     serving: ServingParams = ServingParams()
+    live_score: LiveScoreParams = LiveScoreParams()
     outputs: Path = Path("outputs")
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.spec import FeatureSpec, Windows
 from models.metrics import ece, log_loss
 
 
@@ -55,6 +56,22 @@ class ProbabilityModel:
             raise ValueError(f"input lacks feature columns {missing[:5]} (expects {len(self.columns)})")
         X = model_input[self.columns].to_numpy(np.float32)
         return pd.DataFrame({"p_up": self.predictor.predict_proba(X)})
+
+
+def feature_spec_from_meta(meta: dict[str, Any]) -> FeatureSpec | None:
+    """The `FeatureSpec` a registered model was trained with (None for models registered
+    before the spec was recorded)."""
+    spec = (meta or {}).get("feature_spec")
+    if not spec:
+        return None
+    windows = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["windows"].items()}
+    return FeatureSpec(
+        spec["base_timeframe"],
+        tuple(spec["higher_timeframes"]),
+        tuple(spec["families"]),
+        tuple(spec["htf_families"]),
+        Windows(**windows),
+    )
 
 
 def _pyfunc_class() -> type:

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from features.spec import FeatureSpec, Windows
+from features.spec import FeatureSpec
 from models.device import place, resolve_device
-from pipelines.registry import Registry
+from pipelines.registry import Registry, feature_spec_from_meta
 
 log = logging.getLogger("mt5prob.serving")
 
@@ -45,17 +45,7 @@ class LoadedModel:
 
     @property
     def feature_spec(self) -> FeatureSpec | None:
-        spec = self.meta.get("feature_spec")
-        if not spec:
-            return None
-        windows = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["windows"].items()}
-        return FeatureSpec(
-            spec["base_timeframe"],
-            tuple(spec["higher_timeframes"]),
-            tuple(spec["families"]),
-            tuple(spec["htf_families"]),
-            Windows(**windows),
-        )
+        return feature_spec_from_meta(self.meta)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """P(up) for rows whose columns are `columns` in order (float64, clipped to [0, 1])."""

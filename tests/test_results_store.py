@@ -220,3 +220,15 @@ def test_pinned_versions_visible_without_other_tenant_data(store):
     store.add_tenant("b", FOLLOWS)
     assert store.pinned_versions("m") == [(a.tenant_id, "2")]
     assert store.pinned_versions("other") == []
+
+
+def test_directory_lists_subscriptions_without_keys(store):
+    a, key = store.add_tenant("a", FOLLOWS, pins={"m": "2"})
+    b, _ = store.add_tenant("b", FOLLOWS[:1], long_above=0.6, short_below=0.4)
+    listed = {t.name: t for t in store.directory()}
+    assert set(listed) == {"a", "b"} and listed["a"].pins == {"m": "2"}
+    assert listed["b"].follows == (Subscription("EURUSD", "M5", 12),) and listed["b"].long_above == 0.6
+    assert key not in repr(listed)
+    if store.dialect == "postgresql":
+        with store.engine.connect() as conn:  # the app role cannot read the key columns directly
+            assert conn.execute(sa.text("SELECT count(*) FROM tenants")).scalar() == 0

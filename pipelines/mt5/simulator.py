@@ -83,6 +83,23 @@ DEFAULT_SYMBOLS: dict[str, SymbolSpec] = {
         SymbolSpec("GBPUSD", "Great Britain Pound vs US Dollar", "GBP", "USD", 1.26500, 5, 9, 0.08),
         SymbolSpec("USDJPY", "US Dollar vs Japanese Yen", "USD", "JPY", 148.500, 3, 9, 0.09),
         SymbolSpec("AUDUSD", "Australian Dollar vs US Dollar", "AUD", "USD", 0.65500, 5, 8, 0.10),
+        SymbolSpec("USDCHF", "US Dollar vs Swiss Franc", "USD", "CHF", 0.88000, 5, 9, 0.08),
+        SymbolSpec("USDCAD", "US Dollar vs Canadian Dollar", "USD", "CAD", 1.35500, 5, 10, 0.06),
+        SymbolSpec("NZDUSD", "New Zealand Dollar vs US Dollar", "NZD", "USD", 0.61000, 5, 10, 0.10),
+        SymbolSpec(
+            "EURJPY", "Euro vs Japanese Yen", "EUR", "JPY", 161.000, 3, 12, 0.09, path="Forex\\Crosses"
+        ),
+        SymbolSpec(
+            "GBPJPY",
+            "Great Britain Pound vs Japanese Yen",
+            "GBP",
+            "JPY",
+            188.000,
+            3,
+            15,
+            0.10,
+            path="Forex\\Crosses",
+        ),
         SymbolSpec(
             "XAUUSD",
             "Gold vs US Dollar",

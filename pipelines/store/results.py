@@ -344,6 +344,19 @@ class ResultsStore:
         with self.tenant(tenant_id, actor="auth") as session:
             return session.tenant()
 
+    def directory(self) -> list[Tenant]:
+        """Every tenant's subscriptions, thresholds and pins — never keys — through the app
+        connection (a SECURITY DEFINER function on PostgreSQL): what live scoring fans out to."""
+        with self.engine.connect() as conn:
+            if self.dialect == "postgresql":
+                rows = conn.execute(
+                    sa.text("SELECT * FROM mt5prob_tenant_directory() ORDER BY created_at, name")
+                )
+            else:
+                cols = [c for c in tenants.c if c.name not in ("key_id", "key_hash")]
+                rows = conn.execute(sa.select(*cols).order_by(tenants.c.created_at, tenants.c.name))
+            return [_tenant_from_row(r) for r in rows]
+
     def pinned_versions(self, model_name: str) -> list[tuple[str, str]]:
         """(tenant id, version) of every tenant pinned to a version of `model_name` — and
         nothing else about them (a SECURITY DEFINER function on PostgreSQL)."""
@@ -375,6 +388,7 @@ class ResultsStore:
         rows_by_tenant: Mapping[str, Sequence[Mapping[str, Any]]],
         actor: str = "live-score",
         watermark: Mapping[tuple[str, str], datetime] | None = None,
+        fault: Any = None,
     ) -> dict[str, int]:
         """Upsert every tenant's rows and move the scoring watermarks in ONE transaction:
         all of it lands or none. Each tenant's rows are written under its own tenant
@@ -387,6 +401,8 @@ class ResultsStore:
                 _set_tenant(conn, tenant_id)
                 written[tenant_id] = TenantSession(conn, tenant_id, actor).upsert(rows, audited=False)
                 _audit(conn, tenant_id, actor, "results.write", {"rows": written[tenant_id]})
+                if fault is not None:  # test hook: a crash between two tenants' writes
+                    fault("tenant-written")
             for (symbol, timeframe), last in (watermark or {}).items():
                 _upsert(
                     conn,

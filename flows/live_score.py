@@ -1,0 +1,92 @@
+"""Prefect flow ``live-score``: orchestration only, the work is in `pipelines.live_score`.
+
+Each run does `cycles` scoring cycles (the deployment runs one per base-timeframe close, see
+`live_score_deployment`) and publishes a table artifact per cycle: rows written per tenant
+and the cycle's latency split into features, scoring and writes.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from pipelines.config import load_params
+from pipelines.live_score import CycleReport, LiveScorer
+from pipelines.mt5.constants import timeframe_seconds
+from pipelines.store import ResultsStore
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def score_cycle(scorer: LiveScorer) -> CycleReport:
+    """One cycle; a failure leaves the store untouched, so a retry cannot duplicate rows."""
+    return scorer.cycle()
+
+
+def _publish(report: CycleReport, names: dict[str, str], cycle: int) -> None:
+    rows: list[dict[str, Any]] = [
+        {"tenant": names.get(t, t), "rows_written": n} for t, n in sorted(report.rows_per_tenant.items())
+    ]
+    rows.append({"tenant": "(cycle latency ms)", "rows_written": round(report.seconds.get("total", 0) * 1e3)})
+    split = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in report.seconds.items())
+    create_table_artifact(
+        key="live-score",
+        table=rows,
+        description=f"cycle {cycle}: {report.rows} rows, {report.model_calls} model calls; {split}"
+        + (f"; skipped: {'; '.join(report.skipped)}" if report.skipped else ""),
+    )
+
+
+@flow(name="live-score", log_prints=True)
+def live_score_flow(
+    params_path: str = "params.yaml", profile: str | None = None, cycles: int = 1, pause_seconds: float = 0.0
+) -> list[dict[str, Any]]:
+    """Score newly closed bars for every tenant: `cycles` cycles, `pause_seconds` apart."""
+    params = load_params(params_path, profile)
+    store = ResultsStore(params.store.url, params.store.admin_url)
+    if store.dialect == "sqlite":
+        store.migrate()
+    scorer = LiveScorer(params, store)
+    names = {t.tenant_id: t.name for t in store.directory()}
+    out = []
+    try:
+        for i in range(cycles):
+            report = score_cycle(scorer)
+            get_run_logger().info(
+                "live-score cycle %d: %d rows for %d tenants in %.0f ms%s",
+                i + 1,
+                report.rows,
+                len(report.rows_per_tenant),
+                report.seconds.get("total", 0) * 1e3,
+                f" (skipped: {report.skipped})" if report.skipped else "",
+            )
+            _publish(report, names, i + 1)
+            out.append(
+                {
+                    "rows_per_tenant": {names.get(t, t): n for t, n in report.rows_per_tenant.items()},
+                    "seconds": report.seconds,
+                    "skipped": report.skipped,
+                }
+            )
+            if pause_seconds and i + 1 < cycles:
+                time.sleep(pause_seconds)
+    finally:
+        store.close()
+    return out
+
+
+def live_score_deployment(params_path: str = "params.yaml", profile: str | None = None) -> Any:
+    """The ``live-score`` deployment: one cycle at each base-timeframe close (or every
+    ``live_score.interval_seconds``). Serve it with ``flows/serve.py``."""
+    params = load_params(params_path, profile)
+    seconds = params.live_score.interval_seconds or timeframe_seconds(params.features.base_timeframe)
+    return live_score_flow.to_deployment(
+        name="live-score",
+        interval=timedelta(seconds=seconds),
+        parameters={"params_path": params_path, "profile": profile, "cycles": 1},
+        description="Score newly closed bars for every tenant, once per base-timeframe close.",
+    )

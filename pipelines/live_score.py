@@ -1,0 +1,326 @@
+"""Live scoring: newly closed bars → features → probabilities → every tenant that follows them.
+
+One cycle (`LiveScorer.cycle`):
+
+1. reads the tenant directory (subscriptions, thresholds, pins — never keys) and resolves, per
+   subscription, the registered model ``<prefix>-<group>-<timeframe>-<label kind>-h<horizon>``
+   and its version: the tenant's pin, else the current ``champion`` (read fresh each cycle, so
+   a promotion or rollback between cycles is picked up by the next one);
+2. per (symbol, timeframe), takes the stored bars that closed after that series' scoring
+   watermark (at most ``live_score.max_bars_per_cycle``; with no watermark yet, the newest
+   ``first_run_bars``) and computes their features from a trailing window only — the same
+   rows the full history gives (features/, `history_bars`);
+3. scores once per distinct (symbol, timeframe, model version) — however many tenants follow
+   it — with one model call per model version;
+4. fans the probabilities out to every tenant that follows them (with the tenant's signal) and
+   writes all rows *and* the moved watermarks in one transaction.
+
+A crash anywhere leaves the store as it was; the next cycle scores the same bars again (the
+upserts are idempotent), so after a crash or an MT5 outage nothing is missed and nothing is
+written twice. Bar times are bar open times, UTC; probabilities are P(label 1).
+
+    python -m pipelines.live_score [--cycles N] [--params params.yaml] [--profile fast]
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from features.bars import Bars
+from features.matrix import build_features, history_bars
+from features.spec import FeatureSpec
+from pipelines.bar_store import BarStore, SeriesKey
+from pipelines.config import Params
+from pipelines.mt5.constants import timeframe_seconds
+from pipelines.registry import Registry, feature_spec_from_meta, model_name
+from pipelines.store import ResultsStore, Tenant
+
+log = logging.getLogger("mt5prob.live_score")
+
+
+class LiveScoreError(RuntimeError):
+    """A cycle cannot run (for example: no bars stored for a followed series)."""
+
+
+@dataclass
+class CycleReport:
+    """What a cycle did. Seconds are wall time per phase."""
+
+    rows_per_tenant: dict[str, int] = field(default_factory=dict)
+    scored: dict[tuple[str, str, str, str], int] = field(default_factory=dict)  # (sym, tf, model, ver) → bars
+    watermarks: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # features, scoring, writes, total
+    skipped: list[str] = field(default_factory=list)
+    model_calls: int = 0
+
+    @property
+    def rows(self) -> int:
+        return sum(self.rows_per_tenant.values())
+
+
+@dataclass(frozen=True)
+class _Need:
+    tenant: Tenant
+    symbol: str
+    timeframe: str
+    horizon: int
+    label_kind: str
+    model: str
+    version: str
+
+
+class LiveScorer:
+    """Keeps loaded models across cycles (bounded LRU); one instance per scoring process."""
+
+    def __init__(
+        self,
+        params: Params,
+        store: ResultsStore,
+        bars: BarStore | None = None,
+        registry: Registry | None = None,
+        max_models: int = 8,
+    ) -> None:
+        self.params = params
+        self.store = store
+        self.bars = bars or BarStore(params.data.root)
+        self.registry = registry or Registry(params.registry.tracking_uri)
+        self.max_models = max_models
+        self._models: OrderedDict[tuple[str, str], Any] = OrderedDict()
+
+    # ----------------------------------------------------------------- models
+    def model(self, name: str, version: str) -> Any:
+        """The unwrapped `ProbabilityModel` of a registered version (cached)."""
+        from models.device import place, resolve_device
+
+        key = (name, version)
+        if key in self._models:
+            self._models.move_to_end(key)
+            return self._models[key]
+        inner = self.registry.load(name, version).unwrap_python_model()
+        place(inner.predictor, resolve_device("auto"))
+        self._models[key] = inner
+        while len(self._models) > self.max_models:
+            self._models.popitem(last=False)
+        return inner
+
+    def _needs(self, tenants: Sequence[Tenant], report: CycleReport) -> list[_Need]:
+        reg = self.params.registry
+        champions: dict[str, str | None] = {}
+        needs = []
+        for tenant in tenants:
+            for sub in tenant.follows:
+                name = model_name(
+                    reg.name_prefix, reg.symbol_group, sub.timeframe, sub.label_kind, sub.horizon
+                )
+                version = tenant.pins.get(name)
+                if version is None:
+                    if name not in champions:
+                        champions[name] = self.registry.alias_version(name, "champion")
+                    version = champions[name]
+                if version is None:
+                    msg = f"{name}: no champion (and {tenant.name} has no pin): not scored"
+                    if msg not in report.skipped:
+                        report.skipped.append(msg)
+                        log.warning(msg)
+                    continue
+                needs.append(
+                    _Need(tenant, sub.symbol, sub.timeframe, sub.horizon, sub.label_kind, name, version)
+                )
+        return needs
+
+    # ----------------------------------------------------------------- bars and features
+    def _load(self, symbol: str, spec: FeatureSpec, after: int | None) -> tuple[dict[str, Bars], np.ndarray]:
+        """Trailing bars per timeframe — enough history for every feature of the first bar to
+        score to equal its full-history value — and the indices (into the base) to score."""
+        cfg = self.params.live_score
+        base_tf = spec.base_timeframe
+        base_sec = timeframe_seconds(base_tf)
+        last = self.bars.watermark(SeriesKey("bars", symbol, base_tf))
+        if last is None:
+            raise LiveScoreError(
+                f"no stored {symbol} {base_tf} bars under {self.bars.root}: ingest it first "
+                "(python -m pipelines.ingest history|live)"
+            )
+        first_new = last - (cfg.first_run_bars - 1) * base_sec if after is None else after + base_sec
+        if first_new > last:
+            return {}, np.array([], dtype=np.int64)
+        lookback = 6 * 86_400  # covers a weekend plus the previous trading day; widened below
+        while True:
+            bars = {
+                tf: self._read(symbol, tf, first_new - lookback * max(1, timeframe_seconds(tf) // base_sec))
+                for tf in (base_tf, *spec.higher_timeframes)
+            }
+            base = bars[base_tf]
+            new = np.flatnonzero(base.time >= first_new)[: cfg.max_bars_per_cycle]
+            if new.size == 0:
+                return {}, new
+            close0 = int(base.time[new[0]]) + base_sec
+            upto = {base_tf: base.slice(0, int(new[0]) + 1)}
+            for tf in spec.higher_timeframes:
+                b = bars[tf]
+                upto[tf] = b.slice(0, int(np.searchsorted(b.time, close0 - b.seconds, side="right")))
+            need = history_bars(upto, spec)
+            enough = all(len(upto[tf]) >= k for tf, k in need.items())
+            complete = all(self._starts_at_beginning(symbol, tf, bars[tf]) for tf in bars)
+            if enough or complete:
+                break
+            lookback *= 4
+        lo = max(0, int(new[0]) + 1 - need[base_tf])
+        out = {base_tf: base.slice(lo, int(new[-1]) + 1)}
+        last_close = int(base.time[new[-1]]) + base_sec
+        for tf in spec.higher_timeframes:
+            b = bars[tf]
+            first = int(np.searchsorted(b.time, close0 - b.seconds, side="right")) - need[tf]
+            stop = int(np.searchsorted(b.time, last_close - b.seconds, side="right"))
+            out[tf] = b.slice(max(0, first), stop)
+        return out, new - lo
+
+    def _read(self, symbol: str, tf: str, start: int) -> Bars:
+        return Bars.from_frame(
+            self.bars.read(SeriesKey("bars", symbol, tf), start=start), timeframe_seconds(tf)
+        )
+
+    def _starts_at_beginning(self, symbol: str, tf: str, bars: Bars) -> bool:
+        parts = self.bars.parts(SeriesKey("bars", symbol, tf))
+        return not parts or (len(bars) > 0 and int(bars.time[0]) <= min(p.lo for p in parts))
+
+    # ----------------------------------------------------------------- the cycle
+    def cycle(self, fault: Callable[[str], None] | None = None) -> CycleReport:
+        """Score every newly closed bar any tenant needs; write it all in one transaction.
+        `fault(stage)` is a test hook called at "scored" and inside the write."""
+        report = CycleReport()
+        t0 = time.perf_counter()
+        needs = self._needs(self.store.directory(), report)
+        watermarks = self.store.watermarks()
+        series: dict[tuple[str, str], list[_Need]] = defaultdict(list)
+        for need in needs:
+            series[(need.symbol, need.timeframe)].append(need)
+
+        # features: per (symbol, timeframe, feature spec) of the model versions it needs
+        rows_by_model: dict[tuple[str, str], list[tuple[str, str, np.ndarray, np.ndarray]]] = defaultdict(
+            list
+        )
+        new_watermarks: dict[tuple[str, str], datetime] = {}
+        for (symbol, tf), group in series.items():
+            after_dt = watermarks.get((symbol, tf))
+            after = None if after_dt is None else int(after_dt.timestamp())
+            by_spec: dict[FeatureSpec, list[tuple[str, str]]] = defaultdict(list)
+            for name, version in sorted({(n.model, n.version) for n in group}):
+                spec = feature_spec_from_meta(getattr(self.model(name, version), "meta", {}))
+                if spec is None:
+                    report.skipped.append(
+                        f"{name} v{version}: registered without its feature spec; re-register"
+                    )
+                    continue
+                if spec.base_timeframe != tf:
+                    report.skipped.append(f"{name} v{version}: trained on {spec.base_timeframe}, not {tf}")
+                    continue
+                by_spec[spec].append((name, version))
+            for spec, models in by_spec.items():
+                bars, new = self._load(symbol, spec, after)
+                if new.size == 0:
+                    continue
+                matrix = build_features(bars, spec)
+                X, times = matrix.values[new], bars[tf].time[new]
+                for name, version in models:
+                    expected = self.model(name, version).columns
+                    if expected != matrix.columns:
+                        report.skipped.append(f"{name} v{version}: feature columns differ from its spec")
+                        continue
+                    rows_by_model[(name, version)].append((symbol, tf, X, times))
+                new_watermarks[(symbol, tf)] = datetime.fromtimestamp(int(times[-1]), UTC)
+        t1 = time.perf_counter()
+
+        # scoring: one call per model version over every symbol's new rows
+        probs: dict[tuple[str, str, str, str], dict[int, float]] = {}
+        for (name, version), chunks in rows_by_model.items():
+            X = np.concatenate([c[2] for c in chunks])
+            P = np.clip(self.model(name, version).predict_proba(X), 0.0, 1.0)
+            report.model_calls += 1
+            start = 0
+            for symbol, tf, Xc, times in chunks:
+                part = P[start : start + len(Xc)]
+                start += len(Xc)
+                probs[(symbol, tf, name, version)] = dict(zip(times.tolist(), part.tolist(), strict=True))
+                report.scored[(symbol, tf, name, version)] = len(Xc)
+        if fault:
+            fault("scored")
+        t2 = time.perf_counter()
+
+        # fan out and write, all in one transaction
+        now = datetime.now(UTC)
+        rows_by_tenant: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for need in needs:
+            scored = probs.get((need.symbol, need.timeframe, need.model, need.version))
+            if not scored:
+                continue
+            tenant = need.tenant
+            for t, p in scored.items():
+                rows_by_tenant[tenant.tenant_id].append(
+                    {
+                        "symbol": need.symbol,
+                        "timeframe": need.timeframe,
+                        "bar_time": datetime.fromtimestamp(t, UTC),
+                        "horizon": need.horizon,
+                        "label_kind": need.label_kind,
+                        "probability": p,
+                        "signal": tenant.signal(p),
+                        "model_name": need.model,
+                        "model_version": need.version,
+                        "scored_at": now,
+                    }
+                )
+        report.rows_per_tenant = self.store.write_results(
+            rows_by_tenant, actor="live-score", watermark=new_watermarks, fault=fault
+        )
+        report.watermarks = new_watermarks
+        t3 = time.perf_counter()
+        report.seconds = {"features": t1 - t0, "scoring": t2 - t1, "writes": t3 - t2, "total": t3 - t0}
+        return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    from pipelines.config import load_params
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.live_score",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--cycles", type=int, default=1, help="cycles to run (0 = forever)")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--profile", default=None)
+    args = parser.parse_args(argv)
+    params = load_params(args.params, args.profile)
+    store = ResultsStore(params.store.url, params.store.admin_url)
+    if store.dialect == "sqlite":
+        store.migrate()
+    scorer = LiveScorer(params, store)
+    interval = params.live_score.interval_seconds or timeframe_seconds(params.features.base_timeframe)
+    n = 0
+    while args.cycles == 0 or n < args.cycles:
+        report = scorer.cycle()
+        print(
+            f"cycle {n + 1}: {report.rows} rows for {len(report.rows_per_tenant)} tenants, "
+            f"{report.model_calls} model calls, {report.seconds['total'] * 1e3:.0f} ms"
+            + (f"; skipped: {report.skipped}" if report.skipped else "")
+        )
+        n += 1
+        if args.cycles == 0 or n < args.cycles:
+            time.sleep(interval)
+    store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,255 @@
+"""Live scoring on both store backends: fan-out per tenant with pins, equality with the
+full-history features, idempotent re-runs, a crash mid-write then resume with no gap and no
+duplicate, backfill after an outage, and a promotion picked up by the next cycle."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from features.labels import direction_labels
+from features.matrix import build_features
+from features.spec import DirectionLabelSpec
+from models.base_learners import LogisticLearner
+from pipelines.bar_store import BarStore
+from pipelines.config import load_params
+from pipelines.featurize import load_bars
+from pipelines.ingest import connect, ingest_history, make_contract
+from pipelines.live_score import LiveScorer
+from pipelines.registry import Registry, model_name
+from pipelines.store import ResultsStore, Subscription, app_url
+from pipelines.terminal import open_terminal
+
+pytestmark = pytest.mark.slow
+
+SYMBOLS = ["EURUSD", "XAUUSD"]
+FEATURES = {
+    "base_timeframe": "M5",
+    "higher_timeframes": ["H1"],
+    "families": ["returns", "volatility", "atr", "rsi", "calendar", "previous_day"],
+    "htf_families": ["returns", "atr"],
+    "windows": {"return_lags": [1, 4], "volatility": [16], "atr": 14, "rsi": 14},
+}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, contract):
+    """Bars ingested from the simulator and two registered versions of the M5 h12 model."""
+    root = tmp_path_factory.mktemp("live")
+    params = load_params(
+        "params.yaml",
+        None,
+        {
+            "data": {
+                "root": str(root / "data"),
+                "symbols": SYMBOLS,
+                "timeframes": ["M5", "H1"],
+                "simulator": {"end": "2024-01-24T00:00:00"},
+            },
+            "features": FEATURES,
+            "registry": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"},
+            "live_score": {"max_bars_per_cycle": 50},
+        },
+    )
+    client = open_terminal(params.data)
+    connect(client)
+    ingest_history(client, BarStore(params.data.root), make_contract(params.data), params.data)
+    spec = params.features.spec()
+    full = {s: load_bars(BarStore(params.data.root), s, ["M5", "H1"]) for s in SYMBOLS}
+    matrices = {s: build_features(full[s], spec) for s in SYMBOLS}
+    X = np.concatenate([matrices[s].values for s in SYMBOLS])
+    y = np.concatenate(
+        [direction_labels(full[s]["M5"], DirectionLabelSpec(horizon=12))["label"] for s in SYMBOLS]
+    )
+    ok = np.isfinite(y)
+    name = model_name("mt5prob", "fx", "M5", "direction", 12)
+    registry = Registry(params.registry.tracking_uri)
+    meta = {"feature_spec": dataclasses.asdict(spec)}
+    columns = matrices["EURUSD"].columns
+    example = pd.DataFrame(np.nan_to_num(X[:3]), columns=columns)
+    learners = {}
+    for version, c in (("1", 1e-3), ("2", 1e-1)):
+        learners[version] = LogisticLearner(C=c).fit(X[ok], y[ok])
+        registry.log_and_register(name, learners[version], columns, example, {}, {}, {}, [], meta=meta)
+    registry.set_champion(name, "1", reason="test", actor="test")
+    return {
+        "params": params,
+        "root": root,
+        "name": name,
+        "registry": registry,
+        "matrices": matrices,
+        "learners": learners,
+    }
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        s = ResultsStore(f"sqlite:///{tmp_path / 'results.db'}")
+    else:
+        admin = request.getfixturevalue("pg_admin_url")
+        s = ResultsStore(app_url(admin), admin)
+    s.migrate()
+    yield s
+    if s.dialect == "postgresql":
+        with s.admin_engine.begin() as conn:
+            for table in ("probabilities", "audit", "tenants", "score_watermarks"):
+                conn.execute(sa.text(f"DELETE FROM {table}"))
+    s.close()
+
+
+def tenants(store, name):
+    a, _ = store.add_tenant("a", [Subscription("EURUSD", "M5", 12), Subscription("XAUUSD", "M5", 12)])
+    b, _ = store.add_tenant(
+        "b", [Subscription("EURUSD", "M5", 12)], long_above=0.5, short_below=0.5, pins={name: "2"}
+    )
+    return a, b
+
+
+def rows_of(store, tenant):
+    with store.tenant(tenant.tenant_id, "test") as s:
+        return s.probabilities().sort_values(["symbol", "bar_time"]).reset_index(drop=True)
+
+
+def test_cycle_fans_out_scores_once_and_matches_full_history(world, store):
+    a, b = tenants(store, world["name"])
+    scorer = LiveScorer(world["params"], store, registry=world["registry"])
+    report = scorer.cycle()
+    assert report.rows_per_tenant == {a.tenant_id: 2, b.tenant_id: 1}
+    # EURUSD is followed by both tenants but scored once per model version
+    assert report.scored == {
+        ("EURUSD", "M5", world["name"], "1"): 1,
+        ("XAUUSD", "M5", world["name"], "1"): 1,
+        ("EURUSD", "M5", world["name"], "2"): 1,
+    }
+    assert report.model_calls == 2
+    ra, rb = rows_of(store, a), rows_of(store, b)
+    assert set(ra.model_version) == {"1"} and set(rb.model_version) == {"2"}  # b is pinned
+    for tenant_rows, version in ((ra, "1"), (rb, "2")):
+        for row in tenant_rows.itertuples():
+            m = world["matrices"][row.symbol]
+            i = int(np.searchsorted(m.time, int(row.bar_time.timestamp())))
+            expected = world["learners"][version].predict_proba(m.values[i : i + 1])[0]
+            assert row.probability == pytest.approx(expected, abs=1e-6)
+            assert i == len(m.time) - 1  # the newest closed bar
+    assert rb.signal[0] == (
+        "long" if rb.probability[0] > 0.5 else "short" if rb.probability[0] < 0.5 else "flat"
+    )
+    assert store.watermarks()[("EURUSD", "M5")] == ra.bar_time.max().to_pydatetime()
+    again = scorer.cycle()  # nothing new closed: nothing written
+    assert again.rows == 0 and len(rows_of(store, a)) == 2
+
+
+def test_crash_mid_write_then_resume_without_gap_or_duplicate(world, store):
+    a, b = tenants(store, world["name"])
+    scorer = LiveScorer(world["params"], store, registry=world["registry"])
+    scorer.cycle()
+    newest = store.watermarks()[("EURUSD", "M5")]
+    # an outage: the scorer last ran 8 bars ago (for both series)
+    back = {k: v - timedelta(minutes=40) for k, v in store.watermarks().items()}
+    store.write_results({}, watermark=back)
+
+    def crash(stage: str) -> None:
+        if stage == "tenant-written":
+            raise RuntimeError("killed between two tenants' writes")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        scorer.cycle(fault=crash)
+    assert store.watermarks() == back and len(rows_of(store, a)) == 2 and len(rows_of(store, b)) == 1
+    report = scorer.cycle()
+    assert report.rows_per_tenant == {a.tenant_id: 16, b.tenant_id: 8}
+    ra = rows_of(store, a)
+    # the 8 bars after the old watermark (the newest one again, overwritten in place)
+    assert len(ra) == 16 and not ra.duplicated(["symbol", "bar_time", "model_version"]).any()
+    for symbol in SYMBOLS:  # every bar from the last scored one to the newest, none missing
+        times = world["matrices"][symbol].time
+        got = ra[ra.symbol == symbol].bar_time.map(lambda t: int(t.timestamp())).tolist()
+        assert got == times[-8:].tolist()
+    assert store.watermarks()[("EURUSD", "M5")] == newest
+    # a full re-run of the same bars rewrites the same rows (idempotent upserts)
+    store.write_results({}, watermark=back)
+    scorer.cycle()
+    assert rows_of(store, a).drop(columns="scored_at").equals(ra.drop(columns="scored_at"))
+
+
+def test_backfill_spreads_over_cycles_and_promotion_is_picked_up(world, store):
+    a, _ = tenants(store, world["name"])
+    scorer = LiveScorer(world["params"], store, registry=world["registry"])
+    scorer.cycle()
+    back = {k: v - timedelta(minutes=5 * 70) for k, v in store.watermarks().items()}
+    store.write_results({}, watermark=back)
+    first = scorer.cycle()  # max_bars_per_cycle = 50
+    assert first.scored[("EURUSD", "M5", world["name"], "1")] == 50
+    world["registry"].set_champion(world["name"], "2", reason="promoted between cycles", actor="test")
+    try:
+        second = scorer.cycle()
+    finally:
+        world["registry"].set_champion(world["name"], "1", reason="restore", actor="test")
+    assert second.scored[("EURUSD", "M5", world["name"], "2")] == 20
+    ra = rows_of(store, a)
+    eur = ra[ra.symbol == "EURUSD"]
+    times = world["matrices"]["EURUSD"].time
+    by_bar = eur.groupby(eur.bar_time.map(lambda t: int(t.timestamp()))).model_version.agg(set)
+    assert by_bar.index.tolist() == times[-70:].tolist()  # no gap
+    assert all(v == {"1"} for v in by_bar.iloc[:50]) and all("2" in v for v in by_bar.iloc[50:])
+    assert by_bar.iloc[-1] == {"1", "2"}  # the newest bar: scored by v1 before, by v2 now
+
+
+def test_unknown_model_is_skipped_with_a_reason(world, store):
+    store.add_tenant("c", [Subscription("EURUSD", "M5", 48)])
+    report = LiveScorer(world["params"], store, registry=world["registry"]).cycle()
+    assert report.rows == 0 and "mt5prob-fx-M5-direction-h48: no champion" in report.skipped[0]
+
+
+def test_first_cycle_time_is_utc(world, store):
+    tenants(store, world["name"])
+    report = LiveScorer(world["params"], store, registry=world["registry"]).cycle()
+    wm = report.watermarks[("EURUSD", "M5")]
+    assert wm.tzinfo is not None and wm <= datetime(2024, 1, 24, tzinfo=UTC)
+
+
+def test_live_score_flow_publishes_rows_per_tenant(world, prefect_harness, tmp_path):
+    import yaml
+    from prefect.client.orchestration import get_client
+
+    from flows.live_score import live_score_deployment, live_score_flow
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(
+        yaml.safe_dump(
+            {
+                "data": {
+                    "root": str(world["params"].data.root),
+                    "symbols": SYMBOLS,
+                    "timeframes": ["M5", "H1"],
+                },
+                "features": FEATURES,
+                "registry": {"tracking_uri": world["params"].registry.tracking_uri},
+                "store": {"url": f"sqlite:///{tmp_path / 'results.db'}"},
+            }
+        )
+    )
+    store = ResultsStore(f"sqlite:///{tmp_path / 'results.db'}")
+    store.migrate()
+    tenants(store, world["name"])
+    out = live_score_flow(params_path=str(params_file), cycles=2)
+    assert out[0]["rows_per_tenant"] == {"a": 2, "b": 1} and out[1]["rows_per_tenant"] == {}
+    assert set(out[0]["seconds"]) == {"features", "scoring", "writes", "total"}
+
+    async def artifacts():
+        async with get_client() as client:
+            return await client.read_artifacts()
+
+    import asyncio
+
+    latest = [a for a in asyncio.run(artifacts()) if a.key == "live-score"]
+    assert latest and any("rows" in (a.description or "") for a in latest)
+    deployment = live_score_deployment(str(params_file))
+    assert deployment.name == "live-score"
+    assert deployment.schedules[0].schedule.interval == timedelta(minutes=5)  # the M5 close
+    store.close()
