@@ -13,6 +13,7 @@ timeframe (``H1_rsi_14``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -65,10 +66,15 @@ def _check(spec: FeatureSpec, bars: dict[str, Bars]) -> None:
 
 def feature_columns(spec: FeatureSpec) -> list[str]:
     """The ordered column list `build_features` produces for `spec`."""
+    return list(_feature_columns(spec))
+
+
+@lru_cache(maxsize=64)
+def _feature_columns(spec: FeatureSpec) -> tuple[str, ...]:
     cols = [c for f in spec.families for c in _family_columns(f, spec)]
     for tf in spec.higher_timeframes:
         cols += [f"{tf}_{c}" for f in spec.htf_families for c in _family_columns(f, spec)]
-    return cols
+    return tuple(cols)
 
 
 def _htf_index(base: Bars, htf: Bars) -> np.ndarray:

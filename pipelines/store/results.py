@@ -393,16 +393,28 @@ class ResultsStore:
         """Upsert every tenant's rows and move the scoring watermarks in ONE transaction:
         all of it lands or none. Each tenant's rows are written under its own tenant
         setting, so RLS checks every row. Returns rows written per tenant."""
-        written: dict[str, int] = {}
+        now = _now()
+        return self.write_prepared(
+            {t: _prepare(t, rows, now) for t, rows in rows_by_tenant.items() if rows}, actor, watermark, fault
+        )
+
+    def write_prepared(
+        self,
+        rows_by_tenant: Mapping[str, list[tuple]],
+        actor: str = "live-score",
+        watermark: Mapping[tuple[str, str], datetime] | None = None,
+        fault: Any = None,
+    ) -> dict[str, int]:
+        """`write_results` for rows already valid, as tuples in `ROW_FIELDS` order with UTC
+        datetimes (the live scorer's path: no per-row dicts or checks). Each tuple's tenant
+        must be its key's; RLS still checks every row on PostgreSQL."""
+        now = _now()
+        batches = [(t, rows) for t, rows in rows_by_tenant.items() if rows]
+        for t, rows in batches:
+            if any(r[0] != t for r in rows):
+                raise TenantIsolationError(f"rows filed under tenant {t} belong to another tenant")
         with self.engine.begin() as conn:
-            for tenant_id, rows in rows_by_tenant.items():
-                if not rows:
-                    continue
-                _set_tenant(conn, tenant_id)
-                written[tenant_id] = TenantSession(conn, tenant_id, actor).upsert(rows, audited=False)
-                _audit(conn, tenant_id, actor, "results.write", {"rows": written[tenant_id]})
-                if fault is not None:  # test hook: a crash between two tenants' writes
-                    fault("tenant-written")
+            _bulk_upsert(conn, batches, fault, actor)
             for (symbol, timeframe), last in (watermark or {}).items():
                 _upsert(
                     conn,
@@ -412,11 +424,12 @@ class ResultsStore:
                             "symbol": symbol,
                             "timeframe": timeframe,
                             "last_bar_time": _utc(last),
-                            "updated_at": _now(),
+                            "updated_at": now,
                         }
                     ],
                     ("symbol", "timeframe"),
                 )
+        written = {t: len(rows) for t, rows in batches}
         return written
 
     def watermarks(self) -> dict[tuple[str, str], datetime]:
@@ -443,6 +456,132 @@ def _audit(conn: sa.Connection, tenant_id: str, actor: str, action: str, detail:
             at=_now(),
         )
     )
+
+
+ROW_FIELDS = _COLS = (
+    "tenant_id",
+    "symbol",
+    "timeframe",
+    "bar_time",
+    "horizon",
+    "label_kind",
+    "probability",
+    "signal",
+    "model_name",
+    "model_version",
+    "scored_at",
+)
+_UPDATE = ("probability", "signal", "model_name", "scored_at")
+_CONFLICT = f"ON CONFLICT ({', '.join(_UNIQUE)}) DO UPDATE SET " + ", ".join(
+    f"{c} = excluded.{c}" for c in _UPDATE
+)
+_SQLITE_UPSERT = (
+    f"INSERT INTO probabilities ({', '.join(_COLS)}) VALUES ({', '.join('?' * len(_COLS))}) {_CONFLICT}"
+)
+_PG_TYPES = (
+    "text",
+    "text",
+    "text",
+    "timestamptz",
+    "int",
+    "text",
+    "float8",
+    "text",
+    "text",
+    "text",
+    "timestamptz",
+)
+_PG_UPSERT = (
+    f"INSERT INTO probabilities ({', '.join(_COLS)}) SELECT * FROM unnest("
+    + ", ".join(f"%s::{t}[]" for t in _PG_TYPES)
+    + f") {_CONFLICT}"
+)
+
+
+def _sqlite_time(value: datetime) -> str:
+    """SQLAlchemy's SQLite DATETIME text for a UTC instant (so Core reads it back unchanged)."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _prepare(tenant_id: str, rows: Iterable[Mapping[str, Any]], now: datetime) -> list[tuple]:
+    """Validated row tuples in `_COLS` order (times as UTC datetimes)."""
+    out: list[tuple] = []
+    times: dict[Any, datetime] = {}
+    for row in rows:
+        owner = row.get("tenant_id", tenant_id)
+        if owner != tenant_id:
+            raise TenantIsolationError(f"a session of tenant {tenant_id} cannot write rows of {owner}")
+        p = float(row["probability"])
+        if not 0.0 <= p <= 1.0:
+            raise StoreError(f"probability {p} outside [0, 1]")
+        signal = row["signal"]
+        if signal not in SIGNALS:
+            raise StoreError(f"signal {signal!r} not one of {SIGNALS}")
+        bt = row["bar_time"]
+        t = times.get(bt)
+        if t is None:
+            t = times[bt] = _utc(pd.Timestamp(bt).to_pydatetime())
+        scored = row.get("scored_at")
+        out.append(
+            (
+                tenant_id,
+                row["symbol"],
+                row["timeframe"],
+                t,
+                int(row["horizon"]),
+                row["label_kind"],
+                p,
+                signal,
+                row["model_name"],
+                str(row["model_version"]),
+                now if scored is None else _utc(scored),
+            )
+        )
+    return out
+
+
+def _bulk_upsert(
+    conn: sa.Connection, batches: Sequence[tuple[str, list[tuple]]], fault: Any, actor: str | None
+) -> None:
+    """Upsert each tenant's prepared rows (and one audit row per tenant when `actor` is given)
+    inside the caller's transaction. PostgreSQL: per tenant, set the tenant, then one
+    ``INSERT … SELECT unnest(arrays) … ON CONFLICT`` — all pipelined in one round trip, RLS
+    checking every row. SQLite: one executemany."""
+    now = _now()
+    if conn.dialect.name == "postgresql":
+        raw = conn.connection.dbapi_connection
+        with raw.pipeline(), raw.cursor() as cur:
+            for tenant_id, rows in batches:
+                cur.execute("SELECT set_config(%s, %s, true)", (TENANT_SETTING, tenant_id))
+                cur.execute(_PG_UPSERT, [list(col) for col in zip(*rows, strict=True)])
+                if actor is not None:
+                    cur.execute(
+                        "INSERT INTO audit (tenant_id, actor, action, detail, at) VALUES (%s, %s, %s, %s, %s)",  # noqa: E501
+                        (tenant_id, actor, "results.write", json.dumps({"rows": len(rows)}), now),
+                    )
+        if fault is not None:  # test hook: a crash after every row reached the database, before commit
+            fault("rows-written")
+        return
+    flat: list[tuple] = []
+    stamp: dict[datetime, str] = {}
+    for _, rows in batches:
+        for r in rows:
+            bt = stamp.get(r[3]) or stamp.setdefault(r[3], _sqlite_time(r[3]))
+            sc = stamp.get(r[10]) or stamp.setdefault(r[10], _sqlite_time(r[10]))
+            flat.append((*r[:3], bt, *r[4:10], sc))
+    if not flat:
+        return
+    conn.exec_driver_sql(_SQLITE_UPSERT, flat)
+    if actor is not None:
+        conn.exec_driver_sql(
+            "INSERT INTO audit (tenant_id, actor, action, detail, at) VALUES (?, ?, ?, ?, ?)",
+            [
+                (t, actor, "results.write", json.dumps({"rows": len(rows)}), _sqlite_time(now))
+                for t, rows in batches
+            ],
+        )
+    if fault is not None:
+        fault("rows-written")
 
 
 def _upsert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], keys: Sequence[str]) -> None:
@@ -472,39 +611,10 @@ class TenantSession:
         """Insert or replace rows keyed on (tenant, symbol, timeframe, bar_time, horizon,
         label kind, model version). A row naming another tenant raises
         `TenantIsolationError` and nothing is written."""
-        now = _now()
-        clean: list[dict[str, Any]] = []
-        for row in rows:
-            owner = row.get("tenant_id", self.tenant_id)
-            if owner != self.tenant_id:
-                raise TenantIsolationError(
-                    f"a session of tenant {self.tenant_id} cannot write rows of {owner}"
-                )
-            p = float(row["probability"])
-            if not 0.0 <= p <= 1.0:
-                raise StoreError(f"probability {p} outside [0, 1]")
-            if row["signal"] not in SIGNALS:
-                raise StoreError(f"signal {row['signal']!r} not one of {SIGNALS}")
-            clean.append(
-                {
-                    "tenant_id": self.tenant_id,
-                    "symbol": row["symbol"],
-                    "timeframe": row["timeframe"],
-                    "bar_time": _utc(pd.Timestamp(row["bar_time"]).to_pydatetime()),
-                    "horizon": int(row["horizon"]),
-                    "label_kind": row["label_kind"],
-                    "probability": p,
-                    "signal": row["signal"],
-                    "model_name": row["model_name"],
-                    "model_version": str(row["model_version"]),
-                    "scored_at": _utc(row.get("scored_at")) or now,
-                }
-            )
-        if clean:
-            _upsert(self.conn, probabilities, clean, _UNIQUE)
-            if audited:
-                self.audit("results.write", {"rows": len(clean)})
-        return len(clean)
+        prepared = _prepare(self.tenant_id, rows, _now())
+        if prepared:
+            _bulk_upsert(self.conn, [(self.tenant_id, prepared)], None, self.actor if audited else None)
+        return len(prepared)
 
     def probabilities(
         self,
