@@ -151,6 +151,19 @@ def prepare(work: Path) -> tuple[Path, str, str, np.ndarray, list[str]]:
     return params_file, name, key, X, list(data.columns)
 
 
+def _batch_stats(url: str) -> tuple[float, float]:
+    """(model calls, requests) so far, from the service's mt5prob_batch_requests histogram."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+    lines = text.splitlines()
+
+    def total(prefix: str) -> float:
+        return sum(float(line.split()[-1]) for line in lines if line.startswith(prefix))
+
+    return total("mt5prob_batch_requests_count"), total("mt5prob_batch_requests_sum")
+
+
 def _nulls(X: np.ndarray) -> list[list[float | None]]:
     """JSON rows with null for the features still in warm-up (NaN), as clients send them."""
     return [[None if not np.isfinite(v) else float(v) for v in row] for row in X.astype(np.float64)]
@@ -204,7 +217,10 @@ def main() -> None:
             sampler.start()
             load(port, key, single, 1, 2.0)  # warm-up
             seq = load(port, key, single, 1, args.seconds, count=3000)
+            before = _batch_stats(service.url)
             conc = load(port, key, single, 8, args.seconds)
+            after = _batch_stats(service.url)
+            per_call = (after[1] - before[1]) / max(1.0, after[0] - before[0])
             load(port, key, batch, 2, 2.0)  # warm-up
             bat = load(port, key, batch, 2, args.seconds)
 
@@ -264,6 +280,7 @@ def main() -> None:
             f"{r['calls'] * rows / r['wall']:9,.0f} {len(r['failures']):6d}"
         )
     print(f"peak service memory (process tree RSS): {peak_mb:,.0f} MB")
+    print(f"adaptive batching with 8 single-row clients: {per_call:.2f} requests per model call on average")
     print(
         f"service overhead over the in-process model call at p50: {seq['p50'] - direct_p50:.2f} ms; "
         f"batched rows/s ÷ sequential single-row rows/s: "

@@ -22,9 +22,14 @@ class MicroBatcher:
     """Batches calls of ``fn(matrix) -> vector`` (one output per row) across requests."""
 
     def __init__(
-        self, fn: Callable[[np.ndarray], np.ndarray], max_rows: int, executor: ThreadPoolExecutor
+        self,
+        fn: Callable[[np.ndarray], np.ndarray],
+        max_rows: int,
+        executor: ThreadPoolExecutor,
+        on_batch: Callable[[int, int], None] | None = None,
     ) -> None:
         self.fn = fn
+        self.on_batch = on_batch  # (requests, rows) of each model call, e.g. for metrics
         self.max_rows = max_rows
         self.executor = executor
         self._queue: deque[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = deque()
@@ -63,6 +68,8 @@ class MicroBatcher:
                 self.batches += 1
                 self.rows += rows
                 self.largest = max(self.largest, len(jobs))
+                if self.on_batch is not None:
+                    self.on_batch(len(jobs), rows)
                 start = 0
                 for x, fut in jobs:
                     if not fut.done():

@@ -148,6 +148,12 @@ _LATENCY = bentoml.metrics.Histogram(
     labelnames=["endpoint", "model", "version"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+_BATCH = bentoml.metrics.Histogram(
+    name="mt5prob_batch_requests",
+    documentation="Requests scored together in one model call (adaptive batching), by model and version",
+    labelnames=["model", "version"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 _ROWS = bentoml.metrics.Counter(
     name="mt5prob_scored_rows",
     documentation="Rows scored by model and version",
@@ -280,7 +286,10 @@ class ScoringService:
         key = (loaded.name, loaded.version)
         batcher = self._batchers.get(key)
         if batcher is None or batcher.fn.__self__ is not loaded:
-            batcher = MicroBatcher(loaded.predict, self.settings.max_batch_rows, self._executor)
+            observe = _BATCH.labels(model=loaded.name, version=loaded.version).observe
+            batcher = MicroBatcher(
+                loaded.predict, self.settings.max_batch_rows, self._executor, lambda n, rows: observe(n)
+            )
             self._batchers[key] = batcher
             if len(self._batchers) > 4 * self.settings.max_loaded_versions:
                 self._batchers.pop(next(iter(self._batchers)))
