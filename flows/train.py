@@ -39,6 +39,19 @@ def register_task(params: Params) -> dict[str, Any]:
     return {"name": name, "version": version, "promoted": decision.promoted, "reason": decision.reason}
 
 
+@flow(name="featurize", log_prints=True)
+def featurize_flow(params_path: str = "params.yaml", profile: str | None = None) -> dict[str, int]:
+    """Features and labels of every configured symbol into outputs/featurize (the dvc stage)."""
+    params = load_params(params_path, profile)
+    rows = featurize_task(params)
+    create_table_artifact(
+        key="featurize",
+        table=[{"symbol": s, "rows": n} for s, n in rows.items()],
+        description="rows per symbol",
+    )
+    return rows
+
+
 @flow(name="train", log_prints=True)
 def train_flow(
     params_path: str = "params.yaml",

@@ -322,6 +322,13 @@ class LiveScoreParams(_Frozen):
     first_run_bars: int = Field(1, ge=1)  # with no watermark yet, score the newest N bars
 
 
+class SchedulesParams(_Frozen):
+    """The ``schedules:`` section: when the Prefect deployments run (flows/serve.py). Times UTC."""
+
+    ingest_live_seconds: float | None = Field(None, gt=0)  # None: the base timeframe's length
+    retrain_cron: str = "0 3 * * 6"  # weekly retraining (Saturday 03:00 UTC, markets closed)
+
+
 class ServingParams(_Frozen):
     """The ``serving:`` section (serving/): which registered models the BentoML service serves
     and how. An empty `models` list means the one model this params file trains."""
@@ -353,6 +360,7 @@ class Params(BaseModel):
     store: StoreParams = StoreParams()
     serving: ServingParams = ServingParams()
     live_score: LiveScoreParams = LiveScoreParams()
+    schedules: SchedulesParams = SchedulesParams()
     outputs: Path = Path("outputs")
 
 

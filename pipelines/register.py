@@ -33,15 +33,26 @@ def flat(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
+def holdout(params: Params) -> tuple[pd.DataFrame, Any]:
+    """The holdout rows (features, labels) of the featurized data: what the gate compares on."""
+    data = load_training_data(params.outputs / "featurize", params.labels.kind)
+    test, _ = splits(data, params.models)
+    return pd.DataFrame(data.X[test.test], columns=data.columns), data.y[test.test]
+
+
+def gate(params: Params, name: str) -> GateDecision:
+    """Run the promotion gate again for `name`'s current challenger on today's holdout rows
+    (the `promote` flow): champion moves only if the challenger wins out of sample."""
+    X, y = holdout(params)
+    return Registry(params.registry.tracking_uri).promotion_gate(name, X, y, params.registry.gate.max_ece)
+
+
 def register(params: Params, repo: Path = Path(".")) -> tuple[str, str, GateDecision]:
     """Log, register and gate the model in ``outputs/train``; returns (name, version, decision)."""
     out = params.outputs
     bundle = joblib.load(out / "train" / "model.pkl")
     metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
-    data = load_training_data(out / "featurize", params.labels.kind)
-    holdout, _ = splits(data, params.models)
-    X = pd.DataFrame(data.X[holdout.test], columns=data.columns)
-    y = data.y[holdout.test]
+    X, y = holdout(params)
     name = model_name(
         params.registry.name_prefix,
         params.registry.symbol_group,
@@ -56,7 +67,7 @@ def register(params: Params, repo: Path = Path(".")) -> tuple[str, str, GateDeci
     version = registry.log_and_register(
         name,
         predictor,
-        data.columns,
+        list(X.columns),
         X.head(5),
         flat("", sections),
         scalar,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 import types
 from datetime import UTC, datetime
 
@@ -52,6 +53,10 @@ def rpyc_terminal(monkeypatch):
     )
     thread = threading.Thread(target=server.start, daemon=True)
     thread.start()
+    deadline = time.monotonic() + 10  # start() binds then listens: connect only once it listens
+    while not server.active and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.active, "rpyc server did not start listening"
     yield sim, server
     server.close()
 

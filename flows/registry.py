@@ -1,0 +1,73 @@
+"""Prefect flows ``promote`` and ``rollback``: orchestration only, the work is in
+`pipelines.register.gate` and `pipelines.registry.Registry.rollback`.
+
+* ``promote`` — re-runs the promotion gate for a model's current challenger on the holdout rows
+  of the featurized data; ``champion`` moves only if the challenger wins out of sample.
+* ``rollback`` — moves ``champion`` back to the previous champion (or a named version) and
+  records why; services and live scoring follow within their refresh interval.
+
+Both publish a markdown artifact with the decision.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from pipelines.config import load_params
+from pipelines.register import gate
+from pipelines.registry import Registry, model_name
+
+
+def _name(params: Any, name: str | None) -> str:
+    if name:
+        return name
+    reg = params.registry
+    return model_name(
+        reg.name_prefix,
+        reg.symbol_group,
+        params.features.base_timeframe,
+        params.labels.kind,
+        params.labels.horizon,
+    )
+
+
+@flow(name="promote", log_prints=True)
+def promote_flow(
+    params_path: str = "params.yaml", profile: str | None = None, name: str | None = None
+) -> dict:
+    """Gate `name`'s challenger against its champion (default name: the model params.yaml trains)."""
+    params = load_params(params_path, profile)
+    model = _name(params, name)
+    decision = gate(params, model)
+    verdict = "promoted to champion" if decision.promoted else "kept as challenger"
+    get_run_logger().info("%s v%s %s: %s", model, decision.challenger, verdict, decision.reason)
+    create_markdown_artifact(
+        key="promote",
+        markdown=f"**{model}** version {decision.challenger} {verdict}: {decision.reason}",
+    )
+    return {
+        "name": model,
+        "version": decision.challenger,
+        "promoted": decision.promoted,
+        "reason": decision.reason,
+    }
+
+
+@flow(name="rollback", log_prints=True)
+def rollback_flow(
+    name: str | None = None,
+    to: str | None = None,
+    reason: str = "rollback from the Prefect UI",
+    params_path: str = "params.yaml",
+    profile: str | None = None,
+) -> dict:
+    """Move `champion` of `name` back to the previous champion, or to version `to`."""
+    params = load_params(params_path, profile)
+    model = _name(params, name)
+    old, new = Registry(params.registry.tracking_uri).rollback(model, to, reason, actor="prefect:rollback")
+    get_run_logger().info("%s: champion %s -> %s (%s)", model, old, new, reason)
+    create_markdown_artifact(key="rollback", markdown=f"**{model}**: champion {old} → {new} ({reason})")
+    return {"name": model, "from": old, "to": new, "reason": reason}

@@ -1,0 +1,89 @@
+"""Every Prefect deployment of the platform, declared in one place, and a process that runs them.
+
+    .venv/bin/prefect server start                            # UI on http://127.0.0.1:4200
+    PREFECT_API_URL=http://127.0.0.1:4200/api .venv/bin/python -m flows.serve [--profile fast]
+
+registers the deployments below (typed, described parameters become forms in the UI) and
+serves them from this process — no work pool needed; a run triggered from the UI or the REST
+API runs here. Schedules: live ingestion and live scoring at each base-timeframe close,
+retraining on ``schedules.retrain_cron``; the others run on demand.
+
+| deployment | flow | schedule |
+|---|---|---|
+| ingest-history/ingest-history | ingest-history | on demand |
+| ingest-live/ingest-live | ingest-live (one poll) | every base-timeframe close |
+| featurize/featurize | featurize | on demand |
+| train/train | train (featurize → train → evaluate → register + gate) | ``retrain_cron`` |
+| promote/promote | promote (gate the challenger again) | on demand |
+| rollback/rollback | rollback | on demand |
+| live-score/live-score | live-score (one cycle) | every base-timeframe close |
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from flows.ingest import ingest_history_flow, ingest_live_flow
+from flows.live_score import live_score_deployment
+from flows.registry import promote_flow, rollback_flow
+from flows.train import featurize_flow, train_flow
+from pipelines.config import load_params
+from pipelines.mt5.constants import timeframe_seconds
+
+
+def deployments(params_path: str = "params.yaml", profile: str | None = None) -> list[Any]:
+    """The platform's deployments for `params_path` (and `profile`)."""
+    params = load_params(params_path, profile)
+    poll = params.schedules.ingest_live_seconds or timeframe_seconds(params.features.base_timeframe)
+    common = {"params_path": params_path, "profile": profile}
+    return [
+        ingest_history_flow.to_deployment(
+            name="ingest-history",
+            parameters=common,
+            description="Bring the bar store up to the terminal's now.",
+        ),
+        ingest_live_flow.to_deployment(
+            name="ingest-live",
+            parameters={**common, "polls": 1},
+            interval=timedelta(seconds=poll),
+            description="One poll for newly closed bars at each base-timeframe close.",
+        ),
+        featurize_flow.to_deployment(name="featurize", parameters=common, description="Features and labels."),
+        train_flow.to_deployment(
+            name="train",
+            parameters=common,
+            cron=params.schedules.retrain_cron,
+            description="Periodic retraining: featurize → train → evaluate → register → gate.",
+        ),
+        promote_flow.to_deployment(
+            name="promote", parameters=common, description="Gate the challenger again."
+        ),
+        rollback_flow.to_deployment(
+            name="rollback",
+            parameters=common,
+            description="Champion back to the previous one, with a reason.",
+        ),
+        live_score_deployment(params_path, profile),
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from prefect import serve
+
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.serve",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--profile", default=None)
+    args = parser.parse_args(argv)
+    serve(*deployments(args.params, args.profile))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,96 @@
+"""Every deployment declared in flows/serve.py: typed parameters and schedules, registered
+with a real Prefect server by `python -m flows.serve`, and a run triggered through the API
+(the same call the UI makes) runs to completion in that process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pipelines.registry import Registry
+
+pytestmark = pytest.mark.slow
+
+NAMES = {"ingest-history", "ingest-live", "featurize", "train", "promote", "rollback", "live-score"}
+
+
+class Constant:
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return np.full(len(X), self.p)
+
+
+def test_deployments_are_declared_with_schedules():
+    from flows.serve import deployments
+
+    found = {d.name: d for d in deployments(profile="fast")}
+    assert set(found) == NAMES
+    assert found["live-score"].schedules[0].schedule.interval == timedelta(minutes=5)
+    assert found["ingest-live"].schedules[0].schedule.interval == timedelta(minutes=5)
+    assert found["train"].schedules[0].schedule.cron == "0 3 * * 6"
+    schema = found["train"]._parameter_openapi_schema.properties
+    assert schema["horizon"]["anyOf"][0]["type"] == "integer" and "trials" in schema
+
+
+def test_served_deployments_run_from_the_api(prefect_harness, tmp_path):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import get_current_settings
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    registry = Registry(tracking)
+    name = "mt5prob-fx-M5-direction-h12"
+    X = pd.DataFrame({"f0": [0.1, 0.2]})
+    for p in (0.4, 0.6):
+        v = registry.log_and_register(name, Constant(p), ["f0"], X, {}, {}, {}, [])
+        registry.set_champion(name, v, reason="setup", actor="test")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"registry": {"tracking_uri": tracking}}))
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": get_current_settings().api.url,
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+    }
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.serve", "--params", str(params)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+
+        async def listed() -> set[str]:
+            async with get_client() as client:
+                return {d.name for d in await client.read_deployments()}
+
+        deadline = time.monotonic() + 120
+        while not NAMES <= asyncio.run(listed()):
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "deployments did not appear"
+            time.sleep(1)
+        run = run_deployment(
+            "rollback/rollback", parameters={"name": name, "reason": "from the API"}, timeout=120
+        )
+        assert run.state.is_completed(), (run.state, (tmp_path / "serve.log").read_text()[-3000:])
+        assert registry.alias_version(name, "champion") == "1"
+        assert "from the API" in registry.client.get_model_version(name, "2").tags["demoted_reason"]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
