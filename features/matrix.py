@@ -46,6 +46,11 @@ class FeatureMatrix:
 _DUMMY = Bars(*(np.array([1.0, 1.0, 1.0]) for _ in range(7)), seconds=60, point=1e-5)
 
 
+def family_columns(name: str, spec: FeatureSpec) -> list[str]:
+    """The columns one base-timeframe family contributes (in matrix order)."""
+    return _family_columns(name, spec)
+
+
 def _family_columns(name: str, spec: FeatureSpec) -> list[str]:
     dummy = Bars(np.array([0, 60, 120]), *(_DUMMY.close for _ in range(6)), seconds=60, point=1e-5)
     return list(FAMILIES[name].compute(dummy, spec.windows))

@@ -17,6 +17,7 @@ retraining on ``schedules.retrain_cron``; the others run on demand.
 | promote/promote | promote (gate the challenger again) | on demand |
 | rollback/rollback | rollback | on demand |
 | live-score/live-score | live-score (one cycle) | every base-timeframe close |
+| monitor/monitor | monitor (drift, live calibration) | ``monitor_cron`` (hourly) |
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 from flows.ingest import ingest_history_flow, ingest_live_flow
 from flows.live_score import live_score_deployment
+from flows.monitor import monitor_flow
 from flows.registry import promote_flow, rollback_flow
 from flows.train import featurize_flow, train_flow
 from pipelines.config import load_params
@@ -67,6 +69,12 @@ def deployments(params_path: str = "params.yaml", profile: str | None = None) ->
             description="Champion back to the previous one, with a reason.",
         ),
         live_score_deployment(params_path, profile),
+        monitor_flow.to_deployment(
+            name="monitor",
+            parameters=common,
+            cron=params.schedules.monitor_cron,
+            description="Feature drift and live calibration; fails (optionally retrains) past thresholds.",
+        ),
     ]
 
 

@@ -84,3 +84,27 @@ def summary(
         out["bayes_gap"] = (out["log_loss"] - bayes) / bayes
         out["bayes_ece"] = ece(y, p_true)  # the sampling-noise floor of ECE on these rows
     return out
+
+
+def psi(reference: np.ndarray, live: np.ndarray, bins: int = 10, floor: float = 1e-4) -> float:
+    """Population stability index of `live` against `reference` (one feature).
+
+    Bins are the reference's deciles (`bins` quantiles); missing values (NaN) are a bin of
+    their own, so a feature that starts or stops being missing counts as a shift. Shares are
+    floored at `floor` so an empty bin gives a large but finite term. Rule of thumb: < 0.1
+    stable, 0.1–0.25 moderate, > 0.25 a real shift.
+    """
+    reference = np.asarray(reference, dtype=float)
+    live = np.asarray(live, dtype=float)
+    if reference.size == 0 or live.size == 0:
+        return float("nan")
+    finite = reference[np.isfinite(reference)]
+    edges = np.unique(np.quantile(finite, np.linspace(0, 1, bins + 1)[1:-1])) if finite.size else np.array([])
+
+    def shares(x: np.ndarray) -> np.ndarray:
+        ok = np.isfinite(x)
+        counts = np.bincount(np.searchsorted(edges, x[ok], side="right"), minlength=edges.size + 1)
+        return np.append(counts, (~ok).sum()) / x.size
+
+    ref, cur = np.maximum(shares(reference), floor), np.maximum(shares(live), floor)
+    return float(np.sum((cur - ref) * np.log(cur / ref)))

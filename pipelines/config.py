@@ -322,11 +322,22 @@ class LiveScoreParams(_Frozen):
     first_run_bars: int = Field(1, ge=1)  # with no watermark yet, score the newest N bars
 
 
+class MonitorParams(_Frozen):
+    """The ``monitor:`` section (pipelines/monitor.py, flow monitor)."""
+
+    live_bars: int = Field(2016, ge=10)  # newest base bars vs the training window (a week of M5)
+    psi_max: float = Field(0.25, gt=0)  # any feature's PSI above this is drift
+    ece_max: float = Field(0.05, gt=0)  # live ECE above this (on ≥ min_rows matured rows) is a breach
+    min_rows: int = Field(200, ge=1)
+    retrain_on_breach: bool = False  # the monitor flow then starts the train flow
+
+
 class SchedulesParams(_Frozen):
     """The ``schedules:`` section: when the Prefect deployments run (flows/serve.py). Times UTC."""
 
     ingest_live_seconds: float | None = Field(None, gt=0)  # None: the base timeframe's length
     retrain_cron: str = "0 3 * * 6"  # weekly retraining (Saturday 03:00 UTC, markets closed)
+    monitor_cron: str = "15 * * * *"  # hourly monitoring
 
 
 class ServingParams(_Frozen):
@@ -361,6 +372,7 @@ class Params(BaseModel):
     serving: ServingParams = ServingParams()
     live_score: LiveScoreParams = LiveScoreParams()
     schedules: SchedulesParams = SchedulesParams()
+    monitor: MonitorParams = MonitorParams()
     outputs: Path = Path("outputs")
 
 

@@ -19,7 +19,16 @@ from pipelines.registry import Registry
 
 pytestmark = pytest.mark.slow
 
-NAMES = {"ingest-history", "ingest-live", "featurize", "train", "promote", "rollback", "live-score"}
+NAMES = {
+    "ingest-history",
+    "ingest-live",
+    "featurize",
+    "train",
+    "promote",
+    "rollback",
+    "live-score",
+    "monitor",
+}
 
 
 class Constant:

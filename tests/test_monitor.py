@@ -1,0 +1,133 @@
+"""Monitoring: PSI behaves (stable ≈ 0, shifted ≫ 0.25, missingness counts), the drift check
+runs on real featurize outputs and bars, live calibration is computed on matured labels per
+model version and tenant, and the monitor flow fails with its artifacts on a breach."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from features.bars import Bars
+from features.labels import direction_labels
+from models.metrics import psi
+from pipelines import featurize
+from pipelines.bar_store import BarStore, SeriesKey
+from pipelines.config import load_params
+from pipelines.ingest import connect, ingest_history, make_contract
+from pipelines.monitor import check
+from pipelines.store import ResultsStore, Subscription
+from pipelines.terminal import open_terminal
+
+
+def test_psi():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=20_000)
+    assert psi(ref, rng.normal(size=2_000)) < 0.02
+    assert psi(ref, rng.normal(loc=1.0, size=2_000)) > 0.25
+    assert psi(ref, rng.normal(scale=2.0, size=2_000)) > 0.25
+    half_missing = rng.normal(size=2_000)
+    half_missing[::2] = np.nan
+    assert psi(ref, half_missing) > 0.25
+    assert np.isnan(psi(ref, np.array([])))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("monitor")
+    params = load_params(
+        "params.yaml",
+        None,
+        {
+            "data": {
+                "root": str(root / "data"),
+                "symbols": ["EURUSD"],
+                "timeframes": ["M5", "H1"],
+                "simulator": {"end": "2024-02-01T00:00:00"},
+            },
+            "features": {
+                "base_timeframe": "M5",
+                "higher_timeframes": ["H1"],
+                "families": ["returns", "volatility", "atr", "rsi", "calendar", "session"],
+                "htf_families": ["returns", "atr"],
+                "windows": {"return_lags": [1, 4], "volatility": [16], "atr": 14, "rsi": 14},
+            },
+            "outputs": str(root / "outputs"),
+            "store": {"url": f"sqlite:///{root / 'results.db'}"},
+            "monitor": {"min_rows": 100, "ece_max": 0.05, "live_bars": 2016},
+        },
+    )
+    client = open_terminal(params.data)
+    connect(client)
+    ingest_history(client, BarStore(params.data.root), make_contract(params.data), params.data)
+    featurize.run(params.data, params.features, params.labels, params.outputs / "featurize")
+    return params
+
+
+def _results(params, p_of):
+    """Tenant rows over the last 600 M5 bars with probability p_of(realised label)."""
+    store = ResultsStore(params.store.url)
+    store.migrate()
+    tenant, _ = store.add_tenant(f"t{datetime.now(UTC).timestamp()}", [Subscription("EURUSD", "M5", 12)])
+    frame = BarStore(params.data.root).read(SeriesKey("bars", "EURUSD", "M5"))
+    bars = Bars.from_frame(frame, 300)
+    y = direction_labels(bars, params.labels.direction_spec())["label"]
+    rate = float(np.nanmean(y[-600:]))
+    rows = [
+        {
+            "symbol": "EURUSD",
+            "timeframe": "M5",
+            "bar_time": datetime.fromtimestamp(int(t), UTC),
+            "horizon": 12,
+            "label_kind": "direction",
+            "probability": p_of(rate),
+            "signal": "flat",
+            "model_name": "m",
+            "model_version": "1",
+        }
+        for t, lab in zip(bars.time[-600:], y[-600:], strict=True)
+    ]
+    store.write_results({tenant.tenant_id: rows})
+    return store, tenant
+
+
+def test_drift_and_calibration_checks(world):
+    report = check(world)
+    (row,) = report.drift
+    assert row["symbol"] == "EURUSD" and row["live_bars"] == 2016
+    assert "calendar" not in row["worst"] and "session" not in row["worst"]
+    assert row["max_psi"] < 0.25, row  # a stationary simulator does not drift
+    store, tenant = _results(world, lambda rate: rate)  # the realised up-rate: calibrated in the large
+    try:
+        fair = check(world, store)
+        by_model = next(r for r in fair.calibration if r["by"] == "model")
+        assert 500 <= by_model["rows"] <= 600  # the last 12 bars have not matured yet
+        assert by_model["ece"] < 0.02 and fair.ok
+        assert 0.5 < by_model["log_loss"] <= np.log(2) + 0.005  # the entropy of the up-rate
+        _results(world, lambda rate: 0.9)  # a second tenant, overconfident
+        bad = check(world, store)
+        assert any("live calibration of tenant" in b for b in bad.breaches)
+        assert any(r["by"] == "tenant" and r["key"].startswith(tenant.name) for r in bad.calibration)
+    finally:
+        store.close()
+
+
+def test_monitor_flow_fails_with_artifacts_on_a_breach(world, prefect_harness, tmp_path):
+    import yaml
+
+    from flows.monitor import MonitorBreach, monitor_flow
+
+    params_file = tmp_path / "params.yaml"
+    raw = world.model_dump(mode="json")
+    raw["monitor"]["psi_max"] = 0.0001  # any drift at all is a breach
+    params_file.write_text(yaml.safe_dump(raw))
+    with pytest.raises(MonitorBreach, match="feature drift on EURUSD"):
+        monitor_flow(params_path=str(params_file))
+    raw["monitor"]["psi_max"] = 10.0
+    raw["store"]["url"] = f"sqlite:///{tmp_path / 'empty.db'}"
+    params_file.write_text(yaml.safe_dump(raw))
+    store = ResultsStore(raw["store"]["url"])
+    store.migrate()
+    store.close()
+    assert monitor_flow(params_path=str(params_file))["breaches"] == []
