@@ -25,7 +25,6 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +106,7 @@ def add_tenants(store, n: int) -> None:
 
 
 def measure(params, registry, store, tenants: int, repeats: int) -> dict:
-    from pipelines.live_score import LiveScorer
+    from pipelines.live_score import LiveScorer, rewind
 
     add_tenants(store, tenants)
     live = params.live_score.model_copy(update={"max_bars_per_cycle": 1})
@@ -115,11 +114,7 @@ def measure(params, registry, store, tenants: int, repeats: int) -> dict:
     scorer.cycle()  # newest bar of every series: models loaded, caches warm
     # replay the last bars one per cycle, as if each had just closed: every measured cycle
     # scores bars never scored before (inserts, as live)
-    back = {
-        (s, tf): t - timedelta(seconds=(300 if tf == "M5" else 900) * (repeats + 2))
-        for (s, tf), t in store.watermarks().items()
-    }
-    store.write_results({}, watermark=back)
+    rewind(store, params, repeats + 2)
     scorer.cycle()
     splits, scored = [], []
     for _ in range(repeats):

@@ -30,7 +30,7 @@ import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -333,6 +333,17 @@ class LiveScorer:
         return report
 
 
+def rewind(store: ResultsStore, params: Params, bars: int) -> None:
+    """Move every scoring watermark back `bars` base bars, so the next cycles re-score the
+    newest bars one by one as if each had just closed (demo and benchmark replays). Rows are
+    upserts: replaying never duplicates."""
+    back = {
+        (symbol, tf): t - timedelta(seconds=timeframe_seconds(tf) * bars)
+        for (symbol, tf), t in store.watermarks().items()
+    }
+    store.write_results({}, watermark=back)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
@@ -344,6 +355,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--cycles", type=int, default=1, help="cycles to run (0 = forever)")
+    parser.add_argument(
+        "--replay",
+        type=int,
+        default=0,
+        metavar="N",
+        help="re-score the newest N closed bars, one per cycle, as if each had just closed (N cycles)",
+    )
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--profile", default=None)
     args = parser.parse_args(argv)
@@ -351,18 +369,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = ResultsStore(params.store.url, params.store.admin_url)
     if store.dialect == "sqlite":
         store.migrate()
-    scorer = LiveScorer(params, store)
     interval = params.live_score.interval_seconds or timeframe_seconds(params.features.base_timeframe)
+    cycles = args.cycles
+    if args.replay:
+        live = params.live_score.model_copy(update={"max_bars_per_cycle": 1})
+        params = params.model_copy(update={"live_score": live})
+        LiveScorer(params, store).cycle()  # a first cycle sets the watermarks of new series
+        rewind(store, params, args.replay)
+        cycles, interval = args.replay, 0.0
+    scorer = LiveScorer(params, store)
     n = 0
-    while args.cycles == 0 or n < args.cycles:
+    while cycles == 0 or n < cycles:
         report = scorer.cycle()
+        newest = max(report.watermarks.values(), default=None)
         print(
-            f"cycle {n + 1}: {report.rows} rows for {len(report.rows_per_tenant)} tenants, "
-            f"{report.model_calls} model calls, {report.seconds['total'] * 1e3:.0f} ms"
+            f"cycle {n + 1}: {report.rows} rows for {len(report.rows_per_tenant)} tenants"
+            + (f" (bars up to {newest:%Y-%m-%d %H:%M} UTC)" if newest else "")
+            + f", {report.model_calls} model calls, {report.seconds['total'] * 1e3:.0f} ms"
             + (f"; skipped: {report.skipped}" if report.skipped else "")
         )
         n += 1
-        if args.cycles == 0 or n < args.cycles:
+        if cycles == 0 or n < cycles:
             time.sleep(interval)
     store.close()
     return 0

@@ -253,3 +253,35 @@ def test_live_score_flow_publishes_rows_per_tenant(world, prefect_harness, tmp_p
     assert deployment.name == "live-score"
     assert deployment.schedules[0].schedule.interval == timedelta(minutes=5)  # the M5 close
     store.close()
+
+
+def test_cli_replays_the_newest_bars_one_per_cycle(world, tmp_path, capsys):
+    import yaml
+
+    from pipelines.live_score import main
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(
+        yaml.safe_dump(
+            {
+                "data": {
+                    "root": str(world["params"].data.root),
+                    "symbols": SYMBOLS,
+                    "timeframes": ["M5", "H1"],
+                },
+                "features": FEATURES,
+                "registry": {"tracking_uri": world["params"].registry.tracking_uri},
+                "store": {"url": f"sqlite:///{tmp_path / 'results.db'}"},
+            }
+        )
+    )
+    store = ResultsStore(f"sqlite:///{tmp_path / 'results.db'}")
+    store.migrate()
+    a, _ = tenants(store, world["name"])
+    assert main(["--params", str(params_file), "--replay", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3 and all(
+        line.startswith(f"cycle {i + 1}: 3 rows for 2 tenants") for i, line in enumerate(out)
+    )
+    assert len(rows_of(store, a)) == 6  # the newest 3 bars of two symbols, each written once
+    store.close()
