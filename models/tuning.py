@@ -5,11 +5,15 @@ A search space is a plain mapping from ``params.yaml`` (``{name: {low, high, log
 fold and reports the running mean log loss after every fold, so unpromising trials are pruned
 early (for every learner, xgboost and the Lightning nets included). Studies live in an Optuna
 storage (a SQLite file by default, PostgreSQL for several workers) and resume where they
-stopped: only the missing trials are run.
+stopped: only the missing trials are run. Several processes (``python -m pipelines.tune`` on
+one or many machines) with the same storage share each study and together run `n_trials`;
+every trial records which worker ran it (user attribute ``worker``).
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -86,12 +90,19 @@ def tune(
     done = sum(t.state in finished for t in study.trials)
 
     def objective(trial: Any) -> float:
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = suggest(trial, space)
         return cv_log_loss(lambda: build(params), X, y, folds, trial)
 
     if done < n_trials:
+        # with several workers on one storage, stop when the study as a whole has n_trials
+        # finished trials (a worker may finish the one it is running: at most workers − 1 more)
+        stop = optuna.study.MaxTrialsCallback(n_trials, states=tuple(finished))
         study.optimize(
-            objective, n_trials=n_trials - done, timeout=timeout, callbacks=[on_trial] if on_trial else None
+            objective,
+            n_trials=n_trials - done,
+            timeout=timeout,
+            callbacks=[stop, *([on_trial] if on_trial else [])],
         )
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import optuna
+import pytest
 
 from models.base_learners import LogisticLearner
 from models.tuning import cv_log_loss, suggest, tune
@@ -96,3 +97,36 @@ def test_tuned_parameters_reach_every_learner():
     assert made["xgboost"].params["max_depth"] == 5 and made["logistic"].C == 0.5
     assert made["mlp"].hidden == 32 and made["sequence"].hidden == 16
     assert made["sequence"].seq_index == (1, 2)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_two_workers_share_one_study_on_postgresql(pg_admin_url):
+    """Two processes, one PostgreSQL storage: together they run the study's trials once."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    storage = pg_admin_url
+    worker = Path(__file__).with_name("tune_worker.py")
+    optuna.storages.RDBStorage(storage)  # create the schema once, before the workers race for it
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(worker), storage, "shared", "12", str(seed)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (1, 2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    study = optuna.load_study(study_name="shared", storage=storage)
+    finished = [
+        t
+        for t in study.trials
+        if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    ]
+    assert 12 <= len(finished) <= 13  # at most one in-flight trial beyond the target
+    workers = {t.user_attrs["worker"] for t in finished}
+    assert len(workers) == 2, workers

@@ -1,0 +1,60 @@
+"""An Optuna worker: run the ``tune:`` studies of the configured learners and print the best
+parameters. Start several — on one machine or many — with the same PostgreSQL storage and they
+share each study (together they run ``tune.n_trials`` per learner); then ``python -m
+pipelines.train`` with ``tune.enabled: true`` finds the studies complete and trains with their
+best parameters.
+
+    python -m pipelines.tune --storage postgresql+psycopg://postgres@127.0.0.1:5432/test &
+    python -m pipelines.tune --storage postgresql+psycopg://postgres@127.0.0.1:5432/test &
+    wait
+
+Needs ``outputs/featurize`` (``dvc repro featurize`` or ``python -m pipelines.featurize``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import optuna
+
+    from pipelines.config import load_params
+    from pipelines.train import load_training_data, tune_learners
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.tune",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--profile", default=None)
+    parser.add_argument("--storage", default=None, help="Optuna storage URL (default: tune.storage)")
+    parser.add_argument(
+        "--trials", type=int, default=None, help="finished trials per study (default: tune.n_trials)"
+    )
+    args = parser.parse_args(argv)
+    tune_override = {k: v for k, v in (("storage", args.storage), ("n_trials", args.trials)) if v is not None}
+    params = load_params(args.params, args.profile, {"tune": tune_override} if tune_override else None)
+    if params.tune.storage:
+        for attempt in range(5):  # workers started together race to create the schema
+            try:
+                optuna.storages.RDBStorage(params.tune.storage)
+                break
+            except Exception:  # noqa: BLE001 - another worker is creating it: retry
+                if attempt == 4:
+                    raise
+                time.sleep(1 + attempt)
+    data = load_training_data(params.outputs / "featurize", params.labels.kind)
+    best = tune_learners(
+        data, params.models, params.tune, params.labels.horizon, params.registry.tracking_uri
+    )
+    for name, values in best.items():
+        print(f"{name}: {values}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
