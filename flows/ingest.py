@@ -52,7 +52,7 @@ def _data_params(
     return load_params(params_path, profile, {"data": overrides} if overrides else None).data
 
 
-def _publish(reports: list[SeriesReport], key: str, title: str) -> None:
+def publish_reports(reports: list[SeriesReport], key: str, title: str) -> None:
     rows = [{**asdict(r), "rules": ", ".join(f"{k}={v}" for k, v in r.rules.items()) or "-"} for r in reports]
     create_table_artifact(key=key, table=rows, description=title)
 
@@ -88,7 +88,7 @@ def ingest_history_flow(
     get_run_logger().info(
         "ingest-history: %d rows written, %d quarantined over %d series", written, quarantined, len(reports)
     )
-    _publish(reports, "ingest-history", f"{written} rows written, {quarantined} quarantined")
+    publish_reports(reports, "ingest-history", f"{written} rows written, {quarantined} quarantined")
     return reports
 
 
@@ -128,5 +128,5 @@ def ingest_live_flow(
         stats["reconnects"],
     )
     reports = [SeriesReport(**r) for r in stats["reports"]]
-    _publish(reports, "ingest-live", f"{stats['written']} rows written over {stats['polls']} polls")
+    publish_reports(reports, "ingest-live", f"{stats['written']} rows written over {stats['polls']} polls")
     return stats

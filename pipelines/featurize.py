@@ -94,34 +94,53 @@ def run(
     contract: DataContract | None = None,
 ) -> dict[str, int]:
     """Featurize every configured symbol; returns rows written per symbol."""
-    store = BarStore(data.root)
     contract = contract or DataContract()
-    timeframes = [features.base_timeframe, *features.higher_timeframes]
-    results: dict[str, pd.DataFrame] = {}
-    points: dict[str, float] = {}
-    columns: list[str] = []
-    for symbol in data.symbols:  # everything is computed and checked before anything is written
-        bars = load_bars(store, symbol, timeframes)
-        points[symbol] = bars[features.base_timeframe].point
-        frame, columns = featurize_symbol(
-            bars, features, labels, contract, f"{symbol} {features.base_timeframe}"
-        )
-        results[symbol] = frame
-    for symbol, frame in results.items():
+    results = {s: featurize_one(data, features, labels, s, contract) for s in data.symbols}
+    return write_outputs(results, features, labels, out_dir)
+
+
+def featurize_one(
+    data: DataParams,
+    features: FeaturesParams,
+    labels: LabelsParams,
+    symbol: str,
+    contract: DataContract | None = None,
+) -> tuple[pd.DataFrame, list[str], float]:
+    """One symbol's contract-checked features + labels, its column list and point size
+    (independent of the other symbols: the unit of a per-symbol fan-out)."""
+    store = BarStore(data.root)
+    bars = load_bars(store, symbol, [features.base_timeframe, *features.higher_timeframes])
+    frame, columns = featurize_symbol(
+        bars, features, labels, contract or DataContract(), f"{symbol} {features.base_timeframe}"
+    )
+    return frame, columns, bars[features.base_timeframe].point
+
+
+def write_outputs(
+    results: dict[str, tuple[pd.DataFrame, list[str], float]],
+    features: FeaturesParams,
+    labels: LabelsParams,
+    out_dir: Path,
+) -> dict[str, int]:
+    """Write every symbol's frame and the manifest (only once all symbols are computed)."""
+    columns = next(iter(results.values()))[1] if results else []
+    for symbol, (frame, cols, _) in results.items():
+        if cols != columns:
+            raise FeaturizeError(f"{symbol}: feature columns differ from the other symbols'")
         write_parquet_atomic(pa.Table.from_pandas(frame, preserve_index=False), out_dir / f"{symbol}.parquet")
     manifest = {
         "columns": columns,
         "labels": LABEL_COLUMNS,
         "label_kind": labels.kind,
         "symbols": list(results),
-        "points": points,
+        "points": {s: r[2] for s, r in results.items()},
         "base_timeframe": features.base_timeframe,
         "feature_spec": asdict(features.spec()),
         "direction": asdict(labels.direction_spec()),
         "triple_barrier": asdict(labels.triple_barrier_spec()),
     }
     write_text_atomic(json.dumps(manifest, indent=2) + "\n", out_dir / "columns.json")
-    return {s: len(f) for s, f in results.items()}
+    return {s: len(r[0]) for s, r in results.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

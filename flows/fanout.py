@@ -1,0 +1,109 @@
+"""Per-symbol fan-out of ingest and featurize on a Prefect task runner: threads in this process
+by default, or Dask (prefect-dask) — a LocalCluster started for the run, or an existing
+cluster's scheduler address — so the symbols run on several cores or machines.
+
+    from flows.fanout import featurize_fanout_flow
+    featurize_fanout_flow(runner="dask", workers=4)                         # LocalCluster
+    featurize_fanout_flow(runner="dask", dask_address="tcp://10.0.0.5:8786")  # a running cluster
+
+Featurize keeps its all-or-nothing rule (every symbol is computed, then all are written); in
+ingest each symbol is all-or-nothing on its own (its series are fetched and validated before
+any is written), since workers write independently. Model training is not fanned out per
+symbol: one model learns from all symbols together.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.ingest import publish_reports
+from pipelines import featurize
+from pipelines.bar_store import BarStore
+from pipelines.config import load_params
+from pipelines.ingest import SeriesReport, connect, ingest_history, make_contract
+from pipelines.terminal import initialize_kwargs, open_terminal
+
+Runner = Literal["threads", "dask"]
+
+
+def task_runner(runner: Runner = "threads", workers: int = 2, dask_address: str | None = None) -> Any:
+    """The task runner for a fan-out: threads, a Dask LocalCluster of `workers` processes, or
+    the Dask cluster at `dask_address`."""
+    if runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if dask_address:
+            return DaskTaskRunner(address=dask_address)
+        return DaskTaskRunner(
+            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True}
+        )
+    return ThreadPoolTaskRunner(max_workers=workers)
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def ingest_symbol(params: Any, symbol: str) -> list[SeriesReport]:
+    """Every configured timeframe of one symbol, fetched and validated, then written."""
+    client = open_terminal(params)
+    try:
+        connect(client, **initialize_kwargs(params))
+        return ingest_history(client, BarStore(params.root), make_contract(params), params, symbols=[symbol])
+    finally:
+        client.shutdown()
+
+
+@task(cache_policy=NO_CACHE)
+def featurize_symbol(params: Any, symbol: str) -> tuple[Any, list[str], float]:
+    return featurize.featurize_one(params.data, params.features, params.labels, symbol)
+
+
+def _fanout(name: str, body: Any, runner: Runner, workers: int, dask_address: str | None) -> Any:
+    return flow(name=name, task_runner=task_runner(runner, workers, dask_address), log_prints=True)(body)
+
+
+def _ingest_body(params_path: str, profile: str | None) -> list[SeriesReport]:
+    data = load_params(params_path, profile).data
+    futures = ingest_symbol.map([data] * len(data.symbols), list(data.symbols))
+    reports = [r for f in futures for r in f.result()]
+    written = sum(r.written for r in reports)
+    publish_reports(reports, "ingest-history", f"{written} rows written over {len(data.symbols)} symbols")
+    return reports
+
+
+def _featurize_body(params_path: str, profile: str | None) -> dict[str, int]:
+    params = load_params(params_path, profile)
+    symbols = list(params.data.symbols)
+    futures = featurize_symbol.map([params] * len(symbols), symbols)
+    results = dict(zip(symbols, (f.result() for f in futures), strict=True))  # all, then write
+    rows = featurize.write_outputs(results, params.features, params.labels, params.outputs / "featurize")
+    get_run_logger().info("featurize: %s", rows)
+    return rows
+
+
+@flow(name="ingest-history-fanout", log_prints=True)
+def ingest_fanout_flow(
+    params_path: str = "params.yaml",
+    profile: str | None = None,
+    runner: Runner = "threads",
+    workers: int = 2,
+    dask_address: str | None = None,
+) -> list[SeriesReport]:
+    """Ingest history with one task per symbol on threads or Dask."""
+    return _fanout("ingest-history-symbols", _ingest_body, runner, workers, dask_address)(
+        params_path, profile
+    )
+
+
+@flow(name="featurize-fanout", log_prints=True)
+def featurize_fanout_flow(
+    params_path: str = "params.yaml",
+    profile: str | None = None,
+    runner: Runner = "threads",
+    workers: int = 2,
+    dask_address: str | None = None,
+) -> dict[str, int]:
+    """Featurize with one task per symbol on threads or Dask; written once all are done."""
+    return _fanout("featurize-symbols", _featurize_body, runner, workers, dask_address)(params_path, profile)
