@@ -265,7 +265,12 @@ class LiveScorer:
                     continue
                 by_spec[spec].append((name, version))
             for spec, models in by_spec.items():
-                bars, new = self._load(symbol, spec, after)
+                try:
+                    bars, new = self._load(symbol, spec, after)
+                except LiveScoreError as exc:  # one missing series must not stop the others
+                    report.skipped.append(str(exc))
+                    log.warning("%s", exc)
+                    continue
                 if new.size == 0:
                     continue
                 matrix = build_features(bars, spec)

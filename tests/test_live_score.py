@@ -285,3 +285,11 @@ def test_cli_replays_the_newest_bars_one_per_cycle(world, tmp_path, capsys):
     )
     assert len(rows_of(store, a)) == 6  # the newest 3 bars of two symbols, each written once
     store.close()
+
+
+def test_a_series_without_bars_is_skipped_not_fatal(world, store):
+    a, _ = tenants(store, world["name"])
+    store.add_tenant("c", [Subscription("GBPUSD", "M5", 12)])  # never ingested
+    report = LiveScorer(world["params"], store, registry=world["registry"]).cycle()
+    assert report.rows_per_tenant[a.tenant_id] == 2
+    assert any("no stored GBPUSD M5 bars" in s for s in report.skipped)

@@ -1,0 +1,125 @@
+"""The user's whole loop, as the README's first command runs it: `./run demo` in a fresh copy
+of the repository on the fast profile, then every surface checked — deployments listed through
+the Prefect API, `champion` set in MLflow, the service answering with that version, result rows
+per tenant in the store, and `dvc repro` up to date afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from pipelines.config import _deep_merge
+from serving.devserver import REPO, free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def copy(tmp_path):
+    """The committed files of this repository in a new git repository, with the fast profile
+    made the default (so `dvc repro` and every step use it)."""
+    dest = tmp_path / "repo"
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for name in filter(None, files.decode().split("\0")):
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((REPO / name).read_bytes())
+        target.chmod((REPO / name).stat().st_mode)
+    raw = yaml.safe_load((dest / "params.yaml").read_text())
+    fast = raw["profiles"]["fast"]
+    (dest / "params.yaml").write_text(
+        yaml.safe_dump(_deep_merge({k: v for k, v in raw.items() if k != "profiles"}, fast))
+    )
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"],
+    ):
+        subprocess.run(cmd, cwd=dest, check=True)
+    return dest
+
+
+def test_demo_runs_the_whole_loop_and_every_surface_answers(copy, prefect_harness):
+    from prefect.client.orchestration import get_client
+
+    from flows.serve import deployments
+    from pipelines.registry import Registry
+
+    port = free_port()
+    env = {**os.environ, "VENV": str(Path(sys.executable).parent.parent), "PORT": str(port)}
+    demo = subprocess.run(["./run", "demo"], cwd=copy, env=env, capture_output=True, text=True, timeout=900)
+    pid_file = copy / "outputs" / "demo" / "serve.pid"
+    try:
+        assert demo.returncode == 0, (demo.stdout[-3000:], demo.stderr[-3000:])
+        out = demo.stdout + demo.stderr
+        keys = dict(re.findall(r"(demo-acme|demo-beta): (mt5p_[A-Za-z0-9_-]+)", out))
+        assert set(keys) == {"demo-acme", "demo-beta"}
+
+        # MLflow: the gate promoted the first version to champion
+        registry = Registry(f"sqlite:///{copy / 'mlflow.db'}")
+        name = "mt5prob-fx-M5-direction-h12"
+        champion = registry.alias_version(name, "champion")
+        assert champion == "1"
+
+        # the service (left running by the demo) answers with that version
+        url = f"http://127.0.0.1:{port}"
+        models = httpx.post(
+            f"{url}/models", json={}, headers={"X-API-Key": keys["demo-beta"]}, timeout=30
+        ).json()
+        assert models["models"][0]["aliases"]["champion"] == champion
+        latest = httpx.post(
+            f"{url}/results/latest", json={}, headers={"X-API-Key": keys["demo-acme"]}, timeout=30
+        )
+        assert latest.status_code == 200
+        assert {r["model_version"] for r in latest.json()["rows"]} == {champion}
+
+        # result rows per tenant in the store (6 replayed bars × the symbols each follows)
+        with sqlite3.connect(copy / "results.db") as db:
+            per_tenant = dict(
+                db.execute(
+                    "SELECT t.name, count(*) FROM probabilities p JOIN tenants t USING (tenant_id) "
+                    "GROUP BY t.name"
+                ).fetchall()
+            )
+        assert per_tenant == {"demo-acme": 12, "demo-beta": 6}  # fast profile: EURUSD and XAUUSD
+
+        # DVC: everything the demo produced is what dvc.yaml says it should be
+        dvc = Path(sys.executable).with_name("dvc")
+        status = subprocess.run([str(dvc), "status"], cwd=copy, capture_output=True, text=True, env=env)
+        assert "up to date" in status.stdout, status.stdout + status.stderr
+
+        # Prefect: every deployment registers with the API
+        declared = deployments(str(copy / "params.yaml"))
+
+        async def register_and_list() -> set[str]:
+            for deployment in declared:
+                await deployment.apply()
+            async with get_client() as client:
+                return {d.name for d in await client.read_deployments()}
+
+        assert {
+            "ingest-history",
+            "ingest-live",
+            "featurize",
+            "train",
+            "promote",
+            "rollback",
+            "live-score",
+            "monitor",
+        } <= asyncio.run(register_and_list())
+    finally:
+        if pid_file.exists():
+            try:
+                os.killpg(int(pid_file.read_text()), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
