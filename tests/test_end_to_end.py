@@ -97,6 +97,24 @@ def test_demo_runs_the_whole_loop_and_every_surface_answers(copy, prefect_harnes
         dvc = Path(sys.executable).with_name("dvc")
         status = subprocess.run([str(dvc), "status"], cwd=copy, capture_output=True, text=True, env=env)
         assert "up to date" in status.stdout, status.stdout + status.stderr
+        metrics = subprocess.run(
+            [str(dvc), "metrics", "show"], cwd=copy, capture_output=True, text=True, env=env
+        )
+        assert "registered.log_loss" in metrics.stdout, metrics.stdout + metrics.stderr
+        plots = subprocess.run([str(dvc), "plots", "show"], cwd=copy, capture_output=True, text=True, env=env)
+        assert plots.returncode == 0 and (copy / "dvc_plots" / "index.html").is_file(), plots.stderr
+        # a variant through dvc exp: only the stages that depend on the changed param run again
+        path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+        exp = subprocess.run(
+            [str(dvc), "exp", "run", "-S", "models.registered=ensemble"],
+            cwd=copy,
+            capture_output=True,
+            text=True,
+            env={**env, "PATH": path},
+            timeout=600,
+        )
+        assert exp.returncode == 0, exp.stdout[-2000:] + exp.stderr[-2000:]
+        assert "Running stage 'train'" in exp.stdout and "Running stage 'featurize'" not in exp.stdout
 
         # Prefect: every deployment registers with the API
         declared = deployments(str(copy / "params.yaml"))
