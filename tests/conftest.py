@@ -61,11 +61,9 @@ PG_SERVER = os.environ.get("MT5PROB_TEST_PG", "postgresql+psycopg://postgres@127
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url():
-    """A fresh PostgreSQL database for this test session (dropped afterwards), as the admin
-    (superuser) URL. Unreachable server: skip on a laptop, FAIL when CI=true."""
-    import uuid
-
+def pg_server():
+    """The PostgreSQL server (superuser engine, autocommit). Unreachable: skip on a laptop,
+    FAIL when CI=true."""
     import sqlalchemy as sa
 
     server = sa.create_engine(PG_SERVER, isolation_level="AUTOCOMMIT")
@@ -78,11 +76,34 @@ def pg_admin_url():
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(message)
         pytest.skip(message)
-    name = f"mt5prob_test_{uuid.uuid4().hex[:10]}"
-    with server.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(PG_SERVER).set(database=name).render_as_string(hide_password=False)
-    yield url
-    with server.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    yield server
     server.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_database(pg_server):
+    """A factory of fresh PostgreSQL databases (admin URLs), all dropped at the session's end:
+    MLflow, Optuna and the results store each get their own, as in production."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    made: list[str] = []
+
+    def make(purpose: str) -> str:
+        name = f"mt5prob_test_{purpose}_{uuid.uuid4().hex[:8]}"
+        with pg_server.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        made.append(name)
+        return sa.make_url(PG_SERVER).set(database=name).render_as_string(hide_password=False)
+
+    yield make
+    with pg_server.connect() as conn:
+        for name in made:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(pg_database):
+    """The results store's database for this test session (admin URL)."""
+    return pg_database("results")

@@ -29,7 +29,8 @@ class Constant:
 
 
 @pytest.fixture
-def mlflow_server(pg_admin_url, tmp_path):
+def mlflow_server(pg_database, tmp_path):
+    db = pg_database("mlflow")
     port = free_port()
     mlflow = Path(sys.executable).with_name("mlflow")
     log = open(tmp_path / "mlflow.log", "wb")  # noqa: SIM115
@@ -38,7 +39,7 @@ def mlflow_server(pg_admin_url, tmp_path):
             str(mlflow),
             "server",
             "--backend-store-uri",
-            pg_admin_url,
+            db,
             "--artifacts-destination",
             (tmp_path / "artifacts").as_uri(),
             "--host",
@@ -62,17 +63,18 @@ def mlflow_server(pg_admin_url, tmp_path):
                 pass
             assert time.monotonic() < deadline, "mlflow server did not start"
             time.sleep(0.5)
-        yield url
+        yield url, db
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
         log.close()
 
 
-def test_registry_over_an_mlflow_server_on_postgresql(mlflow_server, pg_admin_url):
+def test_registry_over_an_mlflow_server_on_postgresql(mlflow_server):
     import sqlalchemy as sa
 
-    registry = Registry(mlflow_server)
+    url, db = mlflow_server
+    registry = Registry(url)
     name = "server-test"
     X = pd.DataFrame({"f0": [0.1, 0.2, 0.3]})
     for p in (0.3, 0.7):
@@ -84,7 +86,7 @@ def test_registry_over_an_mlflow_server_on_postgresql(mlflow_server, pg_admin_ur
     assert registry.rollback(name, None, "server rollback") == ("2", "1")
     model = registry.load(name, "champion").unwrap_python_model()
     assert model.predict_proba(X.to_numpy()).tolist() == [0.3] * 3
-    engine = sa.create_engine(pg_admin_url)  # the registry really lives in PostgreSQL
+    engine = sa.create_engine(db)  # the registry really lives in PostgreSQL
     with engine.connect() as conn:
         aliases = dict(
             conn.execute(

@@ -232,3 +232,22 @@ def test_directory_lists_subscriptions_without_keys(store):
     if store.dialect == "postgresql":
         with store.engine.connect() as conn:  # the app role cannot read the key columns directly
             assert conn.execute(sa.text("SELECT count(*) FROM tenants")).scalar() == 0
+
+
+def test_store_migrations_share_a_database_with_other_alembic_users(tmp_path):
+    """MLflow and Optuna keep their Alembic history in `alembic_version`; ours is separate."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)"))
+        conn.execute(sa.text("INSERT INTO alembic_version VALUES ('someone_elses_head')"))
+    engine.dispose()
+    store = ResultsStore(url)
+    store.migrate()
+    store.migrate()
+    with store.engine.connect() as conn:
+        assert (
+            conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "someone_elses_head"
+        )
+        assert conn.execute(sa.text("SELECT version_num FROM mt5prob_store_version")).scalar() == "0002"
+    store.close()

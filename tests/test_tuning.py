@@ -101,13 +101,13 @@ def test_tuned_parameters_reach_every_learner():
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_two_workers_share_one_study_on_postgresql(pg_admin_url):
+def test_two_workers_share_one_study_on_postgresql(pg_database):
     """Two processes, one PostgreSQL storage: together they run the study's trials once."""
     import subprocess
     import sys
     from pathlib import Path
 
-    storage = pg_admin_url
+    storage = pg_database("optuna")
     worker = Path(__file__).with_name("tune_worker.py")
     optuna.storages.RDBStorage(storage)  # create the schema once, before the workers race for it
     procs = [

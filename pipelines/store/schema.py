@@ -11,6 +11,9 @@ import sqlalchemy as sa
 
 metadata = sa.MetaData()
 
+# Alembic's version table for this store (not the default `alembic_version`, which MLflow and
+# Optuna use when they share the database)
+VERSION_TABLE = "mt5prob_store_version"
 # The role the application connects as on PostgreSQL: no BYPASSRLS, no table ownership.
 APP_ROLE = "mt5prob_app"
 # Per-transaction setting that names the tenant (set_config(..., true)); RLS compares to it.

@@ -6,13 +6,17 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
-from pipelines.store.schema import metadata
+from pipelines.store.schema import VERSION_TABLE, metadata
 
 config = context.config
 
 
 def _run(connection: sa.Connection) -> None:
-    context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+    # its own version table: the store may share a database with MLflow or Optuna, whose
+    # Alembic histories live in the default `alembic_version`
+    context.configure(
+        connection=connection, target_metadata=metadata, render_as_batch=True, version_table=VERSION_TABLE
+    )
     with context.begin_transaction():
         context.run_migrations()
 
