@@ -16,7 +16,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pipelines.config import load_params
-from pipelines.live_score import CycleReport, LiveScorer
+from pipelines.live_score import CycleReport, LiveScorer, replaying
 from pipelines.mt5.constants import timeframe_seconds
 from pipelines.store import ResultsStore
 
@@ -43,14 +43,22 @@ def _publish(report: CycleReport, names: dict[str, str], cycle: int) -> None:
 
 @flow(name="live-score", log_prints=True)
 def live_score_flow(
-    params_path: str = "params.yaml", profile: str | None = None, cycles: int = 1, pause_seconds: float = 0.0
+    params_path: str = "params.yaml",
+    profile: str | None = None,
+    cycles: int = 1,
+    pause_seconds: float = 0.0,
+    replay: int = 0,
 ) -> list[dict[str, Any]]:
-    """Score newly closed bars for every tenant: `cycles` cycles, `pause_seconds` apart."""
+    """Score newly closed bars for every tenant: `cycles` cycles, `pause_seconds` apart.
+    `replay` > 0 instead re-scores the newest `replay` bars, one per cycle (demos)."""
     params = load_params(params_path, profile)
     store = ResultsStore(params.store.url, params.store.admin_url)
     if store.dialect == "sqlite":
         store.migrate()
-    scorer = LiveScorer(params, store)
+    if replay:
+        scorer, cycles = replaying(params, store, replay), replay
+    else:
+        scorer = LiveScorer(params, store)
     names = {t.tenant_id: t.name for t in store.directory()}
     out = []
     try:

@@ -349,6 +349,16 @@ def rewind(store: ResultsStore, params: Params, bars: int) -> None:
     store.write_results({}, watermark=back)
 
 
+def replaying(params: Params, store: ResultsStore, bars: int) -> LiveScorer:
+    """A scorer set up to re-score the newest `bars` closed bars one per cycle (run `bars`
+    cycles): a first cycle sets the watermarks of series never scored, then they move back."""
+    live = params.live_score.model_copy(update={"max_bars_per_cycle": 1})
+    params = params.model_copy(update={"live_score": live})
+    LiveScorer(params, store).cycle()
+    rewind(store, params, bars)
+    return LiveScorer(params, store)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
@@ -377,12 +387,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     interval = params.live_score.interval_seconds or timeframe_seconds(params.features.base_timeframe)
     cycles = args.cycles
     if args.replay:
-        live = params.live_score.model_copy(update={"max_bars_per_cycle": 1})
-        params = params.model_copy(update={"live_score": live})
-        LiveScorer(params, store).cycle()  # a first cycle sets the watermarks of new series
-        rewind(store, params, args.replay)
+        scorer = replaying(params, store, args.replay)
         cycles, interval = args.replay, 0.0
-    scorer = LiveScorer(params, store)
+    else:
+        scorer = LiveScorer(params, store)
     n = 0
     while cycles == 0 or n < cycles:
         report = scorer.cycle()

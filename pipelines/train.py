@@ -219,6 +219,24 @@ def tune_learners(
     return best
 
 
+def _progress(total: int, desc: str) -> Any:
+    """A progress bar on stderr when it is a terminal (silent in logs and CI)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="fit", disable=None, leave=True)
+
+
+def _ticking(make: Any, name: str, bar: Any) -> Any:
+    """The same factory, advancing `bar` each time a learner is made to be fitted."""
+
+    def factory() -> Any:
+        bar.set_postfix_str(name)
+        bar.update(1)
+        return make()
+
+    return factory
+
+
 def train(
     data: TrainingData, models: ModelsParams, horizon: int, tuned: dict[str, dict[str, Any]] | None = None
 ) -> dict[str, Any]:
@@ -229,8 +247,10 @@ def train(
         models, purge_rows=horizon * len(data.manifest["symbols"]), tuned=tuned, columns=data.columns
     )
     X, y = data.X[tr], data.y[tr]
-    oof = out_of_fold(factories, X, y, folds)
-    base = fit_base(factories, X, y)
+    with _progress(len(factories) * (len(folds) + 1), "train: base-learner fits") as bar:
+        counted = {name: _ticking(make, name, bar) for name, make in factories.items()}
+        oof = out_of_fold(counted, X, y, folds)
+        base = fit_base(counted, X, y)
     stacked = fit_stacked(factories, X, y, folds, oof=oof, base=base, calibration=models.calibration)
     ensemble = fit_ensemble(factories, X, y, folds, oof=oof, base=base, calibration=models.calibration)
     return {
