@@ -158,3 +158,14 @@ def test_rollback_walks_champion_history_and_records_why(tmp_path):
         registry.rollback(name, "3", "noop")
     model = registry.load(name, "champion").unwrap_python_model()
     assert model.predict_proba(X[cols].to_numpy()).tolist() == [0.6] * 3
+
+
+def test_training_progress_counts_every_base_learner_fit():
+    from pipelines.train import _progress, _ticking
+
+    made = []
+    with _progress(3, "fits") as bar:
+        make = _ticking(lambda: made.append(1) or "learner", "logistic", bar)
+        assert [make() for _ in range(3)] == ["learner"] * 3
+        assert bar.n == 3 and bar.total == 3
+    assert len(made) == 3
