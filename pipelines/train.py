@@ -219,11 +219,11 @@ def tune_learners(
     return best
 
 
-def _progress(total: int, desc: str) -> Any:
+def _progress(total: int, desc: str, disable: bool | None = None, file: Any = None) -> Any:
     """A progress bar on stderr when it is a terminal (silent in logs and CI)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="fit", disable=None, leave=True)
+    return tqdm(total=total, desc=desc, unit="fit", disable=disable, leave=True, file=file)
 
 
 def _ticking(make: Any, name: str, bar: Any) -> Any:

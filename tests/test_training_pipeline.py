@@ -163,9 +163,11 @@ def test_rollback_walks_champion_history_and_records_why(tmp_path):
 def test_training_progress_counts_every_base_learner_fit():
     from pipelines.train import _progress, _ticking
 
-    made = []
-    with _progress(3, "fits") as bar:
+    import io
+
+    made, screen = [], io.StringIO()
+    with _progress(3, "train: base-learner fits", disable=False, file=screen) as bar:
         make = _ticking(lambda: made.append(1) or "learner", "logistic", bar)
         assert [make() for _ in range(3)] == ["learner"] * 3
         assert bar.n == 3 and bar.total == 3
-    assert len(made) == 3
+    assert len(made) == 3 and "3/3" in screen.getvalue() and "logistic" in screen.getvalue()
