@@ -161,9 +161,9 @@ def test_rollback_walks_champion_history_and_records_why(tmp_path):
 
 
 def test_training_progress_counts_every_base_learner_fit():
-    from pipelines.train import _progress, _ticking
-
     import io
+
+    from pipelines.train import _progress, _ticking
 
     made, screen = [], io.StringIO()
     with _progress(3, "train: base-learner fits", disable=False, file=screen) as bar:
