@@ -8,8 +8,10 @@ cluster's scheduler address — so the symbols run on several cores or machines.
 
 Featurize keeps its all-or-nothing rule (every symbol is computed, then all are written); in
 ingest each symbol is all-or-nothing on its own (its series are fetched and validated before
-any is written), since workers write independently. Model training is not fanned out per
-symbol: one model learns from all symbols together.
+any is written), since workers write independently. Training fans out per base learner, not per
+symbol (one model learns from all symbols together): each learner's Optuna study is a task,
+then the stack is fitted once with the studies' best parameters. Use a PostgreSQL
+``tune.storage`` for it — several processes writing one SQLite file lock each other.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.ingest import publish_reports
-from pipelines import featurize
+from pipelines import featurize, train
 from pipelines.bar_store import BarStore
 from pipelines.config import load_params
 from pipelines.ingest import SeriesReport, connect, ingest_history, make_contract
@@ -81,6 +83,46 @@ def _featurize_body(params_path: str, profile: str | None) -> dict[str, int]:
     rows = featurize.write_outputs(results, params.features, params.labels, params.outputs / "featurize")
     get_run_logger().info("featurize: %s", rows)
     return rows
+
+
+@task(cache_policy=NO_CACHE)
+def tune_learner(params: Any, learner: str) -> dict[str, Any]:
+    """One base learner's Optuna study (resumes; a no-op when it already has its trials)."""
+    data = train.load_training_data(params.outputs / "featurize", params.labels.kind)
+    return train.tune_learners(
+        data,
+        params.models,
+        params.tune,
+        params.labels.horizon,
+        params.registry.tracking_uri,
+        learners=[learner],
+    )
+
+
+def _train_body(params_path: str, profile: str | None) -> dict[str, Any]:
+    params = load_params(params_path, profile, {"tune": {"enabled": True}})
+    learners = [name for name in params.models.learners if params.tune.spaces.get(name)]
+    if not learners:
+        get_run_logger().warning(
+            "no learner of %s has a search space in tune.spaces: nothing to tune", params.models.learners
+        )
+    futures = tune_learner.map([params] * len(learners), learners)
+    best = {k: v for f in futures for k, v in f.result().items()}
+    bundle = train.run(params)  # the studies are complete: their best parameters, no new trials
+    get_run_logger().info("train: tuned %s; out of fold %s", best, bundle["oof_scores"])
+    return {"tuned": bundle["tuned"], "oof_scores": bundle["oof_scores"], "train_rows": bundle["train_rows"]}
+
+
+@flow(name="train-fanout", log_prints=True)
+def train_fanout_flow(
+    params_path: str = "params.yaml",
+    profile: str | None = None,
+    runner: Runner = "threads",
+    workers: int = 2,
+    dask_address: str | None = None,
+) -> dict[str, Any]:
+    """Tune each base learner's study as its own task (threads or Dask), then train the stack."""
+    return _fanout("train-learners", _train_body, runner, workers, dask_address)(params_path, profile)
 
 
 @flow(name="ingest-history-fanout", log_prints=True)

@@ -169,8 +169,10 @@ def tune_learners(
     tune_cfg: TuneParams,
     horizon: int,
     tracking_uri: str | None = None,
+    learners: Sequence[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """One Optuna study per base learner with a search space; returns the best parameters.
+    """One Optuna study per base learner with a search space (only `learners`, when given:
+    the unit of a per-learner fan-out); returns the best parameters.
 
     Each trial is also recorded as a nested MLflow run under a ``tune-<learner>`` parent run
     when `tracking_uri` is given and ``tune.log_to_mlflow`` is on.
@@ -193,6 +195,8 @@ def tune_learners(
     ).hexdigest()[:10]
     best: dict[str, dict[str, Any]] = {}
     for name in models.learners:
+        if learners is not None and name not in learners:
+            continue
         space = tune_cfg.spaces.get(name)
         if not space:
             continue

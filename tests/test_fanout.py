@@ -63,3 +63,51 @@ def test_dask_fanout_matches_the_sequential_steps(prefect_harness, tmp_path):
         )
     manifest = json.loads((tmp_path / "out" / "featurize" / "columns.json").read_text())
     assert manifest == json.loads((sequential / "columns.json").read_text())
+
+
+@pytest.mark.postgres
+def test_dask_train_fanout_tunes_each_learner_then_trains_with_the_best(
+    prefect_harness, tmp_path, pg_database
+):
+    import optuna
+
+    from flows.fanout import train_fanout_flow
+    from pipelines.ingest import connect, ingest_history, make_contract
+    from pipelines.terminal import open_terminal
+
+    storage = pg_database("optuna_fanout")
+    optuna.storages.RDBStorage(storage)
+    raw = {
+        **SMALL,
+        "data": {**SMALL["data"], "root": str(tmp_path / "data")},
+        "outputs": str(tmp_path / "out"),
+        "models": {"learners": ["logistic", "xgboost"], "cv": {"n_splits": 2}},
+        "tune": {
+            "n_trials": 2,
+            "storage": storage,
+            "log_to_mlflow": False,
+            "timeout_seconds": None,
+            "spaces": {
+                "logistic": {"C": {"low": 0.0001, "high": 1.0, "log": True}},
+                "xgboost": {"max_depth": {"low": 2, "high": 4, "int": True}},
+            },
+        },
+        "registry": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+    }
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw))
+    params = load_params(params_file)
+    client = open_terminal(params.data)
+    connect(client)
+    ingest_history(client, BarStore(params.data.root), make_contract(params.data), params.data)
+    featurize.run(params.data, params.features, params.labels, params.outputs / "featurize")
+
+    out = train_fanout_flow(params_path=str(params_file), runner="dask", workers=2)
+    studies = {s.study_name.split("-")[0]: s for s in optuna.get_all_study_summaries(storage)}
+    assert set(studies) == {"logistic", "xgboost"} and all(s.n_trials >= 2 for s in studies.values())
+    for name in ("logistic", "xgboost"):
+        study = optuna.load_study(study_name=studies[name].study_name, storage=storage)
+        assert out["tuned"][name] == study.best_params
+        workers = {t.user_attrs["worker"] for t in study.trials}
+        assert len(workers) == 1  # one task ran each study
+    assert (tmp_path / "out" / "train" / "model.pkl").is_file()
