@@ -101,10 +101,11 @@ def test_tuned_parameters_reach_every_learner():
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_two_workers_share_one_study_on_postgresql(pg_database):
+def test_two_workers_share_one_study_on_postgresql(pg_database, tmp_path):
     """Two processes, one PostgreSQL storage: together they run the study's trials once."""
     import subprocess
     import sys
+    import time
     from pathlib import Path
 
     storage = pg_database("optuna")
@@ -112,13 +113,18 @@ def test_two_workers_share_one_study_on_postgresql(pg_database):
     optuna.storages.RDBStorage(storage)  # create the schema once, before the workers race for it
     procs = [
         subprocess.Popen(
-            [sys.executable, str(worker), storage, "shared", "12", str(seed)],
+            [sys.executable, str(worker), storage, "shared", "12", str(seed), str(tmp_path)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for seed in (1, 2)
     ]
+    deadline = time.monotonic() + 120  # both workers imported and waiting: start them together
+    while not all((tmp_path / f"ready-{seed}").exists() for seed in (1, 2)):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "workers did not start"
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     study = optuna.load_study(study_name="shared", storage=storage)

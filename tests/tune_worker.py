@@ -1,4 +1,6 @@
-"""One Optuna worker for the shared-study test: `python tests/tune_worker.py STORAGE STUDY N`."""
+"""One Optuna worker for the shared-study test:
+`python tests/tune_worker.py STORAGE STUDY N SEED [BARRIER_DIR]` — with a barrier folder the
+worker writes `ready-SEED` there and starts only once `go` appears (both workers start together)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,14 @@ if __name__ == "__main__":
     y = (rng.random(3000) < 1 / (1 + np.exp(-X[:, 0]))).astype(float)
     t0 = np.arange(3000) * 300.0
     folds = purged_walk_forward_splits(t0, t0 + 1200, 3, 0.5, 0)
+    if len(sys.argv) > 5:
+        import time
+
+        barrier = Path(sys.argv[5])
+        (barrier / f"ready-{sys.argv[4]}").touch()
+        deadline = time.monotonic() + 60
+        while not (barrier / "go").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
     best, _ = tune(
         study,
         lambda p: LogisticLearner(C=p["C"]),
