@@ -213,11 +213,9 @@ def test_first_cycle_time_is_utc(world, store):
     assert wm.tzinfo is not None and wm <= datetime(2024, 1, 24, tzinfo=UTC)
 
 
-def test_live_score_flow_publishes_rows_per_tenant(world, prefect_harness, tmp_path):
+def _params_file_and_store(world, tmp_path):
+    """A params.yaml over the world's bars and registry, and an empty store it points at."""
     import yaml
-    from prefect.client.orchestration import get_client
-
-    from flows.live_score import live_score_deployment, live_score_flow
 
     params_file = tmp_path / "params.yaml"
     params_file.write_text(
@@ -236,6 +234,15 @@ def test_live_score_flow_publishes_rows_per_tenant(world, prefect_harness, tmp_p
     )
     store = ResultsStore(f"sqlite:///{tmp_path / 'results.db'}")
     store.migrate()
+    return params_file, store
+
+
+def test_live_score_flow_publishes_rows_per_tenant(world, prefect_harness, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    from flows.live_score import live_score_deployment, live_score_flow
+
+    params_file, store = _params_file_and_store(world, tmp_path)
     tenants(store, world["name"])
     out = live_score_flow(params_path=str(params_file), cycles=2)
     assert out[0]["rows_per_tenant"] == {"a": 2, "b": 1} and out[1]["rows_per_tenant"] == {}
@@ -256,27 +263,9 @@ def test_live_score_flow_publishes_rows_per_tenant(world, prefect_harness, tmp_p
 
 
 def test_cli_replays_the_newest_bars_one_per_cycle(world, tmp_path, capsys):
-    import yaml
-
     from pipelines.live_score import main
 
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(
-        yaml.safe_dump(
-            {
-                "data": {
-                    "root": str(world["params"].data.root),
-                    "symbols": SYMBOLS,
-                    "timeframes": ["M5", "H1"],
-                },
-                "features": FEATURES,
-                "registry": {"tracking_uri": world["params"].registry.tracking_uri},
-                "store": {"url": f"sqlite:///{tmp_path / 'results.db'}"},
-            }
-        )
-    )
-    store = ResultsStore(f"sqlite:///{tmp_path / 'results.db'}")
-    store.migrate()
+    params_file, store = _params_file_and_store(world, tmp_path)
     a, _ = tenants(store, world["name"])
     assert main(["--params", str(params_file), "--replay", "3"]) == 0
     out = capsys.readouterr().out.splitlines()

@@ -40,7 +40,9 @@ from pipelines.store.schema import APP_ROLE, TENANT_SETTING, audit, probabilitie
 MIGRATIONS = Path(__file__).parent / "migrations"
 KEY_PREFIX = "mt5p"
 SIGNALS = ("long", "short", "flat")
-RESULT_COLUMNS = (
+# a probability row, in the order of the columns and of `write_prepared`'s tuples
+ROW_FIELDS = (
+    "tenant_id",
     "symbol",
     "timeframe",
     "bar_time",
@@ -52,6 +54,7 @@ RESULT_COLUMNS = (
     "model_version",
     "scored_at",
 )
+RESULT_COLUMNS = ROW_FIELDS[1:]  # what a tenant reads back
 _UNIQUE = ("tenant_id", "symbol", "timeframe", "bar_time", "horizon", "label_kind", "model_version")
 
 
@@ -458,19 +461,7 @@ def _audit(conn: sa.Connection, tenant_id: str, actor: str, action: str, detail:
     )
 
 
-ROW_FIELDS = _COLS = (
-    "tenant_id",
-    "symbol",
-    "timeframe",
-    "bar_time",
-    "horizon",
-    "label_kind",
-    "probability",
-    "signal",
-    "model_name",
-    "model_version",
-    "scored_at",
-)
+_COLS = ROW_FIELDS
 _UPDATE = ("probability", "signal", "model_name", "scored_at")
 _CONFLICT = f"ON CONFLICT ({', '.join(_UNIQUE)}) DO UPDATE SET " + ", ".join(
     f"{c} = excluded.{c}" for c in _UPDATE
