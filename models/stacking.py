@@ -105,8 +105,20 @@ def _walk_forward_meta(z: np.ndarray, y: np.ndarray, blocks: int, l2: float) -> 
     return out
 
 
+class _BaseOnDevice:
+    """`to(device)` for a combination of fitted base learners (``self.base``)."""
+
+    base: list[BaseLearner]
+
+    def to(self, device: str) -> _BaseOnDevice:
+        from models.device import place
+
+        self.base = [place(m, device) for m in self.base]
+        return self
+
+
 @dataclass
-class StackedModel:
+class StackedModel(_BaseOnDevice):
     names: list[str]
     base: list[BaseLearner]
     meta: Any
@@ -115,12 +127,6 @@ class StackedModel:
 
     def base_probabilities(self, X: np.ndarray) -> np.ndarray:
         return np.column_stack([m.predict_proba(X) for m in self.base])
-
-    def to(self, device: str) -> StackedModel:
-        from models.device import place
-
-        self.base = [place(m, device) for m in self.base]
-        return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         z = logit(self.base_probabilities(X))
@@ -156,18 +162,12 @@ def fit_stacked(
 
 
 @dataclass
-class EnsembleModel:
+class EnsembleModel(_BaseOnDevice):
     names: list[str]
     base: list[BaseLearner]
     calibrators: list[Any]
     weights: np.ndarray
     oof_scores: dict[str, float] = field(default_factory=dict)
-
-    def to(self, device: str) -> EnsembleModel:
-        from models.device import place
-
-        self.base = [place(m, device) for m in self.base]
-        return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         probs = np.column_stack(

@@ -108,3 +108,27 @@ def test_sequence_learner_reads_the_return_window():
     assert log_loss(y[3000:], p) < base_rate_log_loss(y[3000:]) - 0.05
     with pytest.raises(ValueError, match="seq_"):
         SequenceLearner().fit(X, y)
+
+
+def test_stack_and_ensemble_move_their_base_learners_to_a_device():
+    from models.device import place
+    from models.stacking import EnsembleModel, StackedModel
+
+    class Movable:
+        def __init__(self) -> None:
+            self.device = "cpu"
+
+        def to(self, device: str) -> "Movable":
+            self.device = device
+            return self
+
+    class Fixed:  # no `to`: stays where it is (logistic regression)
+        pass
+
+    for combo in (
+        StackedModel(["a", "b"], [Movable(), Fixed()], None, None),
+        EnsembleModel(["a", "b"], [Movable(), Fixed()], [], None),
+    ):
+        fixed = combo.base[1]
+        assert place(combo, "cuda") is combo
+        assert combo.base[0].device == "cuda" and combo.base[1] is fixed
