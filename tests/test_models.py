@@ -118,7 +118,7 @@ def test_stack_and_ensemble_move_their_base_learners_to_a_device():
         def __init__(self) -> None:
             self.device = "cpu"
 
-        def to(self, device: str) -> "Movable":
+        def to(self, device: str) -> Movable:
             self.device = device
             return self
 
