@@ -40,22 +40,10 @@ from pipelines.store.schema import APP_ROLE, TENANT_SETTING, audit, probabilitie
 MIGRATIONS = Path(__file__).parent / "migrations"
 KEY_PREFIX = "mt5p"
 SIGNALS = ("long", "short", "flat")
-# a probability row, in the order of the columns and of `write_prepared`'s tuples
-ROW_FIELDS = (
-    "tenant_id",
-    "symbol",
-    "timeframe",
-    "bar_time",
-    "horizon",
-    "label_kind",
-    "probability",
-    "signal",
-    "model_name",
-    "model_version",
-    "scored_at",
-)
+# a probability row, in the table's column order (also `write_prepared`'s tuples)
+ROW_FIELDS = tuple(c.name for c in probabilities.columns)
 RESULT_COLUMNS = ROW_FIELDS[1:]  # what a tenant reads back
-_UNIQUE = ("tenant_id", "symbol", "timeframe", "bar_time", "horizon", "label_kind", "model_version")
+_UNIQUE = tuple(c.name for c in probabilities.primary_key.columns)
 
 
 class StoreError(ValueError):
@@ -461,13 +449,13 @@ def _audit(conn: sa.Connection, tenant_id: str, actor: str, action: str, detail:
     )
 
 
-_COLS = ROW_FIELDS
 _UPDATE = ("probability", "signal", "model_name", "scored_at")
 _CONFLICT = f"ON CONFLICT ({', '.join(_UNIQUE)}) DO UPDATE SET " + ", ".join(
     f"{c} = excluded.{c}" for c in _UPDATE
 )
 _SQLITE_UPSERT = (
-    f"INSERT INTO probabilities ({', '.join(_COLS)}) VALUES ({', '.join('?' * len(_COLS))}) {_CONFLICT}"
+    f"INSERT INTO probabilities ({', '.join(ROW_FIELDS)}) "
+    f"VALUES ({', '.join('?' * len(ROW_FIELDS))}) {_CONFLICT}"
 )
 _PG_TYPES = (
     "text",
@@ -483,7 +471,7 @@ _PG_TYPES = (
     "timestamptz",
 )
 _PG_UPSERT = (
-    f"INSERT INTO probabilities ({', '.join(_COLS)}) SELECT * FROM unnest("
+    f"INSERT INTO probabilities ({', '.join(ROW_FIELDS)}) SELECT * FROM unnest("
     + ", ".join(f"%s::{t}[]" for t in _PG_TYPES)
     + f") {_CONFLICT}"
 )
@@ -495,7 +483,7 @@ def _sqlite_time(value: datetime) -> str:
 
 
 def _prepare(tenant_id: str, rows: Iterable[Mapping[str, Any]], now: datetime) -> list[tuple]:
-    """Validated row tuples in `_COLS` order (times as UTC datetimes)."""
+    """Validated row tuples in `ROW_FIELDS` order (times as UTC datetimes)."""
     out: list[tuple] = []
     times: dict[Any, datetime] = {}
     for row in rows:
