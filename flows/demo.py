@@ -13,7 +13,6 @@ service): progress is visible as Prefect logs, and training shows a progress bar
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.ingest import ingest_history_flow
 from flows.live_score import live_score_flow
 from flows.train import register_task
-from pipelines.config import load_params
+from pipelines.config import cli_parser, load_params
 
 DEMO_TENANTS = {
     "demo-acme": {"follows": ["EURUSD:M5:12", "XAUUSD:M5:12"], "long_above": 0.55, "short_below": 0.45},
@@ -88,12 +87,11 @@ def demo_tenants(params_path: str) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m flows.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--params", default="params.yaml")
+    parser = cli_parser("python -m flows.demo", __doc__)
     parser.add_argument("--replay", type=int, default=6, help="newest bars to score, one per cycle")
     args = parser.parse_args(argv)
+    if args.profile:
+        parser.error("the demo runs dvc repro, which reads params.yaml as it is: no --profile")
     demo_flow(params_path=args.params)
     keys = demo_tenants(args.params)
     for name, key in keys.items():

@@ -22,7 +22,6 @@ retraining on ``schedules.retrain_cron``; the others run on demand.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -32,7 +31,7 @@ from flows.live_score import live_score_deployment
 from flows.monitor import monitor_flow
 from flows.registry import promote_flow, rollback_flow
 from flows.train import featurize_flow, train_flow
-from pipelines.config import load_params
+from pipelines.config import cli_parser, load_params
 from pipelines.mt5.constants import timeframe_seconds
 
 
@@ -81,13 +80,7 @@ def deployments(params_path: str = "params.yaml", profile: str | None = None) ->
 def main(argv: Sequence[str] | None = None) -> int:
     from prefect import serve
 
-    parser = argparse.ArgumentParser(
-        prog="python -m flows.serve",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--profile", default=None)
+    parser = cli_parser("python -m flows.serve", __doc__)
     args = parser.parse_args(argv)
     serve(*deployments(args.params, args.profile))
     return 0

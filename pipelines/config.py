@@ -8,6 +8,7 @@ selected (``--profile fast``). Library code never opens the file: entry points c
 
 from __future__ import annotations
 
+import argparse
 import copy
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -404,14 +405,17 @@ def load_params(
     return Params.model_validate(raw)
 
 
-def params_from_cli(prog: str, description: str | None, argv: Sequence[str] | None = None) -> Params:
-    """The ``--params`` / ``--profile`` options every ``python -m pipelines.<step>`` takes."""
-    import argparse
-
+def cli_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    """An argument parser with the ``--params`` / ``--profile`` options every entry point takes."""
     parser = argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--params", default="params.yaml", help="path to params.yaml")
     parser.add_argument("--profile", default=None, help="a profile from params.yaml (e.g. fast)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def params_from_cli(prog: str, description: str | None, argv: Sequence[str] | None = None) -> Params:
+    """Parse ``--params`` / ``--profile`` and load them (for steps with no other options)."""
+    args = cli_parser(prog, description).parse_args(argv)
     return load_params(args.params, args.profile)

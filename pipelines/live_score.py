@@ -360,15 +360,10 @@ def replaying(params: Params, store: ResultsStore, bars: int) -> LiveScorer:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
 
-    from pipelines.config import load_params
+    from pipelines.config import cli_parser, load_params
 
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.live_score",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli_parser("python -m pipelines.live_score", __doc__)
     parser.add_argument("--cycles", type=int, default=1, help="cycles to run (0 = forever)")
     parser.add_argument(
         "--replay",
@@ -377,8 +372,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="N",
         help="re-score the newest N closed bars, one per cycle, as if each had just closed (N cycles)",
     )
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--profile", default=None)
     args = parser.parse_args(argv)
     params = load_params(args.params, args.profile)
     store = ResultsStore(params.store.url, params.store.admin_url)

@@ -18,7 +18,6 @@ params.yaml (``--params``, ``--profile``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -58,15 +57,9 @@ def export_results(store: ResultsStore, ref: str, out: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipelines.config import load_params
+    from pipelines.config import cli_parser, load_params
 
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.tenants",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--profile", default=None)
+    parser = cli_parser("python -m pipelines.tenants", __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="create or upgrade the store's tables")
     add = sub.add_parser("add", help="create a tenant and print its API key once")

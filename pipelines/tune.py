@@ -13,7 +13,6 @@ Needs ``outputs/featurize`` (``dvc repro featurize`` or ``python -m pipelines.fe
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Sequence
 
@@ -21,16 +20,10 @@ from collections.abc import Sequence
 def main(argv: Sequence[str] | None = None) -> int:
     import optuna
 
-    from pipelines.config import load_params
+    from pipelines.config import cli_parser, load_params
     from pipelines.train import load_training_data, tune_learners
 
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.tune",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--profile", default=None)
+    parser = cli_parser("python -m pipelines.tune", __doc__)
     parser.add_argument("--storage", default=None, help="Optuna storage URL (default: tune.storage)")
     parser.add_argument(
         "--trials", type=int, default=None, help="finished trials per study (default: tune.n_trials)"

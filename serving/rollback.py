@@ -9,28 +9,21 @@ version first, then switch), without restart and without failing requests in fli
 Promotion (the gate in ``python -m pipelines.register``) is picked up the same way.
 """
 
-import argparse
 import getpass
 import sys
 from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipelines.config import load_params
+    from pipelines.config import cli_parser, load_params
     from pipelines.registry import Registry
 
-    parser = argparse.ArgumentParser(
-        prog="python -m serving.rollback",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli_parser("python -m serving.rollback", __doc__)
     parser.add_argument("name", help="registered model name, e.g. mt5prob-fx-M5-direction-h12")
     parser.add_argument(
         "--to", default=None, help="version to make champion (default: the previous champion)"
     )
     parser.add_argument("--reason", default="manual rollback", help="recorded on both versions")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--profile", default=None)
     args = parser.parse_args(argv)
     params = load_params(args.params, args.profile)
     registry = Registry(params.registry.tracking_uri)
