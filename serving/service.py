@@ -134,6 +134,7 @@ class ResultsResponse(BaseModel):
 
 
 _ROWS_EXAMPLE = [[0.0001, -0.0002, 0.5]]
+OwnTenant = Annotated[str | None, Field(description="tenant id or name; only your own is allowed")]
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -457,18 +458,14 @@ class ScoringService:
         self,
         symbol: str | None = None,
         timeframe: str | None = None,
-        tenant: Annotated[
-            str | None, Field(description="tenant id or name; only your own is allowed")
-        ] = None,
+        tenant: OwnTenant = None,
         ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> ResultsResponse:
         """Your newest probability per (symbol, timeframe, horizon, label kind) from the results store."""
 
         async def handler() -> tuple[Any, dict[str, str]]:
             me = self._own(self._tenant(ctx), tenant)
-            frame = await asyncio.get_running_loop().run_in_executor(
-                None, self._read, me, "latest", symbol, timeframe, None, None, None
-            )
+            frame = await self._read(me, lambda s: s.latest(symbol, timeframe))
             return ResultsResponse(tenant=me.name, rows=_rows(frame)), {}
 
         return await self._guard(ctx, "results_latest", handler)
@@ -481,22 +478,21 @@ class ScoringService:
         symbol: str | None = None,
         timeframe: str | None = None,
         limit: Annotated[int, Field(ge=1, le=100_000)] = 10_000,
-        tenant: Annotated[
-            str | None, Field(description="tenant id or name; only your own is allowed")
-        ] = None,
+        tenant: OwnTenant = None,
         ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> ResultsResponse:
         """Your probabilities with bar time in [start, end), newest first."""
 
         async def handler() -> tuple[Any, dict[str, str]]:
             me = self._own(self._tenant(ctx), tenant)
-            s, e = _as_utc(start), _as_utc(end)
-            if e <= s:
+            start_utc, end_utc = _as_utc(start), _as_utc(end)
+            if end_utc <= start_utc:
                 raise ApiError(
-                    HTTPStatus.BAD_REQUEST, f"end {e.isoformat()} must be after start {s.isoformat()}"
+                    HTTPStatus.BAD_REQUEST,
+                    f"end {end_utc.isoformat()} must be after start {start_utc.isoformat()}",
                 )
-            frame = await asyncio.get_running_loop().run_in_executor(
-                None, self._read, me, "range", symbol, timeframe, s, e, limit
+            frame = await self._read(
+                me, lambda s: s.probabilities(symbol, timeframe, start_utc, end_utc, limit)
             )
             return ResultsResponse(tenant=me.name, rows=_rows(frame)), {}
 
@@ -507,20 +503,14 @@ class ScoringService:
             raise ApiError(HTTPStatus.FORBIDDEN, "you may read only your own tenant's results")
         return me
 
-    def _read(
-        self,
-        me: Any,
-        kind: str,
-        symbol: str | None,
-        timeframe: str | None,
-        start: datetime | None,
-        end: datetime | None,
-        limit: int | None,
-    ) -> Any:
-        with self.store.tenant(me.tenant_id, actor=f"api:{me.name}") as session:
-            if kind == "latest":
-                return session.latest(symbol, timeframe)
-            return session.probabilities(symbol, timeframe, start, end, limit)
+    async def _read(self, me: Any, query: Any) -> Any:
+        """`query(session)` in the caller's own tenant session, off the event loop."""
+
+        def run() -> Any:
+            with self.store.tenant(me.tenant_id, actor=f"api:{me.name}") as session:
+                return query(session)
+
+        return await asyncio.get_running_loop().run_in_executor(None, run)
 
 
 # ----------------------------------------------------------------------------- input checks
