@@ -45,12 +45,11 @@ def setup_world(work: Path):
     from features.matrix import build_features
     from features.spec import DirectionLabelSpec
     from models.base_learners import XGBoostLearner
+    from pipelines import ingest
     from pipelines.bar_store import BarStore
     from pipelines.config import load_params
     from pipelines.featurize import load_bars
-    from pipelines.ingest import connect, ingest_history, make_contract
     from pipelines.registry import Registry, model_name
-    from pipelines.terminal import open_terminal
 
     params = load_params(
         REPO / "params.yaml",
@@ -65,9 +64,7 @@ def setup_world(work: Path):
             "registry": {"tracking_uri": f"sqlite:///{work / 'mlflow.db'}"},
         },
     )
-    client = open_terminal(params.data)
-    connect(client)
-    ingest_history(client, BarStore(params.data.root), make_contract(params.data), params.data)
+    ingest.history(params.data)
     registry = Registry(params.registry.tracking_uri)
     for tf in TIMEFRAMES:
         features = params.features.model_copy(

@@ -111,13 +111,10 @@ class MemorySampler(threading.Thread):
 def prepare(work: Path) -> tuple[Path, str, str, np.ndarray, list[str]]:
     """Train and register the fast-profile model twice; returns (params file, model name,
     tenant key, feature rows, columns)."""
-    from pipelines import evaluate, featurize, register, train
-    from pipelines.bar_store import BarStore
+    from pipelines import evaluate, featurize, ingest, register, train
     from pipelines.config import _deep_merge, load_params
-    from pipelines.ingest import connect, ingest_history, make_contract
     from pipelines.registry import Registry
     from pipelines.store import ResultsStore, Subscription
-    from pipelines.terminal import open_terminal
 
     overrides = {
         "data": {"root": str(work / "data")},
@@ -130,9 +127,7 @@ def prepare(work: Path) -> tuple[Path, str, str, np.ndarray, list[str]]:
     params_file = work / "params.yaml"
     params_file.write_text(yaml.safe_dump(_deep_merge(raw, overrides)))
     params = load_params(params_file, "fast")
-    client = open_terminal(params.data)
-    connect(client)
-    ingest_history(client, BarStore(params.data.root), make_contract(params.data), params.data)
+    ingest.history(params.data)
     featurize.run(params.data, params.features, params.labels, params.outputs / "featurize")
     train.run(params)
     evaluate.run(params)

@@ -24,10 +24,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.ingest import publish_reports
 from pipelines import featurize, train
-from pipelines.bar_store import BarStore
 from pipelines.config import load_params
-from pipelines.ingest import SeriesReport, connect, ingest_history, make_contract
-from pipelines.terminal import initialize_kwargs, open_terminal
+from pipelines.ingest import SeriesReport, history
 
 Runner = Literal["threads", "dask"]
 
@@ -49,12 +47,7 @@ def task_runner(runner: Runner = "threads", workers: int = 2, dask_address: str 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def ingest_symbol(params: Any, symbol: str) -> list[SeriesReport]:
     """Every configured timeframe of one symbol, fetched and validated, then written."""
-    client = open_terminal(params)
-    try:
-        connect(client, **initialize_kwargs(params))
-        return ingest_history(client, BarStore(params.root), make_contract(params), params, symbols=[symbol])
-    finally:
-        client.shutdown()
+    return history(params, symbols=[symbol])
 
 
 @task(cache_policy=NO_CACHE)

@@ -22,8 +22,7 @@ from pipelines.config import DataParams, load_params
 from pipelines.ingest import (
     SeriesReport,
     TerminalError,
-    connect,
-    ingest_history,
+    history,
     ingest_live,
     make_contract,
 )
@@ -65,12 +64,7 @@ def publish_reports(reports: list[SeriesReport], key: str, title: str) -> None:
 )
 def ingest_history_task(params: DataParams) -> list[SeriesReport]:
     """Connect, ingest every series once, disconnect."""
-    client = open_terminal(params)
-    try:
-        connect(client, **initialize_kwargs(params))
-        return ingest_history(client, BarStore(params.root), make_contract(params), params)
-    finally:
-        client.shutdown()
+    return history(params)
 
 
 @flow(name="ingest-history", log_prints=True)

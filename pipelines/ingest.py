@@ -242,6 +242,19 @@ class LiveStats:
     reports: list[SeriesReport] = field(default_factory=list)
 
 
+def history(params: DataParams, symbols: Sequence[str] | None = None) -> list[SeriesReport]:
+    """Open the configured terminal, run `ingest_history` for every configured series (or only
+    `symbols`), and disconnect: the whole history step from its params."""
+    from pipelines.terminal import initialize_kwargs, open_terminal
+
+    client = open_terminal(params)
+    try:
+        connect(client, **initialize_kwargs(params))
+        return ingest_history(client, BarStore(params.root), make_contract(params), params, symbols=symbols)
+    finally:
+        client.shutdown()
+
+
 def ingest_live(
     client: Mt5Client,
     store: BarStore,

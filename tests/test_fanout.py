@@ -72,8 +72,7 @@ def test_dask_train_fanout_tunes_each_learner_then_trains_with_the_best(
     import optuna
 
     from flows.fanout import train_fanout_flow
-    from pipelines.ingest import connect, ingest_history, make_contract
-    from pipelines.terminal import open_terminal
+    from pipelines import ingest
 
     storage = pg_database("optuna_fanout")
     optuna.storages.RDBStorage(storage)
@@ -97,9 +96,7 @@ def test_dask_train_fanout_tunes_each_learner_then_trains_with_the_best(
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(raw))
     params = load_params(params_file)
-    client = open_terminal(params.data)
-    connect(client)
-    ingest_history(client, BarStore(params.data.root), make_contract(params.data), params.data)
+    ingest.history(params.data)
     featurize.run(params.data, params.features, params.labels, params.outputs / "featurize")
 
     out = train_fanout_flow(params_path=str(params_file), runner="dask", workers=2)

@@ -16,14 +16,13 @@ from features.labels import direction_labels
 from features.matrix import build_features
 from features.spec import DirectionLabelSpec
 from models.base_learners import LogisticLearner
+from pipelines import ingest
 from pipelines.bar_store import BarStore
 from pipelines.config import load_params
 from pipelines.featurize import load_bars
-from pipelines.ingest import connect, ingest_history, make_contract
 from pipelines.live_score import LiveScorer
 from pipelines.registry import Registry, model_name
 from pipelines.store import ResultsStore, Subscription, app_url
-from pipelines.terminal import open_terminal
 
 pytestmark = pytest.mark.slow
 
@@ -56,9 +55,7 @@ def world(tmp_path_factory, contract):
             "live_score": {"max_bars_per_cycle": 50},
         },
     )
-    client = open_terminal(params.data)
-    connect(client)
-    ingest_history(client, BarStore(params.data.root), make_contract(params.data), params.data)
+    ingest.history(params.data)
     spec = params.features.spec()
     full = {s: load_bars(BarStore(params.data.root), s, ["M5", "H1"]) for s in SYMBOLS}
     matrices = {s: build_features(full[s], spec) for s in SYMBOLS}

@@ -12,13 +12,11 @@ import pytest
 from features.bars import Bars
 from features.labels import direction_labels
 from models.metrics import psi
-from pipelines import featurize
+from pipelines import featurize, ingest
 from pipelines.bar_store import BarStore, SeriesKey
 from pipelines.config import load_params
-from pipelines.ingest import connect, ingest_history, make_contract
 from pipelines.monitor import check
 from pipelines.store import ResultsStore, Subscription
-from pipelines.terminal import open_terminal
 
 
 def test_psi():
@@ -58,9 +56,7 @@ def world(tmp_path_factory):
             "monitor": {"min_rows": 100, "ece_max": 0.05, "live_bars": 2016},
         },
     )
-    client = open_terminal(params.data)
-    connect(client)
-    ingest_history(client, BarStore(params.data.root), make_contract(params.data), params.data)
+    ingest.history(params.data)
     featurize.run(params.data, params.features, params.labels, params.outputs / "featurize")
     return params
 
