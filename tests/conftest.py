@@ -107,3 +107,15 @@ def pg_database(pg_server):
 def pg_admin_url(pg_database):
     """The results store's database for this test session (admin URL)."""
     return pg_database("results")
+
+
+def small_features(*extra_families: str) -> dict:
+    """A small `features:` section (M5 base, H1 above it, short windows) for fast tests:
+    returns, volatility, ATR and RSI, plus `extra_families` on the base timeframe."""
+    return {
+        "base_timeframe": "M5",
+        "higher_timeframes": ["H1"],
+        "families": ["returns", "volatility", "atr", "rsi", *extra_families],
+        "htf_families": ["returns", "atr"],
+        "windows": {"return_lags": [1, 4], "volatility": [16], "atr": 14, "rsi": 14},
+    }

@@ -8,6 +8,7 @@ import json
 import pandas as pd
 import pytest
 import yaml
+from conftest import small_features
 
 from pipelines import featurize
 from pipelines.bar_store import BarStore, SeriesKey
@@ -21,13 +22,7 @@ SMALL = {
         "timeframes": ["M5", "H1"],
         "simulator": {"end": "2024-01-20T00:00:00"},
     },
-    "features": {
-        "base_timeframe": "M5",
-        "higher_timeframes": ["H1"],
-        "families": ["returns", "volatility", "atr", "rsi"],
-        "htf_families": ["returns", "atr"],
-        "windows": {"return_lags": [1, 4], "volatility": [16], "atr": 14, "rsi": 14},
-    },
+    "features": small_features(),
 }
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from conftest import small_features
 
 from features.labels import direction_labels
 from features.matrix import build_features
@@ -27,13 +28,7 @@ from pipelines.store import ResultsStore, Subscription, app_url
 pytestmark = pytest.mark.slow
 
 SYMBOLS = ["EURUSD", "XAUUSD"]
-FEATURES = {
-    "base_timeframe": "M5",
-    "higher_timeframes": ["H1"],
-    "families": ["returns", "volatility", "atr", "rsi", "calendar", "previous_day"],
-    "htf_families": ["returns", "atr"],
-    "windows": {"return_lags": [1, 4], "volatility": [16], "atr": 14, "rsi": 14},
-}
+FEATURES = small_features("calendar", "previous_day")
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
+from conftest import small_features
 
 from features.bars import Bars
 from features.labels import direction_labels
@@ -44,13 +45,7 @@ def world(tmp_path_factory):
                 "timeframes": ["M5", "H1"],
                 "simulator": {"end": "2024-02-01T00:00:00"},
             },
-            "features": {
-                "base_timeframe": "M5",
-                "higher_timeframes": ["H1"],
-                "families": ["returns", "volatility", "atr", "rsi", "calendar", "session"],
-                "htf_families": ["returns", "atr"],
-                "windows": {"return_lags": [1, 4], "volatility": [16], "atr": 14, "rsi": 14},
-            },
+            "features": small_features("calendar", "session"),
             "outputs": str(root / "outputs"),
             "store": {"url": f"sqlite:///{root / 'results.db'}"},
             "monitor": {"min_rows": 100, "ece_max": 0.05, "live_bars": 2016},
