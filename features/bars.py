@@ -65,6 +65,14 @@ class Bars:
             self.point,
         )
 
+    def append(self, newer: Bars) -> Bars:
+        """These bars followed by `newer` (same timeframe; this point size), as a new `Bars`."""
+        return Bars(
+            *(np.concatenate([getattr(self, c), getattr(newer, c)]) for c in BAR_COLUMNS),
+            seconds=self.seconds,
+            point=self.point,
+        )
+
     @classmethod
     def from_rates(
         cls, rates: np.ndarray | dict[str, np.ndarray], seconds: int, point: float | None = None

@@ -45,7 +45,6 @@ from pipelines.registry import Registry, feature_spec_from_meta, model_name
 from pipelines.store import ResultsStore, Tenant
 
 log = logging.getLogger("mt5prob.live_score")
-_FIELDS = ("time", "open", "high", "low", "close", "tick_volume", "spread")
 
 
 class LiveScoreError(RuntimeError):
@@ -210,11 +209,7 @@ class LiveScorer:
             stored = self.bars.watermark(key)
             if stored is not None and stored > last:
                 fresh = Bars.from_frame(self.bars.read(key, start=last + 1), sec, have.point)
-                merged = Bars(
-                    *(np.concatenate([getattr(have, f), getattr(fresh, f)]) for f in _FIELDS),
-                    seconds=sec,
-                    point=have.point,
-                )
+                merged = have.append(fresh)
                 keep = max(0, len(merged) - self.max_cached_bars)
                 cached = (int(merged.time[keep]) if keep else cached[0], merged.slice(keep))
         self._bars[(symbol, tf)] = cached

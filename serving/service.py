@@ -59,7 +59,6 @@ def served_model_names(params: Params) -> list[str]:
 
 
 _CONFIG = _params()
-_BAR_FIELDS = ("time", "open", "high", "low", "close", "tick_volume", "spread")
 
 
 class ApiError(Exception):
@@ -595,7 +594,7 @@ def _features_from_bars(
     bars: dict[str, BarsInput], spec: Any, point: float | None, max_bars: int, columns: list[str]
 ) -> np.ndarray:
     """The newest base bar's feature row, computed exactly as in training (features/)."""
-    from features.bars import Bars
+    from features.bars import BAR_COLUMNS, Bars
     from features.matrix import feature_columns, history_bars, last_row_features
     from pipelines.mt5.constants import timeframe_seconds
 
@@ -610,7 +609,7 @@ def _features_from_bars(
     built: dict[str, Bars] = {}
     for tf in need_tfs:
         b = bars[tf]
-        lengths = {f: len(getattr(b, f)) for f in _BAR_FIELDS}
+        lengths = {f: len(getattr(b, f)) for f in BAR_COLUMNS}
         if len(set(lengths.values())) != 1:
             raise ApiError(HTTPStatus.BAD_REQUEST, f"{tf}: fields have different lengths {lengths}")
         n = lengths["time"]
@@ -619,7 +618,7 @@ def _features_from_bars(
         if n > max_bars:
             raise ApiError(HTTPStatus.BAD_REQUEST, f"{tf}: {n} bars is over the limit of {max_bars}")
         arrays = {
-            f: np.asarray(getattr(b, f), dtype=np.int64 if f == "time" else np.float64) for f in _BAR_FIELDS
+            f: np.asarray(getattr(b, f), dtype=np.int64 if f == "time" else np.float64) for f in BAR_COLUMNS
         }
         if np.any(np.diff(arrays["time"]) <= 0):
             raise ApiError(HTTPStatus.BAD_REQUEST, f"{tf}: times must be strictly increasing (oldest first)")

@@ -229,3 +229,24 @@ def test_feature_contract(contract, bars):
         broken.loc[len(frame) - 10, column] = value
         with pytest.raises(Exception, match=rule.replace("(", r"\(")):
             contract.validate_features("EURUSD M5", broken, matrix.columns, matrix.warmup, matrix.bounds)
+
+
+def test_bars_append_keeps_order_point_and_timeframe():
+    from features.bars import Bars
+
+    def bars(times: list[int], price: float) -> Bars:
+        n = len(times)
+        return Bars.from_rates(
+            {
+                "time": np.array(times),
+                **{c: np.full(n, price) for c in ("open", "high", "low", "close")},
+                "tick_volume": np.ones(n),
+                "spread": np.ones(n),
+            },
+            300,
+            1e-5,
+        )
+
+    both = bars([0, 300], 1.1).append(bars([600], 1.2))
+    assert both.time.tolist() == [0, 300, 600] and both.close.tolist() == [1.1, 1.1, 1.2]
+    assert both.seconds == 300 and both.point == 1e-5
