@@ -65,25 +65,23 @@ def demo_flow(params_path: str = "params.yaml") -> dict[str, Any]:
 
 def demo_tenants(params_path: str) -> dict[str, str]:
     """Create the demo tenants (or rotate their keys when they exist); returns name → key."""
-    from pipelines.store import ResultsStore, StoreError, Subscription
+    from pipelines.store import ResultsStore, Subscription
 
     params = load_params(params_path)
     store = ResultsStore(params.store.url, params.store.admin_url)
     store.migrate()
-    keys = {}
     try:
-        for name, spec in DEMO_TENANTS.items():
-            follows = [Subscription.parse(f) for f in spec["follows"]]
-            try:
-                _, keys[name] = store.add_tenant(name, follows, spec["long_above"], spec["short_below"])
-            except StoreError:
-                store.update_tenant(
-                    name, follows=follows, long_above=spec["long_above"], short_below=spec["short_below"]
-                )
-                keys[name] = store.rotate_key(name)
+        return {
+            name: store.ensure_tenant(
+                name,
+                [Subscription.parse(f) for f in spec["follows"]],
+                spec["long_above"],
+                spec["short_below"],
+            )
+            for name, spec in DEMO_TENANTS.items()
+        }
     finally:
         store.close()
-    return keys
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -251,3 +251,15 @@ def test_store_migrations_share_a_database_with_other_alembic_users(tmp_path):
         )
         assert conn.execute(sa.text("SELECT version_num FROM mt5prob_store_version")).scalar() == "0002"
     store.close()
+
+
+def test_ensure_tenant_adds_then_updates_and_rotates(store):
+    key1 = store.ensure_tenant("demo", FOLLOWS[:1], 0.6, 0.4)
+    assert store.authenticate(key1).long_above == 0.6
+    key2 = store.ensure_tenant("demo", FOLLOWS, 0.55, 0.45)
+    assert key2 != key1 and store.authenticate(key1) is None
+    tenant = store.authenticate(key2)
+    assert tenant.follows == tuple(FOLLOWS) and tenant.long_above == 0.55
+    assert [t.name for t in store.list_tenants()] == ["demo"]
+    with pytest.raises(StoreError, match="thresholds"):
+        store.ensure_tenant("demo", FOLLOWS, 0.4, 0.6)  # bad input is still an error, not "exists"

@@ -282,6 +282,23 @@ class ResultsStore:
             _audit(conn, tenant.tenant_id, actor, "tenant.update", {k: str(v) for k, v in values.items()})
         return self.find_tenant(tenant.tenant_id)
 
+    def ensure_tenant(
+        self,
+        name: str,
+        follows: Sequence[Subscription],
+        long_above: float = 0.55,
+        short_below: float = 0.45,
+        actor: str = "admin",
+    ) -> str:
+        """Make the tenant `name` exist with these settings (add it, or update it and rotate its
+        key); returns its new API key. Idempotent setup for demos and provisioning scripts."""
+        with self.admin_engine.connect() as conn:
+            exists = conn.execute(sa.select(tenants.c.tenant_id).where(tenants.c.name == name)).first()
+        if exists is None:
+            return self.add_tenant(name, follows, long_above, short_below, actor=actor)[1]
+        self.update_tenant(name, follows=follows, long_above=long_above, short_below=short_below, actor=actor)
+        return self.rotate_key(name, actor=actor)
+
     def rotate_key(self, ref: str, actor: str = "admin") -> str:
         """A new API key for the tenant; the old one stops working at once."""
         tenant = self.find_tenant(ref)
