@@ -232,8 +232,8 @@ def test_auth(env):
     "body, status, message",
     [
         ({"rows": [[0.1, 0.2]]}, 400, "expects"),
-        ({"rows": "BAD"}, 400, ""),
-        ({"rows": [["a"] * 3]}, 400, ""),
+        ({"rows": "BAD"}, 400, "validation error"),
+        ({"rows": [["a"] * 3]}, 400, "validation error"),
         ({"rows": []}, 400, "empty batch"),
         ({"rows": [[0.0]] * 501}, 400, "over the limit"),
         ({"rows": [[0.0, 1.0], [0.0]]}, 400, "row 1 has 1 values"),
