@@ -68,6 +68,7 @@ class XGBoostLearner:
     validation_fraction: float = 0.2
     purge_rows: int = 0
     seed: int = 0
+    n_jobs: int | None = None  # threads; None = every core (hist is deterministic either way)
     name: str = "xgboost"
     model: Any = None
 
@@ -95,7 +96,7 @@ class XGBoostLearner:
             eval_metric="logloss",
             random_state=self.seed,
             early_stopping_rounds=self.early_stopping_rounds,
-            n_jobs=1,
+            n_jobs=self.n_jobs,
             **settings,
         )
         self.model.fit(X[:fit_end], y[:fit_end], eval_set=[(X[cut:], y[cut:])], verbose=False)

@@ -30,14 +30,26 @@ LearnerFactory = Callable[[], BaseLearner]
 
 
 def out_of_fold(
-    factories: dict[str, LearnerFactory], X: np.ndarray, y: np.ndarray, folds: list[Fold]
+    factories: dict[str, LearnerFactory],
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: list[Fold],
+    known: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """(n, L) OOF probabilities (columns in `factories` order); NaN where a row was never tested."""
+    """(n, L) OOF probabilities (columns in `factories` order); NaN where a row was never tested.
+    Learners in `known` (name → length-n OOF column from the same folds) are not refitted."""
+    known = known or {}
     oof = np.full((len(y), len(factories)), np.nan)
+    for j, name in enumerate(factories):
+        if name in known:
+            if len(known[name]) != len(y):
+                raise ValueError(f"known OOF for {name} has {len(known[name])} rows, expected {len(y)}")
+            oof[:, j] = known[name]
     for fold in folds:
-        for j, make in enumerate(factories.values()):
-            learner = make().fit(X[fold.train], y[fold.train])
-            oof[fold.test, j] = learner.predict_proba(X[fold.test])
+        for j, (name, make) in enumerate(factories.items()):
+            if name not in known:
+                learner = make().fit(X[fold.train], y[fold.train])
+                oof[fold.test, j] = learner.predict_proba(X[fold.test])
     return oof
 
 

@@ -8,6 +8,9 @@ storage (a SQLite file by default, PostgreSQL for several workers) and resume wh
 stopped: only the missing trials are run. Several processes (``python -m pipelines.tune`` on
 one or many machines) with the same storage share each study and together run `n_trials`;
 every trial records which worker ran it (user attribute ``worker``).
+
+The out-of-fold predictions of the best trial are kept (when this process ran it) so that
+training reuses them instead of refitting the same learner on the same folds.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,20 +48,39 @@ def suggest(trial: Any, space: Space) -> dict[str, Any]:
 
 
 def cv_log_loss(
-    make: Callable[[], BaseLearner], X: np.ndarray, y: np.ndarray, folds: list[Fold], trial: Any = None
+    make: Callable[[], BaseLearner],
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: list[Fold],
+    trial: Any = None,
+    oof: np.ndarray | None = None,
 ) -> float:
-    """Mean out-of-fold log loss over `folds`; prunes `trial` after a fold when Optuna says so."""
+    """Mean out-of-fold log loss over `folds`; prunes `trial` after a fold when Optuna says so.
+    With `oof` (length ``len(y)``), each fold's test predictions are written into it."""
     import optuna
 
     losses = []
     for step, fold in enumerate(folds):
         learner = make().fit(X[fold.train], y[fold.train])
-        losses.append(log_loss(y[fold.test], learner.predict_proba(X[fold.test])))
+        p = learner.predict_proba(X[fold.test])
+        if oof is not None:
+            oof[fold.test] = p
+        losses.append(log_loss(y[fold.test], p))
         if trial is not None:
             trial.report(float(np.mean(losses)), step)
             if trial.should_prune():
                 raise optuna.TrialPruned()
     return float(np.mean(losses))
+
+
+@dataclass
+class TuneResult:
+    """A finished study: its best parameters, the study, and the best trial's out-of-fold
+    probabilities (NaN outside the folds' test rows) when this call ran that trial, else None."""
+
+    params: dict[str, Any]
+    study: Any
+    oof: np.ndarray | None = None
 
 
 def tune(
@@ -72,9 +95,10 @@ def tune(
     storage: str | None,
     seed: int = 0,
     on_trial: Callable[[Any, Any], None] | None = None,
-) -> tuple[dict[str, Any], Any]:
+) -> TuneResult:
     """Run (or resume) a study until it holds `n_trials` finished trials; return the best
-    parameters and the study. `build(params)` returns an unfitted learner."""
+    parameters, the study and (see `TuneResult`) the best trial's out-of-fold predictions.
+    `build(params)` returns an unfitted learner."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -89,10 +113,16 @@ def tune(
     finished = {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
     done = sum(t.state in finished for t in study.trials)
 
+    kept: dict[str, Any] = {}  # the best trial this call completed: number, value, oof
+
     def objective(trial: Any) -> float:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = suggest(trial, space)
-        return cv_log_loss(lambda: build(params), X, y, folds, trial)
+        oof = np.full(len(y), np.nan)
+        value = cv_log_loss(lambda: build(params), X, y, folds, trial, oof)
+        if not kept or value < kept["value"]:
+            kept.update(number=trial.number, value=value, oof=oof)
+        return value
 
     if done < n_trials:
         # with several workers on one storage, stop when the study as a whole has n_trials
@@ -107,4 +137,5 @@ def tune(
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise RuntimeError(f"study {study_name}: no trial completed (all pruned or failed)")
-    return dict(study.best_params), study
+    best = study.best_trial
+    return TuneResult(dict(best.params), study, kept["oof"] if kept.get("number") == best.number else None)

@@ -100,6 +100,9 @@ def load_training_data(featurize_dir: Path, label_kind: str) -> TrainingData:
     )
 
 
+_SECTIONS = {"logistic": "logistic", "xgboost": "xgb", "mlp": "mlp", "sequence": "sequence"}  # → models.*
+
+
 def learner_factories(
     models: ModelsParams,
     purge_rows: int,
@@ -114,12 +117,7 @@ def learner_factories(
         models.model_copy(
             update={
                 key: getattr(models, key).model_copy(update=tuned[name])
-                for name, key in (
-                    ("logistic", "logistic"),
-                    ("xgboost", "xgb"),
-                    ("mlp", "mlp"),
-                    ("sequence", "sequence"),
-                )
+                for name, key in _SECTIONS.items()
                 if name in tuned
             }
         )
@@ -170,9 +168,12 @@ def tune_learners(
     horizon: int,
     tracking_uri: str | None = None,
     learners: Sequence[str] | None = None,
+    oof_out: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """One Optuna study per base learner with a search space (only `learners`, when given:
-    the unit of a per-learner fan-out); returns the best parameters.
+    the unit of a per-learner fan-out); returns the best parameters. With `oof_out`, the best
+    trial's out-of-fold probabilities (training-segment rows) are put there per learner when
+    this call ran that trial, for `train` to reuse.
 
     Each trial is also recorded as a nested MLflow run under a ``tune-<learner>`` parent run
     when `tracking_uri` is given and ``tune.log_to_mlflow`` is on.
@@ -180,19 +181,6 @@ def tune_learners(
     holdout, folds = splits(data, models)
     X, y = data.X[holdout.train], data.y[holdout.train]
     purge_rows = horizon * len(data.manifest["symbols"])
-    key = hashlib.sha256(
-        json.dumps(
-            [
-                data.manifest["feature_spec"],
-                data.manifest["direction"],
-                data.manifest["label_kind"],
-                int(y.size),
-                horizon,
-            ],
-            sort_keys=True,
-            default=str,
-        ).encode()
-    ).hexdigest()[:10]
     best: dict[str, dict[str, Any]] = {}
     for name in models.learners:
         if learners is not None and name not in learners:
@@ -200,6 +188,24 @@ def tune_learners(
         space = tune_cfg.spaces.get(name)
         if not space:
             continue
+        # a study answers one question: same rows, labels, folds, fixed settings and space
+        key = hashlib.sha256(
+            json.dumps(
+                [
+                    data.manifest["feature_spec"],
+                    data.manifest["direction"],
+                    data.manifest["label_kind"],
+                    int(y.size),
+                    horizon,
+                    models.cv.model_dump(),
+                    models.seed,
+                    getattr(models, _SECTIONS[name]).model_dump(),
+                    space,
+                ],
+                sort_keys=True,
+                default=str,
+            ).encode()
+        ).hexdigest()[:10]
 
         def build(params: dict[str, Any], name: str = name) -> Any:
             return learner_factories(models, purge_rows, {name: params}, data.columns)[name]()
@@ -207,7 +213,7 @@ def tune_learners(
         study_name = f"{name}-{data.manifest['label_kind']}-h{horizon}-{key}"
         logger = TrialLogger(tracking_uri, study_name) if tracking_uri and tune_cfg.log_to_mlflow else None
         with logger or nullcontext():
-            best[name], _ = tune(
+            result = tune(
                 study_name,
                 build,
                 space,
@@ -220,6 +226,9 @@ def tune_learners(
                 models.seed,
                 logger.on_trial if logger else None,
             )
+        best[name] = result.params
+        if oof_out is not None and result.oof is not None:
+            oof_out[name] = result.oof
     return best
 
 
@@ -242,21 +251,31 @@ def _ticking(make: Any, name: str, bar: Any) -> Any:
 
 
 def train(
-    data: TrainingData, models: ModelsParams, horizon: int, tuned: dict[str, dict[str, Any]] | None = None
+    data: TrainingData,
+    models: ModelsParams,
+    horizon: int,
+    tuned: dict[str, dict[str, Any]] | None = None,
+    oof: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Fit stack and ensemble on the training segment; returns the bundle to persist."""
+    """Fit stack and ensemble on the training segment; returns the bundle to persist.
+
+    `oof`: out-of-fold probabilities already computed for some learners with exactly these
+    parameters and folds (the tuning study's best trial, `tune_learners`); those learners are
+    not refitted fold by fold."""
     holdout, folds = splits(data, models)
     tr = holdout.train
     factories = learner_factories(
         models, purge_rows=horizon * len(data.manifest["symbols"]), tuned=tuned, columns=data.columns
     )
     X, y = data.X[tr], data.y[tr]
-    with _progress(len(factories) * (len(folds) + 1), "train: base-learner fits") as bar:
+    known = {k: v for k, v in (oof or {}).items() if k in factories}
+    fits = len(factories) + (len(factories) - len(known)) * len(folds)
+    with _progress(fits, "train: base-learner fits") as bar:
         counted = {name: _ticking(make, name, bar) for name, make in factories.items()}
-        oof = out_of_fold(counted, X, y, folds)
+        probs = out_of_fold(counted, X, y, folds, known)
         base = fit_base(counted, X, y)
-    stacked = fit_stacked(factories, X, y, folds, oof=oof, base=base, calibration=models.calibration)
-    ensemble = fit_ensemble(factories, X, y, folds, oof=oof, base=base, calibration=models.calibration)
+    stacked = fit_stacked(factories, X, y, folds, oof=probs, base=base, calibration=models.calibration)
+    ensemble = fit_ensemble(factories, X, y, folds, oof=probs, base=base, calibration=models.calibration)
     return {
         "stacked": stacked,
         "ensemble": ensemble,
@@ -283,12 +302,15 @@ def save_bundle(bundle: dict[str, Any], out_dir: Path) -> None:
 def run(params: Params) -> dict[str, Any]:
     """The whole step from params: load, (tune), train, save; returns the bundle."""
     data = load_training_data(params.outputs / "featurize", params.labels.kind)
+    oof: dict[str, np.ndarray] = {}
     tuned = (
-        tune_learners(data, params.models, params.tune, params.labels.horizon, params.registry.tracking_uri)
+        tune_learners(
+            data, params.models, params.tune, params.labels.horizon, params.registry.tracking_uri, oof_out=oof
+        )
         if params.tune.enabled
         else None
     )
-    bundle = train(data, params.models, params.labels.horizon, tuned)
+    bundle = train(data, params.models, params.labels.horizon, tuned, oof)
     save_bundle(bundle, params.outputs / "train")
     return bundle
 

@@ -7,6 +7,7 @@ import optuna
 import pytest
 
 from models.base_learners import LogisticLearner
+from models.stacking import out_of_fold
 from models.tuning import cv_log_loss, suggest, tune
 from models.validation import purged_walk_forward_splits
 from pipelines.registry import TrialLogger
@@ -43,11 +44,18 @@ def test_study_resumes_and_records_trials_in_mlflow(tmp_path):
         return LogisticLearner(C=params["C"])
 
     with TrialLogger(f"sqlite:///{tmp_path / 'mlflow.db'}", "logistic-test") as logger:
-        best, study = tune("logistic-test", build, SPACE, X, y, folds, 4, None, storage, 0, logger.on_trial)
-    assert len(study.trials) == 4
+        first = tune("logistic-test", build, SPACE, X, y, folds, 4, None, storage, 0, logger.on_trial)
+    assert len(first.study.trials) == 4
+    # the best trial's out-of-fold predictions are kept: exactly what refitting would give
+    assert first.oof is not None
+    refit = out_of_fold({"l": lambda: build(first.params)}, X, y, folds)[:, 0]
+    assert np.array_equal(first.oof, refit, equal_nan=True)
     # interrupted after 4 of 6: a second call runs only the missing 2
-    best, study = tune("logistic-test", build, SPACE, X, y, folds, 6, None, storage, 0)
+    resumed = tune("logistic-test", build, SPACE, X, y, folds, 6, None, storage, 0)
+    best, study = resumed.params, resumed.study
     assert len(study.trials) == 6
+    # a best trial from the earlier call has no predictions here (not in this process's memory)
+    assert (resumed.oof is not None) == (study.best_trial.number >= 4)
     assert cv_log_loss(lambda: build(best), X, y, folds) <= cv_log_loss(
         lambda: build({"C": 1e-4}), X, y, folds
     )
@@ -66,7 +74,7 @@ def test_pruning_stops_hopeless_trials(tmp_path):
         def predict_proba(self, X):
             return np.full(len(X), 0.999 if self.C > 1 else 0.5)
 
-    _, study = tune(
+    study = tune(
         "prune-test",
         lambda p: Hopeless(C=p["C"]),
         {"C": {"low": 0.01, "high": 100.0, "log": True}},
@@ -77,7 +85,7 @@ def test_pruning_stops_hopeless_trials(tmp_path):
         None,
         None,
         1,
-    )
+    ).study
     states = {t.state for t in study.trials}
     assert optuna.trial.TrialState.PRUNED in states
 

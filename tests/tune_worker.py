@@ -30,7 +30,7 @@ if __name__ == "__main__":
         deadline = time.monotonic() + 60
         while not (barrier / "go").exists() and time.monotonic() < deadline:
             time.sleep(0.01)
-    best, _ = tune(
+    best = tune(
         study,
         lambda p: LogisticLearner(C=p["C"]),
         {"C": {"low": 1e-4, "high": 10.0, "log": True}},
@@ -42,4 +42,4 @@ if __name__ == "__main__":
         storage,
         seed=int(sys.argv[4]) if len(sys.argv) > 4 else 0,
     )
-    print(best)
+    print(best.params)
