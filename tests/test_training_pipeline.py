@@ -46,6 +46,29 @@ def params(tmp_path_factory, contract) -> Params:
     return p
 
 
+def test_train_reuses_out_of_fold_predictions_it_is_given(params):
+    """The tuning study's best-trial OOF column replaces refitting that learner per fold."""
+    from models.stacking import out_of_fold
+    from pipelines.train import learner_factories, splits
+
+    data = load_training_data(params.outputs / "featurize", "direction")
+    models = params.models.model_copy(update={"learners": ["logistic", "xgboost"]})
+    holdout, folds = splits(data, models)
+    X, y = data.X[holdout.train], data.y[holdout.train]
+    make = learner_factories(models, 12 * 2, columns=data.columns)["logistic"]
+    known = out_of_fold({"logistic": make}, X, y, folds)[:, 0]
+    fresh = train(data, models, params.labels.horizon)
+    reused = train(data, models, params.labels.horizon, oof={"logistic": known})
+    assert reused["oof_scores"] == fresh["oof_scores"]
+    # and it is really used, not recomputed: a constant column scores exactly log 2
+    half = np.where(np.isnan(known), np.nan, 0.5)
+    assert train(data, models, params.labels.horizon, oof={"logistic": half})["oof_scores"][
+        "logistic"
+    ] == pytest.approx(np.log(2))
+    with pytest.raises(ValueError, match="expected"):
+        train(data, models, params.labels.horizon, oof={"logistic": known[:-1]})
+
+
 @pytest.mark.slow
 def test_train_evaluate_register(params, tmp_path):
     data = load_training_data(params.outputs / "featurize", "direction")
