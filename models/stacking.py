@@ -3,9 +3,9 @@
 Out-of-fold (OOF) probabilities come from purged walk-forward folds: every OOF value is a
 prediction by a learner that never saw that row or any row whose label overlaps it.
 
-* `StackedModel`: a non-negative logistic meta-learner on the base learners' OOF logits, then a
-  calibrator
-  chosen on the meta-learner's own walk-forward predictions.
+* `StackedModel`: a non-negative logistic meta-learner on the base learners' OOF logits
+  (optionally with regime features: `RegimeInputs`), then a calibrator chosen on the
+  meta-learner's own walk-forward predictions.
 * `EnsembleModel`: each base learner calibrated on its OOF probabilities, then a weighted
   average with weights (on the simplex) fitted to minimise OOF log loss.
 
@@ -14,7 +14,7 @@ Both refit the base learners on all training rows for prediction.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,15 +58,18 @@ class NonNegativeLogit:
     """Meta-learner: P = σ(b + Σ w_j · logit(p_j)) with every w_j ≥ 0 (L2 penalty `l2`).
 
     Base learners' logits are strongly correlated; an unconstrained fit happily gives one a
-    negative weight that only pays off in-sample. Non-negative stacking does not.
+    negative weight that only pays off in-sample. Non-negative stacking does not. The last
+    `n_free` input columns (regime inputs) have unconstrained weights.
     """
 
     l2: float = 1e-3
+    n_free: int = 0
     coef_: np.ndarray = field(default_factory=lambda: np.zeros(0))
     intercept_: float = 0.0
 
     def fit(self, z: np.ndarray, y: np.ndarray) -> NonNegativeLogit:
         k = z.shape[1]
+        k_pos = k - self.n_free
 
         def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
             w, b = theta[:k], theta[k]
@@ -77,8 +80,8 @@ class NonNegativeLogit:
             grad = np.r_[z.T @ g / len(y) + 2 * self.l2 * w, g.mean()]
             return float(nll), grad
 
-        start = np.r_[np.full(k, 1.0 / k), 0.0]
-        bounds = [(0.0, None)] * k + [(None, None)]
+        start = np.r_[np.full(k_pos, 1.0 / k_pos), np.zeros(self.n_free), 0.0]
+        bounds = [(0.0, None)] * k_pos + [(None, None)] * (self.n_free + 1)
         theta = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=bounds).x
         self.coef_, self.intercept_ = theta[:k], float(theta[k])
         return self
@@ -94,12 +97,12 @@ def _covered(
     y: np.ndarray,
     folds: list[Fold],
     oof: np.ndarray | None,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """OOF probabilities (computed unless given) restricted to rows every learner predicted,
-    and the labels of those rows."""
+    the labels of those rows, and the rows' mask."""
     oof = out_of_fold(factories, X, y, folds) if oof is None else oof
     rows = ~np.isnan(oof).any(axis=1)
-    return oof[rows], y[rows]
+    return oof[rows], y[rows], rows
 
 
 def fit_base(factories: dict[str, LearnerFactory], X: np.ndarray, y: np.ndarray) -> list[BaseLearner]:
@@ -107,12 +110,12 @@ def fit_base(factories: dict[str, LearnerFactory], X: np.ndarray, y: np.ndarray)
     return [make().fit(X, y) for make in factories.values()]
 
 
-def _walk_forward_meta(z: np.ndarray, y: np.ndarray, blocks: int, l2: float) -> np.ndarray:
+def _walk_forward_meta(z: np.ndarray, y: np.ndarray, blocks: int, l2: float, n_free: int = 0) -> np.ndarray:
     """Meta-learner predictions for the later blocks, each fitted on the blocks before it."""
     edges = np.linspace(0, len(y), blocks + 1).astype(int)
     out = np.full(len(y), np.nan)
     for lo, hi in zip(edges[1:-1], edges[2:], strict=True):
-        meta = NonNegativeLogit(l2).fit(z[:lo], y[:lo])
+        meta = NonNegativeLogit(l2, n_free).fit(z[:lo], y[:lo])
         out[lo:hi] = meta.predict_proba(z[lo:hi])[:, 1]
     return out
 
@@ -130,19 +133,50 @@ class _BaseOnDevice:
 
 
 @dataclass
+class RegimeInputs:
+    """Regime features as extra meta-learner inputs: the feature columns at `index`, median
+    imputed, standardised and clipped to ±5 (centre and scale fitted on the training rows
+    given to `fit`), and each one's product with the mean base logit — so a regime can move
+    the level and scale the confidence of the stack. Their weights are unconstrained."""
+
+    index: tuple[int, ...]
+    center: np.ndarray | None = None
+    scale: np.ndarray | None = None
+
+    @property
+    def width(self) -> int:
+        return 2 * len(self.index)
+
+    def fit(self, X: np.ndarray) -> RegimeInputs:
+        R = X[:, list(self.index)].astype(float)
+        self.center = np.nan_to_num(np.nanmedian(R, axis=0))
+        spread = np.nanstd(R, axis=0)
+        self.scale = np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)
+        return self
+
+    def design(self, z: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """The meta-learner's inputs: logits `z`, then the regime columns, then interactions."""
+        R = X[:, list(self.index)].astype(float)
+        r = np.clip((np.where(np.isnan(R), self.center, R) - self.center) / self.scale, -5, 5)
+        return np.column_stack([z, r, r * z.mean(axis=1, keepdims=True)])
+
+
+@dataclass
 class StackedModel(_BaseOnDevice):
     names: list[str]
     base: list[BaseLearner]
     meta: Any
     calibrator: Any
     oof_scores: dict[str, float] = field(default_factory=dict)
+    regime: RegimeInputs | None = None
 
     def base_probabilities(self, X: np.ndarray) -> np.ndarray:
         return np.column_stack([m.predict_proba(X) for m in self.base])
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         z = logit(self.base_probabilities(X))
-        return self.calibrator.transform(self.meta.predict_proba(z)[:, 1])
+        inputs = z if self.regime is None else self.regime.design(z, X)
+        return self.calibrator.transform(self.meta.predict_proba(inputs)[:, 1])
 
 
 def fit_stacked(
@@ -154,23 +188,28 @@ def fit_stacked(
     base: list[BaseLearner] | None = None,
     l2: float = 1e-3,
     calibration: tuple[str, ...] = ("none", "platt", "temperature", "isotonic"),
+    regime_index: Sequence[int] = (),
 ) -> StackedModel:
-    """Fit the stack: OOF base probabilities → non-negative logistic meta → calibrator (see module)."""
-    probs, yo = _covered(factories, X, y, folds, oof)
-    z = logit(probs)
-    meta_oof = _walk_forward_meta(z, yo, blocks=5, l2=l2)
+    """Fit the stack: OOF base probabilities → non-negative logistic meta → calibrator (see
+    module). `regime_index`: feature columns of `X` fed to the meta-learner too (`RegimeInputs`,
+    scaled on these training rows only)."""
+    probs, yo, rows = _covered(factories, X, y, folds, oof)
+    regime = RegimeInputs(tuple(regime_index)).fit(X) if len(regime_index) else None
+    z = logit(probs) if regime is None else regime.design(logit(probs), X[rows])
+    n_free = 0 if regime is None else regime.width
+    meta_oof = _walk_forward_meta(z, yo, blocks=5, l2=l2, n_free=n_free)
     scored = ~np.isnan(meta_oof)
     calibrator, scores = (
         choose_calibrator(meta_oof[scored], yo[scored], calibration)
         if scored.sum() > 200
         else (Identity(), {})
     )
-    meta = NonNegativeLogit(l2).fit(z, yo)
+    meta = NonNegativeLogit(l2, n_free).fit(z, yo)
     base = fit_base(factories, X, y) if base is None else base
     oof_scores = {name: log_loss(yo, probs[:, j]) for j, name in enumerate(factories)}
     oof_scores["stacked"] = log_loss(yo[scored], calibrator.transform(meta_oof[scored]))
     oof_scores.update({f"calibration_{k}": v for k, v in scores.items()})
-    return StackedModel(list(factories), base, meta, calibrator, oof_scores)
+    return StackedModel(list(factories), base, meta, calibrator, oof_scores, regime)
 
 
 @dataclass
@@ -198,7 +237,7 @@ def fit_ensemble(
     calibration: tuple[str, ...] = ("none", "platt", "temperature", "isotonic"),
 ) -> EnsembleModel:
     """Calibrate each base learner on its OOF probabilities, then fit simplex weights."""
-    probs, yo = _covered(factories, X, y, folds, oof)
+    probs, yo, _ = _covered(factories, X, y, folds, oof)
     calibrators = [choose_calibrator(probs[:, j], yo, calibration)[0] for j in range(probs.shape[1])]
     calibrated = np.column_stack([c.transform(probs[:, j]) for j, c in enumerate(calibrators)])
 

@@ -258,6 +258,13 @@ class BacktestParams(_Frozen):
     commission_pips: float = Field(0.2, ge=0)
 
 
+class StackParams(_Frozen):
+    """``models.stack``: the meta-learner's L2 penalty and optional regime feature columns."""
+
+    l2: float = Field(1e-3, ge=0)
+    regime_features: tuple[str, ...] = ()
+
+
 class ModelsParams(_Frozen):
     """The ``models:`` section."""
 
@@ -271,6 +278,7 @@ class ModelsParams(_Frozen):
         "temperature",
         "isotonic",
     )
+    stack: StackParams = StackParams()
     logistic: LogisticParams = LogisticParams()
     xgb: XGBParams = XGBParams()
     mlp: MLPParams = MLPParams()

@@ -250,6 +250,17 @@ def _ticking(make: Any, name: str, bar: Any) -> Any:
     return factory
 
 
+def regime_columns(columns: Sequence[str], names: Sequence[str]) -> list[int]:
+    """Indices of ``models.stack.regime_features`` among the feature columns."""
+    missing = [n for n in names if n not in columns]
+    if missing:
+        raise ValueError(
+            f"models.stack.regime_features: {missing} are not feature columns "
+            f"(features.families and higher_timeframes make e.g. {list(columns[:4])})"
+        )
+    return [list(columns).index(n) for n in names]
+
+
 def train(
     data: TrainingData,
     models: ModelsParams,
@@ -262,6 +273,7 @@ def train(
     `oof`: out-of-fold probabilities already computed for some learners with exactly these
     parameters and folds (the tuning study's best trial, `tune_learners`); those learners are
     not refitted fold by fold."""
+    regime_index = regime_columns(data.columns, models.stack.regime_features)  # fail before fitting
     holdout, folds = splits(data, models)
     tr = holdout.train
     factories = learner_factories(
@@ -274,7 +286,17 @@ def train(
         counted = {name: _ticking(make, name, bar) for name, make in factories.items()}
         probs = out_of_fold(counted, X, y, folds, known)
         base = fit_base(counted, X, y)
-    stacked = fit_stacked(factories, X, y, folds, oof=probs, base=base, calibration=models.calibration)
+    stacked = fit_stacked(
+        factories,
+        X,
+        y,
+        folds,
+        oof=probs,
+        base=base,
+        l2=models.stack.l2,
+        calibration=models.calibration,
+        regime_index=regime_index,
+    )
     ensemble = fit_ensemble(factories, X, y, folds, oof=probs, base=base, calibration=models.calibration)
     return {
         "stacked": stacked,

@@ -67,6 +67,10 @@ def test_train_reuses_out_of_fold_predictions_it_is_given(params):
     ] == pytest.approx(np.log(2))
     with pytest.raises(ValueError, match="expected"):
         train(data, models, params.labels.horizon, oof={"logistic": known[:-1]})
+    stack = models.stack.model_copy(update={"regime_features": ("vol",)})
+    unknown = models.model_copy(update={"stack": stack})
+    with pytest.raises(ValueError, match=r"\['vol'\] are not feature columns"):
+        train(data, unknown, params.labels.horizon)
 
 
 @pytest.mark.slow
