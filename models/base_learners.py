@@ -11,6 +11,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from models.scaling import center_scale
+
 
 class BaseLearner(Protocol):
     name: str
@@ -42,7 +44,7 @@ class LogisticLearner:
 
         # np.nanmedian: sklearn's SimpleImputer(median) goes through numpy.ma and took ~3 s
         # on 80k × 143 rows, 20× longer than the regression itself
-        self.fill = np.nan_to_num(np.nanmedian(X, axis=0))
+        self.fill, _ = center_scale(X)
         self.model = make_pipeline(
             StandardScaler(), LogisticRegression(C=self.C, max_iter=2000, random_state=self.seed)
         )

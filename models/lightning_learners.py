@@ -7,10 +7,16 @@ rows only) and clipped to ±5 standard deviations.
 
 from __future__ import annotations
 
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from models.scaling import center_scale
 
 
 def _module(net: Any, lr: float, weight_decay: float) -> Any:
@@ -39,6 +45,24 @@ def _module(net: Any, lr: float, weight_decay: float) -> Any:
             return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
 
     return BinaryClassifier()
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Lightning's per-Trainer INFO lines (accelerators found, a tip, why it stopped) and a
+    deprecation warning from its own internals: printed on every fit, dozens of times in a
+    tuning run, they bury the progress a user is looking for. Warnings of ours still show."""
+    loggers = [logging.getLogger(n) for n in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _batches(Z: Any, t: Any, size: int, shuffle: bool) -> Any:
@@ -97,9 +121,7 @@ class MLPLearner:
         cut = int(len(y) * (1 - self.validation_fraction))
         fit_end = max(1, cut - self.purge_rows)
         train = self._arrange(X[:fit_end]).astype(np.float64)
-        self.center = np.nan_to_num(np.nanmedian(train, axis=0))
-        spread = np.nanstd(train, axis=0)
-        self.scale = np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)
+        self.center, self.scale = center_scale(train)
         Z = torch.from_numpy(self._prepare(X))
         t = torch.from_numpy(y.astype(np.float32))
         loaders = [
@@ -107,18 +129,19 @@ class MLPLearner:
             _batches(Z[cut:], t[cut:], 8192, shuffle=False),
         ]
         self.net = self._network(train.shape[1])
-        trainer = pl.Trainer(
-            accelerator="auto",
-            devices=1,
-            max_epochs=self.max_epochs,
-            deterministic=True,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            enable_checkpointing=False,
-            callbacks=[EarlyStopping("val_loss", patience=self.patience), *self.callbacks],
-        )
-        trainer.fit(_module(self.net, self.lr, self.weight_decay), *loaders)
+        with _quiet_lightning():
+            trainer = pl.Trainer(
+                accelerator="auto",
+                devices=1,
+                max_epochs=self.max_epochs,
+                deterministic=True,
+                logger=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                enable_checkpointing=False,
+                callbacks=[EarlyStopping("val_loss", patience=self.patience), *self.callbacks],
+            )
+            trainer.fit(_module(self.net, self.lr, self.weight_decay), *loaders)
         self.net = self.net.cpu().eval()
         self.callbacks = []  # not part of the fitted model (and not picklable in general)
         return self

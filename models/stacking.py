@@ -24,6 +24,7 @@ from scipy.optimize import minimize
 from models.base_learners import BaseLearner
 from models.calibration import Identity, choose_calibrator, logit, sigmoid
 from models.metrics import log_loss
+from models.scaling import center_scale
 from models.validation import Fold
 
 LearnerFactory = Callable[[], BaseLearner]
@@ -149,9 +150,7 @@ class RegimeInputs:
 
     def fit(self, X: np.ndarray) -> RegimeInputs:
         R = X[:, list(self.index)].astype(float)
-        self.center = np.nan_to_num(np.nanmedian(R, axis=0))
-        spread = np.nanstd(R, axis=0)
-        self.scale = np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)
+        self.center, self.scale = center_scale(R)
         return self
 
     def design(self, z: np.ndarray, X: np.ndarray) -> np.ndarray:
