@@ -86,6 +86,39 @@ def summary(
     return out
 
 
+def ece_noise_floor(
+    p: np.ndarray,
+    horizon: int = 1,
+    groups: np.ndarray | None = None,
+    quantile: float = 0.95,
+    draws: int = 200,
+    seed: int = 0,
+) -> float:
+    """The ECE (15 bins) that a *perfectly calibrated* predictor with probabilities `p` would
+    still show on these rows, at `quantile` of its sampling distribution.
+
+    Labels are redrawn with P(y = 1) = p exactly, and with the dependence of overlapping
+    `horizon`-bar labels: within a group (one symbol's rows, consecutive bars in time order)
+    row i is 1 when a sum of `horizon` shared standard-normal shocks e[i..i+horizon−1] falls
+    below Φ⁻¹(p_i)·√horizon, so rows k apart share (horizon − k)/horizon of their noise, as
+    the returns behind neighbouring labels do. An ECE below this floor is indistinguishable
+    from sampling noise on these rows.
+    """
+    from scipy.special import ndtri
+
+    p = np.clip(np.asarray(p, dtype=float), EPS, 1 - EPS)
+    groups = np.zeros(p.size) if groups is None else np.asarray(groups)
+    rng = np.random.default_rng(seed)
+    h = max(int(horizon), 1)
+    threshold = ndtri(p) * np.sqrt(h)
+    y = np.empty((draws, p.size))
+    for g in np.unique(groups):
+        rows = np.flatnonzero(groups == g)
+        walk = np.cumsum(rng.standard_normal((draws, rows.size + h)), axis=1)
+        y[:, rows] = (walk[:, h : h + rows.size] - walk[:, : rows.size]) < threshold[rows]
+    return float(np.quantile([ece(row, p) for row in y], quantile))
+
+
 def psi(reference: np.ndarray, live: np.ndarray, bins: int = 10, floor: float = 1e-4) -> float:
     """Population stability index of `live` against `reference` (one feature).
 

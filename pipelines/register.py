@@ -33,18 +33,25 @@ def flat(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
-def holdout(params: Params) -> tuple[pd.DataFrame, Any]:
-    """The holdout rows (features, labels) of the featurized data: what the gate compares on."""
+def holdout(params: Params) -> tuple[pd.DataFrame, Any, Any]:
+    """The holdout rows of the featurized data, in time order — features, labels and each
+    row's symbol: what the gate compares on."""
     data = load_training_data(params.outputs / "featurize", params.labels.kind)
     test, _ = splits(data, params.models)
-    return pd.DataFrame(data.X[test.test], columns=data.columns), data.y[test.test]
+    rows = test.test
+    return pd.DataFrame(data.X[rows], columns=data.columns), data.y[rows], data.symbol[rows]
+
+
+def _gate(registry: Registry, params: Params, name: str, held: Any = None) -> GateDecision:
+    X, y, symbols = holdout(params) if held is None else held
+    max_ece = params.registry.gate.max_ece
+    return registry.promotion_gate(name, X, y, max_ece, params.labels.horizon, symbols)
 
 
 def gate(params: Params, name: str) -> GateDecision:
     """Run the promotion gate again for `name`'s current challenger on today's holdout rows
     (the `promote` flow): champion moves only if the challenger wins out of sample."""
-    X, y = holdout(params)
-    return Registry(params.registry.tracking_uri).promotion_gate(name, X, y, params.registry.gate.max_ece)
+    return _gate(Registry(params.registry.tracking_uri), params, name)
 
 
 def register(params: Params, repo: Path = Path(".")) -> tuple[str, str, GateDecision]:
@@ -52,7 +59,8 @@ def register(params: Params, repo: Path = Path(".")) -> tuple[str, str, GateDeci
     out = params.outputs
     bundle = joblib.load(out / "train" / "model.pkl")
     metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
-    X, y = holdout(params)
+    held = holdout(params)
+    X = held[0]
     name = model_name(
         params.registry.name_prefix,
         params.registry.symbol_group,
@@ -90,8 +98,7 @@ def register(params: Params, repo: Path = Path(".")) -> tuple[str, str, GateDeci
             "symbols": list(bundle["symbols"]),
         },
     )
-    decision = registry.promotion_gate(name, X, y, params.registry.gate.max_ece)
-    return name, version, decision
+    return name, version, _gate(registry, params, name, held)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,8 +8,9 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.special import ndtri
 
-from models.metrics import log_loss
+from models.metrics import ece, ece_noise_floor, log_loss
 from pipelines.bar_store import BarStore
 from pipelines.config import Params
 from pipelines.evaluate import evaluate
@@ -153,10 +154,47 @@ def test_promotion_gate_and_previous_champion(tmp_path):
     assert registry.alias_version(name, "previous_champion") == "1"
     publish(Constant(0.9))  # badly calibrated: refused on ECE
     refused = registry.promotion_gate(name, X, y, max_ece=0.05)
-    assert not refused.promoted and "ECE" in refused.reason
+    assert not refused.promoted and "ECE" in refused.reason and "noise floor" in refused.reason
     tags = registry.client.get_model_version(name, "3").tags
     assert tags["gate_decision"] == "rejected" and tags["gate_champion_version"] == "2"
     assert registry.alias_version(name, "champion") == "2"
+
+
+def test_gate_allows_for_sampling_noise_in_ece_but_not_for_miscalibration(tmp_path):
+    """On a few thousand overlapping labels even the true probabilities have an ECE above a
+    tight fixed limit; the gate must pass them and still refuse a shifted model."""
+    registry = Registry(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    rng = np.random.default_rng(5)
+    n, h = 3000, 12
+    truth = np.clip(0.5 + 0.05 * rng.standard_normal(n), 0.05, 0.95)
+    walk = np.cumsum(rng.standard_normal(n + h))  # overlapping h-bar outcomes, as labels are
+    y = ((walk[h : h + n] - walk[:n]) < ndtri(truth) * np.sqrt(h)).astype(float)
+    X = pd.DataFrame({"f0": truth, "f1": np.zeros(n)})
+    name, cols = "noise-gate", ["f0", "f1"]
+    registry.log_and_register(name, FirstColumn(), cols, X.head(3), {}, {}, {"git_commit": "t"}, [])
+    honest = registry.promotion_gate(name, X, y, max_ece=0.005, horizon=h)
+    assert ece(y, truth) > 0.005 and honest.promoted, honest.reason
+    tags = registry.client.get_model_version(name, "1").tags
+    assert float(tags["gate_ece_noise_floor"]) > float(tags["gate_challenger_ece"])
+    shifted = X.assign(f0=np.clip(truth + 0.12, 0, 1))
+    registry.log_and_register(name, FirstColumn(), cols, shifted.head(3), {}, {}, {"git_commit": "t"}, [])
+    refused = registry.promotion_gate(name, shifted, y, max_ece=0.005, horizon=h)
+    assert not refused.promoted and "noise floor" in refused.reason
+
+
+def test_ece_noise_floor_covers_the_truth_and_grows_with_label_overlap():
+    rng = np.random.default_rng(11)
+    n, h = 3000, 12
+    p = np.clip(0.5 + 0.05 * rng.standard_normal(n), 0.05, 0.95)
+    floor = ece_noise_floor(p, h)
+    above = 0
+    for _ in range(100):  # the truth's own ECE on fresh overlapping labels: above the 95% floor ~5%
+        walk = np.cumsum(rng.standard_normal(n + h))
+        y = ((walk[h : h + n] - walk[:n]) < ndtri(p) * np.sqrt(h)).astype(float)
+        above += ece(y, p) > floor
+    assert above <= 12
+    assert ece_noise_floor(p, 1) < floor  # independent labels: less noise
+    assert ece_noise_floor(np.tile(p, 4), h) < floor  # more rows: less noise
 
 
 def test_rollback_walks_champion_history_and_records_why(tmp_path):
