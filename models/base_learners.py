@@ -102,6 +102,9 @@ class XGBoostLearner:
             **settings,
         )
         self.model.fit(X[:fit_end], y[:fit_end], eval_set=[(X[cut:], y[cut:])], verbose=False)
+        # predict on one thread: scoring comes in small batches, and idle OpenMP workers
+        # spinning beside a service's event loop on 2 cores cost more than they save
+        self.model.set_params(n_jobs=1)
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
