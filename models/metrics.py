@@ -108,15 +108,20 @@ def ece_noise_floor(
 
     p = np.clip(np.asarray(p, dtype=float), EPS, 1 - EPS)
     groups = np.zeros(p.size) if groups is None else np.asarray(groups)
+    members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
     rng = np.random.default_rng(seed)
     h = max(int(horizon), 1)
     threshold = ndtri(p) * np.sqrt(h)
-    y = np.empty((draws, p.size))
-    for g in np.unique(groups):
-        rows = np.flatnonzero(groups == g)
-        walk = np.cumsum(rng.standard_normal((draws, rows.size + h)), axis=1)
-        y[:, rows] = (walk[:, h : h + rows.size] - walk[:, : rows.size]) < threshold[rows]
-    return float(np.quantile([ece(row, p) for row in y], quantile))
+    chunk = max(1, min(draws, 4_000_000 // max(p.size, 1)))  # bounded memory on big holdouts
+    eces: list[float] = []
+    while len(eces) < draws:
+        k = min(chunk, draws - len(eces))
+        y = np.empty((k, p.size))
+        for rows in members:
+            walk = np.cumsum(rng.standard_normal((k, rows.size + h)), axis=1)
+            y[:, rows] = (walk[:, h : h + rows.size] - walk[:, : rows.size]) < threshold[rows]
+        eces += [ece(row, p) for row in y]
+    return float(np.quantile(eces, quantile))
 
 
 def psi(reference: np.ndarray, live: np.ndarray, bins: int = 10, floor: float = 1e-4) -> float:
