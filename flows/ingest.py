@@ -74,7 +74,14 @@ def ingest_history_flow(
     symbols: list[str] | None = None,
     timeframes: list[str] | None = None,
 ) -> list[SeriesReport]:
-    """Bring the bar store up to the terminal's now for the configured symbols and timeframes."""
+    """Bring the bar store up to the terminal's now for the configured symbols and timeframes.
+
+    Args:
+        params_path: params.yaml to read (relative to the serving process's working directory).
+        profile: a profile of params.yaml merged over it, e.g. ``fast``; empty for none.
+        symbols: symbols to ingest instead of ``data.symbols`` (e.g. EURUSD); empty for all.
+        timeframes: timeframes to ingest instead of ``data.timeframes`` (M1 … D1); empty for all.
+    """
     params = _data_params(params_path, profile, symbols, timeframes)
     reports = ingest_history_task(params)
     written = sum(r.written for r in reports)
@@ -111,7 +118,14 @@ def ingest_live_flow(
     polls: int | None = 12,
     duration_seconds: float | None = None,
 ) -> dict:
-    """Poll for newly closed bars: `polls` polls, or for `duration_seconds`."""
+    """Poll for newly closed bars: `polls` polls, or for `duration_seconds`.
+
+    Args:
+        params_path: params.yaml to read (relative to the serving process's working directory).
+        profile: a profile of params.yaml merged over it, e.g. ``fast``; empty for none.
+        polls: polls to make, ``data.live.poll_seconds`` apart (the deployment makes one per run).
+        duration_seconds: poll for this long instead of a number of polls.
+    """
     params = _data_params(params_path, profile, None, None)
     stats = ingest_live_task(params, polls, duration_seconds)
     get_run_logger().info(

@@ -37,7 +37,12 @@ def _round(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @flow(name="monitor", log_prints=True)
 def monitor_flow(params_path: str = "params.yaml", profile: str | None = None) -> dict[str, Any]:
-    """Feature drift (PSI) and live calibration (ECE, log loss) against ``monitor:`` thresholds."""
+    """Feature drift (PSI) and live calibration (ECE, log loss) against ``monitor:`` thresholds.
+
+    Args:
+        params_path: params.yaml to read (relative to the serving process's working directory).
+        profile: a profile of params.yaml merged over it, e.g. ``fast``; empty for none.
+    """
     params = load_params(params_path, profile)
     report = check_task(params)
     create_table_artifact(key="monitor-drift", table=_round(report.drift), description="PSI per symbol")

@@ -38,7 +38,14 @@ def _name(params: Any, name: str | None) -> str:
 def promote_flow(
     params_path: str = "params.yaml", profile: str | None = None, name: str | None = None
 ) -> dict:
-    """Gate `name`'s challenger against its champion (default name: the model params.yaml trains)."""
+    """Gate `name`'s challenger against its champion (default name: the model params.yaml trains).
+
+    Args:
+        params_path: params.yaml to read (relative to the serving process's working directory).
+        profile: a profile of params.yaml merged over it, e.g. ``fast``; empty for none.
+        name: registered model name, e.g. ``mt5prob-fx-M5-direction-h12``; empty for the one
+            params.yaml trains.
+    """
     params = load_params(params_path, profile)
     model = _name(params, name)
     decision = gate(params, model)
@@ -64,7 +71,15 @@ def rollback_flow(
     params_path: str = "params.yaml",
     profile: str | None = None,
 ) -> dict:
-    """Move `champion` of `name` back to the previous champion, or to version `to`."""
+    """Move `champion` of `name` back to the previous champion, or to version `to`.
+
+    Args:
+        name: registered model name; empty for the one params.yaml trains.
+        to: version number to make champion; empty for the previous champion.
+        reason: why (recorded on both versions in MLflow).
+        params_path: params.yaml to read (relative to the serving process's working directory).
+        profile: a profile of params.yaml merged over it, e.g. ``fast``; empty for none.
+    """
     params = load_params(params_path, profile)
     model = _name(params, name)
     old, new = Registry(params.registry.tracking_uri).rollback(model, to, reason, actor="prefect:rollback")

@@ -44,33 +44,40 @@ def deployments(params_path: str = "params.yaml", profile: str | None = None) ->
         ingest_history_flow.to_deployment(
             name="ingest-history",
             parameters=common,
+            tags=["ingest"],
             description="Bring the bar store up to the terminal's now.",
         ),
         ingest_live_flow.to_deployment(
             name="ingest-live",
             parameters={**common, "polls": 1},
+            tags=["ingest", "live"],
             interval=timedelta(seconds=poll),
             description="One poll for newly closed bars at each base-timeframe close.",
         ),
-        featurize_flow.to_deployment(name="featurize", parameters=common, description="Features and labels."),
+        featurize_flow.to_deployment(
+            name="featurize", parameters=common, tags=["train"], description="Features and labels."
+        ),
         train_flow.to_deployment(
             name="train",
             parameters=common,
+            tags=["train"],
             cron=params.schedules.retrain_cron,
             description="Periodic retraining: featurize → train → evaluate → register → gate.",
         ),
         promote_flow.to_deployment(
-            name="promote", parameters=common, description="Gate the challenger again."
+            name="promote", parameters=common, tags=["registry"], description="Gate the challenger again."
         ),
         rollback_flow.to_deployment(
             name="rollback",
             parameters=common,
+            tags=["registry"],
             description="Champion back to the previous one, with a reason.",
         ),
         live_score_deployment(params_path, profile),
         monitor_flow.to_deployment(
             name="monitor",
             parameters=common,
+            tags=["monitor"],
             cron=params.schedules.monitor_cron,
             description="Feature drift and live calibration; fails (optionally retrains) past thresholds.",
         ),
@@ -87,4 +94,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipelines.config import run_cli
+
+    raise SystemExit(run_cli(main))

@@ -41,7 +41,12 @@ def register_task(params: Params) -> dict[str, Any]:
 
 @flow(name="featurize", log_prints=True)
 def featurize_flow(params_path: str = "params.yaml", profile: str | None = None) -> dict[str, int]:
-    """Features and labels of every configured symbol into outputs/featurize (the dvc stage)."""
+    """Features and labels of every configured symbol into outputs/featurize (the dvc stage).
+
+    Args:
+        params_path: params.yaml to read (relative to the serving process's working directory).
+        profile: a profile of params.yaml merged over it, e.g. ``fast``; empty for none.
+    """
     params = load_params(params_path, profile)
     rows = featurize_task(params)
     create_table_artifact(
@@ -62,7 +67,18 @@ def train_flow(
     horizon: int | None = None,
     trials: int | None = None,
 ) -> dict[str, Any]:
-    """Train, evaluate and register a model; `trials` > 0 turns on Optuna with that many trials."""
+    """Train, evaluate and register a model; `trials` > 0 turns on Optuna with that many trials.
+
+    Args:
+        params_path: params.yaml to read (relative to the serving process's working directory).
+        profile: a profile of params.yaml merged over it, e.g. ``fast``; empty for none.
+        symbols: symbols to train on instead of ``data.symbols``; empty for all.
+        timeframe: base timeframe of the model (M5, M15, H1 …); empty for ``features.base_timeframe``.
+        label_kind: what the model predicts: ``direction`` (up over the horizon) or
+            ``triple_barrier`` (take-profit before stop-loss); empty for ``labels.kind``.
+        horizon: label horizon in base bars; empty for ``labels.horizon``.
+        trials: Optuna trials per base learner (0 turns tuning off); empty for ``tune.n_trials``.
+    """
     overrides: dict[str, Any] = {}
     if symbols:
         overrides["data"] = {"symbols": symbols}

@@ -51,6 +51,19 @@ def test_deployments_are_declared_with_schedules():
     assert schema["horizon"]["anyOf"][0]["type"] == "integer" and "trials" in schema
 
 
+def test_every_deployment_parameter_is_described_and_every_deployment_tagged_by_room():
+    """The Prefect UI shows these descriptions beside each form field (read from the flows'
+    docstrings), and the room tags filter the deployments list."""
+    from flows.serve import deployments
+
+    rooms = {"ingest", "train", "registry", "scoring", "monitor"}
+    for d in deployments(profile="fast"):
+        props = d._parameter_openapi_schema.properties
+        undescribed = [name for name, p in props.items() if not p.get("description")]
+        assert not undescribed, f"{d.name}: parameters without a description: {undescribed}"
+        assert rooms & set(d.tags), f"{d.name}: no room tag in {d.tags}"
+
+
 def test_served_deployments_run_from_the_api(prefect_harness, tmp_path):
     import asyncio
 
