@@ -90,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.profile:
         parser.error("the demo runs dvc repro, which reads params.yaml as it is: no --profile")
+    load_params(args.params)  # a bad params.yaml stops here, in one line, before any flow runs
     demo_flow(params_path=args.params)
     keys = demo_tenants(args.params)
     for name, key in keys.items():
@@ -99,4 +100,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipelines.config import run_cli
+
+    raise SystemExit(run_cli(main))

@@ -28,17 +28,18 @@ def score_cycle(scorer: LiveScorer) -> CycleReport:
 
 
 def _publish(report: CycleReport, names: dict[str, str], cycle: int) -> None:
+    """One table per cycle: rows written per tenant; the latency split and, when nothing was
+    written, why, in the description."""
     rows: list[dict[str, Any]] = [
         {"tenant": names.get(t, t), "rows_written": n} for t, n in sorted(report.rows_per_tenant.items())
     ]
-    rows.append({"tenant": "(cycle latency ms)", "rows_written": round(report.seconds.get("total", 0) * 1e3)})
     split = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in report.seconds.items())
-    create_table_artifact(
-        key="live-score",
-        table=rows,
-        description=f"cycle {cycle}: {report.rows} rows, {report.model_calls} model calls; {split}"
-        + (f"; skipped: {'; '.join(report.skipped)}" if report.skipped else ""),
-    )
+    description = f"cycle {cycle}: {report.rows} rows, {report.model_calls} model calls; latency {split}"
+    if report.idle:
+        description += f". Nothing written: {report.idle}"
+    elif report.skipped:
+        description += f"; skipped: {'; '.join(report.skipped)}"
+    create_table_artifact(key="live-score", table=rows, description=description)
 
 
 @flow(name="live-score", log_prints=True)
@@ -50,7 +51,15 @@ def live_score_flow(
     replay: int = 0,
 ) -> list[dict[str, Any]]:
     """Score newly closed bars for every tenant: `cycles` cycles, `pause_seconds` apart.
-    `replay` > 0 instead re-scores the newest `replay` bars, one per cycle (demos)."""
+    `replay` > 0 instead re-scores the newest `replay` bars, one per cycle (demos).
+
+    Args:
+        params_path: params.yaml to read (relative to the serving process's working directory).
+        profile: a profile of params.yaml merged over it, e.g. ``fast``; empty for none.
+        cycles: scoring cycles to run (the deployment runs one per base-timeframe close).
+        pause_seconds: wait between cycles.
+        replay: re-score the newest N closed bars, one per cycle, as if each had just closed.
+    """
     params = load_params(params_path, profile)
     store = ResultsStore(params.store.url, params.store.admin_url)
     if store.dialect == "sqlite":
@@ -64,6 +73,8 @@ def live_score_flow(
     try:
         for i in range(cycles):
             report = score_cycle(scorer)
+            if report.idle:
+                get_run_logger().warning("live-score cycle %d wrote nothing: %s", i + 1, report.idle)
             get_run_logger().info(
                 "live-score cycle %d: %d rows for %d tenants in %.0f ms%s",
                 i + 1,
@@ -95,6 +106,7 @@ def live_score_deployment(params_path: str = "params.yaml", profile: str | None 
     return live_score_flow.to_deployment(
         name="live-score",
         interval=timedelta(seconds=seconds),
+        tags=["scoring", "live"],
         parameters={"params_path": params_path, "profile": profile, "cycles": 1},
         description="Score newly closed bars for every tenant, once per base-timeframe close.",
     )

@@ -82,11 +82,11 @@ class MLPLearner:
     (with `purge_rows` dropped in between). Subclasses change the network (`_network`) and the
     column layout (`_arrange`)."""
 
-    hidden: int = 64
+    hidden: int = 32  # defaults = params.yaml models.mlp (tests/test_configs.py checks)
     layers: int = 2
-    dropout: float = 0.1
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
+    dropout: float = 0.3
+    lr: float = 3e-4
+    weight_decay: float = 1e-2
     max_epochs: int = 20
     batch_size: int = 1024
     patience: int = 3

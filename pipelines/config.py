@@ -1,22 +1,29 @@
 """Typed configuration, read once from ``params.yaml`` at an entry point and passed down.
 
-``params.yaml`` has one section per room (``data:`` now; later ``features:``, ``labels:``,
-``models:``…) and a ``profiles:`` section whose entries are deep-merged over the rest when
-selected (``--profile fast``). Library code never opens the file: entry points call
-`load_params` and hand the typed sections to the functions they call.
+``params.yaml`` has one section per room and a ``profiles:`` section whose entries are
+deep-merged over the rest when selected (``--profile fast``). Library code never opens the
+file: entry points call `load_params` and hand the typed sections to the functions they call.
+
+``params.yaml`` is the source of every default: the classes below carry the same values
+(`tests/test_configs.py` proves ``load_params("params.yaml") == Params()``), so code that
+builds a section without the file gets what the file says. Every section, the top level
+included, rejects unknown keys: a misspelt key stops `load_params` with a `ParamsError` of one
+line naming its path (``models.mlp.hiden: unknown key``), and every entry point run through
+`run_cli` prints that line and exits 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from features.spec import (
     BASE_FAMILIES,
@@ -26,8 +33,13 @@ from features.spec import (
     TripleBarrierSpec,
     Windows,
 )
+from models.learners import LEARNERS
 from pipelines.mt5.constants import timeframe_name
 from pipelines.mt5.server_time import ServerClock
+
+
+class ParamsError(ValueError):
+    """params.yaml cannot be used as written; the message is one line naming the key."""
 
 
 class _Frozen(BaseModel):
@@ -57,12 +69,12 @@ class SimulatorParams(_Frozen):
 
     seed: int = 7
     start: datetime = datetime(2024, 1, 1, tzinfo=UTC)
-    end: datetime | None = datetime(2024, 3, 1, tzinfo=UTC)
+    end: datetime | None = datetime(2024, 7, 1, tzinfo=UTC)
     signal_strength: float = Field(0.3, ge=0)
     signal_halflife_minutes: float = Field(30.0, gt=0)
     ticks_per_minute: float = Field(6.0, gt=0)
     live: bool = False
-    speed: float = Field(1.0, gt=0)
+    speed: float = Field(60.0, gt=0)
     live_start: datetime | None = None
 
     _v = field_validator("start", "end", "live_start", mode="before")(_utc)
@@ -115,7 +127,7 @@ class DataParams(_Frozen):
     root: Path = Path("data")
     backend: Literal["simulator", "export", "mt5", "mt5linux"] = "simulator"
     symbols: tuple[str, ...] = ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD")
-    timeframes: tuple[str, ...] = ("M1", "M5", "H1")
+    timeframes: tuple[str, ...] = ("M1", "M5", "M15", "H1", "H4", "D1")
     ticks: bool = False
     history_start: datetime = datetime(2024, 1, 1, tzinfo=UTC)
     server_time: ServerTimeParams = ServerTimeParams()
@@ -241,11 +253,11 @@ class XGBParams(_Frozen):
 
 
 class MLPParams(_Frozen):
-    hidden: int = Field(64, ge=1)
+    hidden: int = Field(32, ge=1)
     layers: int = Field(2, ge=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    dropout: float = Field(0.3, ge=0, lt=1)
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
     max_epochs: int = Field(20, ge=1)
     batch_size: int = Field(1024, ge=8)
     patience: int = Field(3, ge=1)
@@ -268,7 +280,7 @@ class StackParams(_Frozen):
 class ModelsParams(_Frozen):
     """The ``models:`` section."""
 
-    learners: tuple[Literal["logistic", "xgboost", "mlp", "sequence"], ...] = ("logistic", "xgboost", "mlp")
+    learners: tuple[str, ...] = ("logistic", "xgboost", "mlp")  # names in models.learners.LEARNERS
     registered: Literal["stacked", "ensemble"] = "stacked"
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     cv: CVParams = CVParams()
@@ -286,16 +298,44 @@ class ModelsParams(_Frozen):
     seed: int = 7
     backtest: BacktestParams = BacktestParams()
 
+    @field_validator("learners")
+    @classmethod
+    def _registered(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [n for n in value if n not in LEARNERS]
+        if unknown:
+            raise ValueError(f"unknown learner(s) {unknown}; registered: {sorted(LEARNERS)}")
+        if not value:
+            raise ValueError("name at least one learner")
+        return value
+
+
+_SPACES: dict[str, dict[str, dict[str, Any]]] = {
+    "logistic": {"C": {"low": 1e-5, "high": 0.1, "log": True}},
+    "xgboost": {
+        "max_depth": {"low": 2, "high": 6, "int": True},
+        "learning_rate": {"low": 0.01, "high": 0.2, "log": True},
+        "min_child_weight": {"low": 10, "high": 300, "log": True},
+        "subsample": {"low": 0.5, "high": 1.0},
+        "colsample_bytree": {"low": 0.4, "high": 1.0},
+    },
+    "mlp": {
+        "hidden": {"choices": [16, 32, 64]},
+        "dropout": {"low": 0.1, "high": 0.5},
+        "lr": {"low": 1e-4, "high": 3e-3, "log": True},
+        "weight_decay": {"low": 1e-3, "high": 1e-1, "log": True},
+    },
+}
+
 
 class TuneParams(_Frozen):
     """The ``tune:`` section: one Optuna study per base learner (purged-CV log loss)."""
 
-    enabled: bool = False
+    enabled: bool = True
     n_trials: int = Field(10, ge=1)
     timeout_seconds: float | None = Field(300.0, gt=0)
     storage: str | None = "sqlite:///optuna.db"
     log_to_mlflow: bool = True
-    spaces: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+    spaces: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=lambda: copy.deepcopy(_SPACES))
 
 
 class GateParams(_Frozen):
@@ -367,9 +407,9 @@ class ServingParams(_Frozen):
 
 
 class Params(BaseModel):
-    """All of params.yaml. Sections of rooms not built yet are kept as plain mappings."""
+    """All of params.yaml (but ``profiles``, applied by `load_params`)."""
 
-    model_config = ConfigDict(frozen=True, extra="allow")
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     data: DataParams = DataParams()
     features: FeaturesParams = FeaturesParams()
@@ -402,15 +442,46 @@ def load_params(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run from the repository root or pass --params")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     profiles = raw.pop("profiles", {}) or {}
     if profile:
         if profile not in profiles:
-            raise ValueError(f"profile {profile!r} not in {path} (have: {sorted(profiles)})")
+            raise ParamsError(f"profile {profile!r} not in {path} (have: {sorted(profiles)})")
         raw = _deep_merge(raw, profiles[profile])
     if overrides:
         raw = _deep_merge(raw, overrides)
-    return Params.model_validate(raw)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        where = f"{path}" + (f" (profile {profile})" if profile else "")
+        raise ParamsError(f"{where}: {describe_errors(exc)}") from None
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """A pydantic validation error as one line: ``dotted.key: problem; …``."""
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            parts.append(f"{key}: unknown key")
+        else:
+            parts.append(f"{key}: {' '.join(str(err['msg']).split())}")
+    return "; ".join(parts)
+
+
+def run_cli(main: Callable[[], int]) -> int:
+    """Run an entry point's `main`; a `ParamsError` (bad params.yaml) becomes one line on
+    stderr and exit code 2 instead of a traceback."""
+    try:
+        return main()
+    except ParamsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def cli_parser(prog: str, description: str | None) -> argparse.ArgumentParser:

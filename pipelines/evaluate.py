@@ -23,6 +23,7 @@ import numpy as np
 
 from features.bars import pip_size
 from models.metrics import reliability, summary
+from models.policy import ThresholdPolicy
 from pipelines.atomic_files import write_atomic, write_text_atomic
 from pipelines.config import BacktestParams, Params
 from pipelines.train import TrainingData, load_training_data, splits
@@ -90,7 +91,7 @@ def backtest(
     (positions may overlap); the bar's spread and the commission are charged in pips. Sharpe
     is annualised from daily PnL (√252), so overlapping positions do not inflate it.
     """
-    side = np.where(p > cfg.threshold, 1.0, np.where(p < 1 - cfg.threshold, -1.0, 0.0))
+    side = ThresholdPolicy.symmetric(cfg.threshold).sides(p)
     pip = np.array([pip_size(x) for x in data.point[rows]])
     move = (np.exp(data.ret[rows]) - 1.0) * data.close[rows] / pip
     cost = data.spread[rows] * data.point[rows] / pip + cfg.commission_pips
@@ -194,4 +195,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipelines.config import run_cli
+
+    raise SystemExit(run_cli(main))

@@ -4,16 +4,20 @@ One cycle (`LiveScorer.cycle`):
 
 1. reads the tenant directory (subscriptions, thresholds, pins — never keys) and resolves, per
    subscription, the registered model ``<prefix>-<group>-<timeframe>-<label kind>-h<horizon>``
-   and its version: the tenant's pin, else the current ``champion`` (read fresh each cycle, so
-   a promotion or rollback between cycles is picked up by the next one);
+   and its version: the tenant's pin, else the version ``serving.alias`` (``champion``) points
+   at — aliases re-read each cycle, so a promotion or rollback between cycles is picked up by
+   the next one; versions are loaded once into the scoring core's model cache
+   (`pipelines.model_cache`, on ``serving.device``), the one the service uses;
 2. per (symbol, timeframe), takes the stored bars that closed after that series' scoring
    watermark (at most ``live_score.max_bars_per_cycle``; with no watermark yet, the newest
-   ``first_run_bars``) and computes their features from a trailing window only — the same
-   rows the full history gives (features/, `history_bars`);
+   ``first_run_bars``), checks them and computes their features from the scoring core's
+   trailing window (`features.window`: the same rows the full history gives, and the same
+   rows ``/score_bars`` computes for the same bars);
 3. scores once per distinct (symbol, timeframe, model version) — however many tenants follow
    it — with one model call per model version;
-4. fans the probabilities out to every tenant that follows them (with the tenant's signal) and
-   writes all rows *and* the moved watermarks in one transaction.
+4. fans the probabilities out to every tenant that follows them as typed `ResultRow`s (with
+   the tenant's signal from the one threshold policy, `models.policy`) and writes all rows
+   *and* the moved watermarks in one transaction.
 
 A crash anywhere leaves the store as it was; the next cycle scores the same bars again (the
 upserts are idempotent), so after a crash or an MT5 outage nothing is missed and nothing is
@@ -27,7 +31,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -36,13 +40,15 @@ from typing import Any
 import numpy as np
 
 from features.bars import Bars
-from features.matrix import build_features, history_bars
+from features.matrix import feature_columns
 from features.spec import FeatureSpec
+from features.window import BarCheckError, bar_fields, check_bars, trailing_window
 from pipelines.bar_store import BarStore, SeriesKey
 from pipelines.config import Params
+from pipelines.model_cache import LoadedModel, ModelCache
 from pipelines.mt5.constants import timeframe_seconds
-from pipelines.registry import Registry, feature_spec_from_meta, model_name
-from pipelines.store import ResultsStore, Tenant
+from pipelines.registry import Registry, model_name
+from pipelines.store import ResultRow, ResultsStore, Tenant
 
 log = logging.getLogger("mt5prob.live_score")
 
@@ -61,6 +67,7 @@ class CycleReport:
     seconds: dict[str, float] = field(default_factory=dict)  # features, scoring, writes, total
     skipped: list[str] = field(default_factory=list)
     model_calls: int = 0
+    idle: str = ""  # when nothing was written: why, in words an operator can act on
 
     @property
     def rows(self) -> int:
@@ -79,7 +86,8 @@ class _Need:
 
 
 class LiveScorer:
-    """Keeps loaded models across cycles (bounded LRU); one instance per scoring process."""
+    """One instance per scoring process: loaded models (the scoring core's `ModelCache`, on
+    ``serving.device``, following ``serving.alias``) and trailing bars persist across cycles."""
 
     def __init__(
         self,
@@ -87,56 +95,54 @@ class LiveScorer:
         store: ResultsStore,
         bars: BarStore | None = None,
         registry: Registry | None = None,
-        max_models: int = 8,
         max_cached_bars: int = 50_000,
         freeze_gc: bool = True,
+        models: ModelCache | None = None,
     ) -> None:
         self.params = params
         self.store = store
         self.bars = bars or BarStore(params.data.root)
-        self.registry = registry or Registry(params.registry.tracking_uri)
-        self.max_models = max_models
+        self.models = models or ModelCache(
+            registry or Registry(params.registry.tracking_uri),
+            max_loaded=params.serving.max_loaded_versions,
+            device=params.serving.device,
+            default_alias=params.serving.alias,
+        )
         self.max_cached_bars = max_cached_bars
         self.freeze_gc = freeze_gc
         self._cycles = 0
-        self._models: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._bars: dict[tuple[str, str], tuple[int, Bars]] = {}  # (symbol, tf) → (covered from, bars)
 
     # ----------------------------------------------------------------- models
-    def model(self, name: str, version: str) -> Any:
-        """The unwrapped `ProbabilityModel` of a registered version (cached)."""
-        from models.device import place, resolve_device
-
-        key = (name, version)
-        if key in self._models:
-            self._models.move_to_end(key)
-            return self._models[key]
-        inner = self.registry.load(name, version).unwrap_python_model()
-        place(inner.predictor, resolve_device("auto"))
-        self._models[key] = inner
-        while len(self._models) > self.max_models:
-            self._models.popitem(last=False)
-        return inner
+    def model(self, name: str, version: str) -> LoadedModel:
+        """A registered version from the shared model cache (loaded on first use)."""
+        return self.models.get(name, version)
 
     def _needs(self, tenants: Sequence[Tenant], report: CycleReport) -> list[_Need]:
+        """Per tenant subscription, the model and version to score it with: the tenant's pin,
+        else the version ``serving.alias`` points at (aliases re-read every cycle, so a
+        promotion or rollback between cycles is picked up by the next one)."""
         reg = self.params.registry
-        champions: dict[str, str | None] = {}
+        alias = self.params.serving.alias
         names: dict[tuple[str, str, int], str] = {}
+        for tenant in tenants:
+            for sub in tenant.follows:
+                key = (sub.timeframe, sub.label_kind, sub.horizon)
+                if key not in names:
+                    names[key] = model_name(
+                        reg.name_prefix, reg.symbol_group, sub.timeframe, sub.label_kind, sub.horizon
+                    )
+        self.models.follow(names.values())
+        self.models.refresh()
+        current = {name: self.models.aliases(name).get(alias) for name in set(names.values())}
         needs = []
         for tenant in tenants:
             for sub in tenant.follows:
-                name = names.get((sub.timeframe, sub.label_kind, sub.horizon))
-                if name is None:
-                    name = names[(sub.timeframe, sub.label_kind, sub.horizon)] = model_name(
-                        reg.name_prefix, reg.symbol_group, sub.timeframe, sub.label_kind, sub.horizon
-                    )
-                version = tenant.pins.get(name) if tenant.pins else None
+                name = names[(sub.timeframe, sub.label_kind, sub.horizon)]
+                pinned = tenant.pins.get(name) if tenant.pins else None
+                version = pinned or current[name]
                 if version is None:
-                    if name not in champions:
-                        champions[name] = self.registry.alias_version(name, "champion")
-                    version = champions[name]
-                if version is None:
-                    msg = f"{name}: no champion (and {tenant.name} has no pin): not scored"
+                    msg = f"{name}: no {alias} (and {tenant.name} has no pin): not scored"
                     if msg not in report.skipped:
                         report.skipped.append(msg)
                         log.warning(msg)
@@ -147,9 +153,11 @@ class LiveScorer:
         return needs
 
     # ----------------------------------------------------------------- bars and features
-    def _load(self, symbol: str, spec: FeatureSpec, after: int | None) -> tuple[dict[str, Bars], np.ndarray]:
-        """Trailing bars per timeframe — enough history for every feature of the first bar to
-        score to equal its full-history value — and the indices (into the base) to score."""
+    def _load(self, symbol: str, spec: FeatureSpec, after: int | None) -> Any:
+        """The trailing window (`features.window.trailing_window`) of the base bars that closed
+        after `after` (at most ``live_score.max_bars_per_cycle``): enough history for every
+        feature of the first of them to equal its full-history value, or all there is. None
+        when no bar is new. Its bars pass the scoring core's bar checks or LiveScoreError."""
         cfg = self.params.live_score
         base_tf = spec.base_timeframe
         base_sec = timeframe_seconds(base_tf)
@@ -161,7 +169,7 @@ class LiveScorer:
             )
         first_new = last - (cfg.first_run_bars - 1) * base_sec if after is None else after + base_sec
         if first_new > last:
-            return {}, np.array([], dtype=np.int64)
+            return None
         lookback = 6 * 86_400  # covers a weekend plus the previous trading day; widened below
         while True:
             base = self._read(symbol, base_tf, first_new - lookback)
@@ -173,27 +181,18 @@ class LiveScorer:
                 )
             new = np.flatnonzero(base.time >= first_new)[: cfg.max_bars_per_cycle]
             if new.size == 0:
-                return {}, new
-            close0 = int(base.time[new[0]]) + base_sec
-            upto = {base_tf: base.slice(0, int(new[0]) + 1)}
-            for tf in spec.higher_timeframes:
-                b = bars[tf]
-                upto[tf] = b.slice(0, int(np.searchsorted(b.time, close0 - b.seconds, side="right")))
-            need = history_bars(upto, spec)
-            enough = all(len(upto[tf]) >= k for tf, k in need.items())
-            complete = all(self._starts_at_beginning(symbol, tf, bars[tf]) for tf in bars)
-            if enough or complete:
+                return None
+            window = trailing_window(bars, spec, int(new[0]), int(new[-1]))
+            if not window.short or all(self._starts_at_beginning(symbol, tf, bars[tf]) for tf in bars):
                 break
             lookback *= 4
-        lo = max(0, int(new[0]) + 1 - need[base_tf])
-        out = {base_tf: base.slice(lo, int(new[-1]) + 1)}
-        last_close = int(base.time[new[-1]]) + base_sec
-        for tf in spec.higher_timeframes:
-            b = bars[tf]
-            first = int(np.searchsorted(b.time, close0 - b.seconds, side="right")) - need[tf]
-            stop = int(np.searchsorted(b.time, last_close - b.seconds, side="right"))
-            out[tf] = b.slice(max(0, first), stop)
-        return out, new - lo
+        for tf, b in window.bars.items():
+            if len(b):  # a higher timeframe may have no closed bar yet at the start of history
+                try:
+                    check_bars(tf, b.seconds, bar_fields(b))
+                except BarCheckError as exc:
+                    raise LiveScoreError(f"{symbol} stored bars: {exc}") from exc
+        return window
 
     def _read(self, symbol: str, tf: str, start: int, point: float | None = None) -> Bars:
         """Stored bars with open time ≥ `start`, from an in-memory tail kept across cycles: only
@@ -233,7 +232,8 @@ class LiveScorer:
             gc.freeze()
         self._cycles += 1
         t0 = time.perf_counter()
-        needs = self._needs(self.store.directory(), report)
+        directory = self.store.directory()
+        needs = self._needs(directory, report)
         watermarks = self.store.watermarks()
         series: dict[tuple[str, str], list[_Need]] = defaultdict(list)
         for need in needs:
@@ -249,7 +249,7 @@ class LiveScorer:
             after = None if after_dt is None else int(after_dt.timestamp())
             by_spec: dict[FeatureSpec, list[tuple[str, str]]] = defaultdict(list)
             for name, version in sorted({(n.model, n.version) for n in group}):
-                spec = feature_spec_from_meta(getattr(self.model(name, version), "meta", {}))
+                spec = self.model(name, version).feature_spec
                 if spec is None:
                     report.skipped.append(
                         f"{name} v{version}: registered without its feature spec; re-register"
@@ -261,18 +261,17 @@ class LiveScorer:
                 by_spec[spec].append((name, version))
             for spec, models in by_spec.items():
                 try:
-                    bars, new = self._load(symbol, spec, after)
-                except LiveScoreError as exc:  # one missing series must not stop the others
+                    window = self._load(symbol, spec, after)
+                except LiveScoreError as exc:  # one missing or broken series must not stop the others
                     report.skipped.append(str(exc))
                     log.warning("%s", exc)
                     continue
-                if new.size == 0:
+                if window is None:
                     continue
-                matrix = build_features(bars, spec)
-                X, times = matrix.values[new], bars[tf].time[new]
+                X, times = window.features(spec)
+                columns = feature_columns(spec)
                 for name, version in models:
-                    expected = self.model(name, version).columns
-                    if expected != matrix.columns:
+                    if self.model(name, version).columns != columns:
                         report.skipped.append(f"{name} v{version}: feature columns differ from its spec")
                         continue
                     rows_by_model[(name, version)].append((symbol, tf, X, times))
@@ -283,7 +282,7 @@ class LiveScorer:
         probs: dict[tuple[str, str, str, str], dict[int, float]] = {}
         for (name, version), chunks in rows_by_model.items():
             X = np.concatenate([c[2] for c in chunks])
-            P = np.clip(self.model(name, version).predict_proba(X), 0.0, 1.0)
+            P = self.model(name, version).predict(X)
             report.model_calls += 1
             start = 0
             for symbol, tf, Xc, times in chunks:
@@ -297,20 +296,22 @@ class LiveScorer:
 
         # fan out and write, all in one transaction
         now = datetime.now(UTC)
-        # rows as ResultRow tuples: probabilities are clipped to [0, 1] and signals come from the
-        # tenant's validated thresholds, so they are valid by construction
-        rows_by_tenant: dict[str, list[tuple]] = defaultdict(list)
+        # typed rows: probabilities are clipped to [0, 1] and signals come from the tenant's
+        # validated threshold policy, so they are valid by construction
+        rows_by_tenant: dict[str, list[ResultRow]] = defaultdict(list)
         stamps: dict[int, datetime] = {}
+        policies: dict[str, Any] = {}
         for need in needs:
             scored = probs.get((need.symbol, need.timeframe, need.model, need.version))
             if not scored:
                 continue
             tenant = need.tenant
+            policy = policies.get(tenant.tenant_id) or policies.setdefault(tenant.tenant_id, tenant.policy)
             out = rows_by_tenant[tenant.tenant_id]
             for t, p in scored.items():
                 bar_time = stamps.get(t) or stamps.setdefault(t, datetime.fromtimestamp(t, UTC))
                 out.append(
-                    (
+                    ResultRow(
                         tenant.tenant_id,
                         need.symbol,
                         need.timeframe,
@@ -318,7 +319,7 @@ class LiveScorer:
                         need.horizon,
                         need.label_kind,
                         p,
-                        tenant.signal(p),
+                        policy.signal(p),
                         need.model,
                         need.version,
                         now,
@@ -328,9 +329,35 @@ class LiveScorer:
             rows_by_tenant, actor="live-score", watermark=new_watermarks, fault=fault
         )
         report.watermarks = new_watermarks
+        if not report.rows:
+            report.idle = _idle_reason(directory, needs, watermarks, report)
         t3 = time.perf_counter()
         report.seconds = {"features": t1 - t0, "scoring": t2 - t1, "writes": t3 - t2, "total": t3 - t0}
         return report
+
+
+def _idle_reason(
+    directory: Sequence[Tenant],
+    needs: Sequence[_Need],
+    watermarks: dict[tuple[str, str], datetime],
+    report: CycleReport,
+) -> str:
+    """Why a cycle wrote nothing."""
+    if not directory:
+        return "no tenants: add one with python -m pipelines.tenants add NAME --follow SYMBOL:TF:HORIZON"
+    if not any(t.follows for t in directory):
+        return "no tenant follows anything: add a subscription (SYMBOL:TF:HORIZON) with pipelines.tenants"
+    if not needs:
+        return "nothing followed can be scored: " + "; ".join(report.skipped)
+    scored = ", ".join(
+        f"{s} {tf} {t:%Y-%m-%d %H:%M}" for (s, tf), t in sorted(watermarks.items())
+        if (s, tf) in {(n.symbol, n.timeframe) for n in needs}
+    )
+    return (
+        f"no bar closed after the last scored ones ({scored or 'none yet'} UTC): new bars come from "
+        "live ingestion (ingest-live); on history data, replay the newest bars with replay=N"
+        + (f"; skipped: {'; '.join(report.skipped)}" if report.skipped else "")
+    )
 
 
 def rewind(store: ResultsStore, params: Params, bars: int) -> None:
@@ -397,4 +424,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipelines.config import run_cli
+
+    raise SystemExit(run_cli(main))

@@ -19,8 +19,9 @@ from typing import Any
 import joblib
 import pandas as pd
 
+from models.gate import GateDecision
 from pipelines.config import Params
-from pipelines.registry import GateDecision, Registry, lineage, model_name
+from pipelines.registry import Registry, lineage, model_name
 from pipelines.train import load_training_data, splits
 
 
@@ -112,4 +113,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipelines.config import run_cli
+
+    raise SystemExit(run_cli(main))

@@ -2,12 +2,10 @@
 promotion from ``challenger`` to ``champion``.
 
 Naming: ``<prefix>-<symbol group>-<timeframe>-<label kind>-h<horizon>``. A new version gets
-alias ``challenger``. `promotion_gate` moves ``champion`` only when the challenger's log loss
-on the same out-of-sample rows beats the champion's and its ECE is within the limit (the
-configured maximum, or the ECE a perfectly calibrated model would show on these rows from
-sampling noise alone, whichever is larger: `models.metrics.ece_noise_floor`); the
-decision and its numbers are written as tags on the challenger version, and the replaced
-champion keeps alias ``previous_champion``.
+alias ``challenger``. `promotion_gate` scores challenger and champion on the same out-of-sample
+rows, asks the pure decision (`models.gate.decide`: the rules live there, not here), writes
+the decision and its numbers as tags on the challenger version and, when it says so, moves
+``champion``; the replaced champion keeps alias ``previous_champion``.
 
 Every change of ``champion`` (promotion or rollback) goes through `Registry.set_champion`,
 which keeps the order of champions in the registered model's ``champion_history`` tag (a
@@ -20,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from features.spec import FeatureSpec, Windows
-from models.metrics import ece, ece_noise_floor, log_loss
+from models.gate import GateDecision, decide
 
 
 def model_name(prefix: str, symbol_group: str, timeframe: str, label_kind: str, horizon: int) -> str:
@@ -128,17 +126,6 @@ class TrialLogger:
                 self._mlflow.log_metric("cv_log_loss", float(trial.value))
 
 
-@dataclass
-class GateDecision:
-    promoted: bool
-    challenger: str
-    champion: str | None
-    challenger_log_loss: float
-    champion_log_loss: float | None
-    challenger_ece: float
-    reason: str
-
-
 class Registry:
     """MLflow tracking + model registry at `tracking_uri` (SQLite file or an mlflow server)."""
 
@@ -212,55 +199,25 @@ class Registry:
         horizon: int = 1,
         groups: np.ndarray | None = None,
     ) -> GateDecision:
-        """Compare challenger and champion on the same rows; promote or not; record why.
-
-        The ECE limit is `max_ece` or, when larger, the 95th percentile of the ECE that a
-        perfectly calibrated model with the challenger's probabilities would show on these
-        rows (labels overlapping over `horizon` bars within each of `groups`, e.g. symbols;
-        rows in time order): on a small holdout even the true probabilities exceed a fixed
-        limit, and a gate that would reject the truth says nothing about calibration."""
+        """Score challenger and champion on the same rows, decide with `models.gate.decide`
+        (`max_ece`, label overlap `horizon` within each of `groups`, rows in time order),
+        record the decision as ``gate_*`` tags on the challenger and promote when it says so."""
         challenger = self.alias_version(name, "challenger")
         if challenger is None:
             raise ValueError(f"{name} has no challenger to gate")
         champion = self.alias_version(name, "champion")
         p_new = self.load(name, challenger).predict(X)["p_up"].to_numpy()
-        new_ll, new_ece = log_loss(y, p_new), ece(y, p_new)
-        floor = ece_noise_floor(p_new, horizon, groups)
-        limit = max(max_ece, floor)
-        old_ll = None
+        p_old = None
         if champion is not None and champion != challenger:
-            old_ll = log_loss(y, self.load(name, champion).predict(X)["p_up"].to_numpy())
-        if new_ece > limit:
-            promoted, reason = (
-                False,
-                f"challenger ECE {new_ece:.4f} above the limit {limit:.4f} (max_ece {max_ece}; "
-                f"sampling-noise floor on these {len(y):,} rows {floor:.4f})",
-            )
-        elif old_ll is not None and new_ll >= old_ll:
-            promoted, reason = False, f"challenger log loss {new_ll:.5f} does not beat champion {old_ll:.5f}"
-        else:
-            promoted = True
-            reason = (
-                "no champion yet"
-                if old_ll is None
-                else f"challenger log loss {new_ll:.5f} beats champion {old_ll:.5f}"
-            )
-        decision = GateDecision(promoted, challenger, champion, new_ll, old_ll, new_ece, reason)
-        tags = {
-            "gate_decision": "promoted" if promoted else "rejected",
-            "gate_reason": reason,
-            "gate_challenger_log_loss": f"{new_ll:.6f}",
-            "gate_challenger_ece": f"{new_ece:.6f}",
-            "gate_ece_limit": f"{limit:.6f}",
-            "gate_ece_noise_floor": f"{floor:.6f}",
-            "gate_champion_version": champion or "",
-            "gate_rows": str(len(y)),
-            "gate_champion_log_loss": "" if old_ll is None else f"{old_ll:.6f}",
-        }
-        for key, value in tags.items():
+            p_old = self.load(name, champion).predict(X)["p_up"].to_numpy()
+        decision = decide(y, p_new, p_old, max_ece=max_ece, horizon=horizon, groups=groups)
+        decision = replace(decision, challenger=challenger, champion=champion)
+        for key, value in decision.tags().items():
             self.client.set_model_version_tag(name, challenger, key, value)
-        if promoted:
-            self.set_champion(name, challenger, reason=f"promotion gate: {reason}", actor="promotion-gate")
+        if decision.promoted:
+            self.set_champion(
+                name, challenger, reason=f"promotion gate: {decision.reason}", actor="promotion-gate"
+            )
         return decision
 
     def champion_history(self, name: str) -> list[str]:
@@ -337,6 +294,13 @@ class Registry:
             raise ValueError(f"{name} has no version {version!r} (versions: {known or 'none'})") from exc
 
     def aliases(self, name: str) -> dict[str, str]:
-        """alias → version of one registered model."""
-        model = self.client.get_registered_model(name)
+        """alias → version of one registered model ({} when no model has that name yet)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model = self.client.get_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return {}
+            raise
         return {str(k): str(v) for k, v in (model.aliases or {}).items()}

@@ -23,8 +23,7 @@ import joblib
 import numpy as np
 import pandas as pd
 
-from models.base_learners import LogisticLearner, XGBoostLearner
-from models.lightning_learners import MLPLearner, SequenceLearner
+from models.learners import LEARNERS, BuildContext, build_learner
 from models.stacking import LearnerFactory, fit_base, fit_ensemble, fit_stacked, out_of_fold
 from models.tuning import tune
 from models.validation import Fold, holdout_split, purged_walk_forward_splits
@@ -100,53 +99,24 @@ def load_training_data(featurize_dir: Path, label_kind: str) -> TrainingData:
     )
 
 
-_SECTIONS = {"logistic": "logistic", "xgboost": "xgb", "mlp": "mlp", "sequence": "sequence"}  # → models.*
-
-
 def learner_factories(
     models: ModelsParams,
     purge_rows: int,
     tuned: dict[str, dict[str, Any]] | None = None,
     columns: Sequence[str] = (),
 ) -> dict[str, LearnerFactory]:
-    """Base-learner constructors named in ``models.learners``, configured from params (and
-    from tuned hyper-parameters, which take precedence). `columns` locates the ``seq_*``
-    inputs of the sequence learner."""
+    """Base-learner constructors named in ``models.learners``, each built by its entry in the
+    learner registry (`models.learners.LEARNERS`) from its ``models.<section>`` settings, with
+    tuned hyper-parameters taking precedence. `columns` are the feature columns (the sequence
+    learner locates its ``seq_*`` inputs in them)."""
     tuned = tuned or {}
-    models = (
-        models.model_copy(
-            update={
-                key: getattr(models, key).model_copy(update=tuned[name])
-                for name, key in _SECTIONS.items()
-                if name in tuned
-            }
-        )
-        if tuned
-        else models
-    )
-    x = models.xgb
-    seq_index = tuple(i for i, c in enumerate(columns) if c.startswith("seq_"))
-    known: dict[str, LearnerFactory] = {
-        "logistic": lambda: LogisticLearner(C=models.logistic.C, seed=models.seed),
-        "xgboost": lambda: XGBoostLearner(
-            params={
-                "max_depth": x.max_depth,
-                "learning_rate": x.learning_rate,
-                "min_child_weight": x.min_child_weight,
-                "subsample": x.subsample,
-                "colsample_bytree": x.colsample_bytree,
-            },
-            n_estimators=x.n_estimators,
-            early_stopping_rounds=x.early_stopping_rounds,
-            purge_rows=purge_rows,
-            seed=models.seed,
-        ),
-        "mlp": lambda: MLPLearner(**models.mlp.model_dump(), purge_rows=purge_rows, seed=models.seed),
-        "sequence": lambda: SequenceLearner(
-            **models.sequence.model_dump(), purge_rows=purge_rows, seed=models.seed, seq_index=seq_index
-        ),
-    }
-    return {name: known[name] for name in models.learners}
+    context = BuildContext(seed=models.seed, purge_rows=purge_rows, columns=tuple(columns))
+
+    def factory(name: str) -> LearnerFactory:
+        settings = {**getattr(models, LEARNERS[name].section).model_dump(), **tuned.get(name, {})}
+        return lambda: build_learner(name, settings, context)
+
+    return {name: factory(name) for name in models.learners}
 
 
 def splits(data: TrainingData, models: ModelsParams) -> tuple[Fold, list[Fold]]:
@@ -199,7 +169,7 @@ def tune_learners(
                     horizon,
                     models.cv.model_dump(),
                     models.seed,
-                    getattr(models, _SECTIONS[name]).model_dump(),
+                    getattr(models, LEARNERS[name].section).model_dump(),
                     space,
                 ],
                 sort_keys=True,
@@ -350,4 +320,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipelines.config import run_cli
+
+    raise SystemExit(run_cli(main))

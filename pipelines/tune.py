@@ -50,4 +50,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipelines.config import run_cli
+
+    raise SystemExit(run_cli(main))

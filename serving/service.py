@@ -3,20 +3,24 @@
     bentoml serve serving.service:ScoringService --port 3000
     MT5PROB_PARAMS=params.yaml MT5PROB_PROFILE=fast bentoml serve serving.service:ScoringService
 
-Reads ``params.yaml`` once at start (``MT5PROB_PARAMS``, ``MT5PROB_PROFILE``): the MLflow
-registry, the ``serving:`` section and the results store. Serves ``models:/<name>@champion``
-(CUDA when present), follows alias moves every ``reload_interval_seconds`` without restart, and
-answers every scoring call with the model name and version that produced it.
+Reads ``params.yaml`` once, when the service starts (``MT5PROB_PARAMS``, ``MT5PROB_PROFILE``):
+the MLflow registry, the ``serving:`` section and the results store. Importing this module
+reads nothing but ``serving.workers`` and ``serving.gpus`` (BentoML fixes a service's workers
+and resources when its class is declared), and only if the file is there. Serves
+``models:/<name>@<serving.alias>`` on ``serving.device`` through the scoring core's model
+cache (`pipelines.model_cache`, shared with live scoring), follows alias moves every
+``reload_interval_seconds`` without restart, and answers every scoring call with the model
+name and version that produced it.
 
 Every endpoint but the probes and ``/metrics`` needs the tenant's API key in the
 ``X-API-Key`` header (or ``Authorization: Bearer <key>``): missing or unknown → 401; another
 tenant's results or pinned version → 403; bad input → 400 naming the problem; unknown model or
 version → 404. Probabilities are P(up) of the model's label over its horizon; bar times are the
-bar's open time, UTC.
+bar's open time, UTC. Schemas: `serving.schemas`; input checks: `serving.inputs`; keys:
+`serving.auth`.
 """
 
 import asyncio
-import hashlib
 import logging
 import os
 import threading
@@ -24,24 +28,54 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from http import HTTPStatus
+from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from pipelines.config import Params, load_params
+from serving.errors import ApiError
+from serving.inputs import as_utc, feature_matrix, features_from_bars, result_rows
+from serving.schemas import (
+    ROWS_EXAMPLE,
+    BarsInput,
+    BarsScoreResponse,
+    ModelInfo,
+    ModelsResponse,
+    OwnTenant,
+    ResultsResponse,
+    ScoreResponse,
+)
 
 log = logging.getLogger("mt5prob.serving")
 
 
-def _params() -> Params:
-    return load_params(
-        os.environ.get("MT5PROB_PARAMS", "params.yaml"), os.environ.get("MT5PROB_PROFILE") or None
-    )
+def params_location() -> tuple[str, str | None]:
+    """(params path, profile) from ``MT5PROB_PARAMS`` / ``MT5PROB_PROFILE``."""
+    return os.environ.get("MT5PROB_PARAMS", "params.yaml"), os.environ.get("MT5PROB_PROFILE") or None
 
 
-def served_model_names(params: Params) -> list[str]:
+def _deployment_shape() -> dict[str, Any]:
+    """``workers`` and ``resources`` for the BentoML declaration: ``serving.workers`` and
+    ``serving.gpus`` of the params file when it exists (read raw: the whole file is validated
+    when the service starts), else one worker on CPU."""
+    import yaml
+
+    path, profile = params_location()
+    serving: dict[str, Any] = {}
+    if Path(path).is_file():
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        serving = dict(raw.get("serving") or {})
+        serving.update(((raw.get("profiles") or {}).get(profile) or {}).get("serving") or {})
+    workers, gpus = int(serving.get("workers", 1)), int(serving.get("gpus", 0))
+    return {"workers": workers, "resources": {"gpu": gpus} if gpus else {"cpu": "1"}}
+
+
+_SHAPE = _deployment_shape()
+
+
+def served_model_names(params: Any) -> list[str]:
     """``serving.models``, or the one model this params file trains and registers."""
     if params.serving.models:
         return list(params.serving.models)
@@ -56,84 +90,6 @@ def served_model_names(params: Params) -> list[str]:
             params.labels.horizon,
         )
     ]
-
-
-_CONFIG = _params()
-
-
-class ApiError(Exception):
-    """An error answered as ``{"error": message}`` with `status`."""
-
-    def __init__(self, status: HTTPStatus, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-# ----------------------------------------------------------------------------- schemas
-class ScoreResponse(BaseModel):
-    model: str = Field(description="registered model name")
-    version: str = Field(description="registered model version that produced the probabilities")
-    alias: str | None = Field(None, description="the alias the request resolved through, if any")
-    probabilities: list[float] = Field(description="P(up) per input row, in input order")
-
-
-class BarsInput(BaseModel):
-    """Closed bars of one timeframe, oldest first; ``time`` is the bar open, UTC epoch seconds;
-    ``spread`` in points."""
-
-    time: list[int]
-    open: list[float]
-    high: list[float]
-    low: list[float]
-    close: list[float]
-    tick_volume: list[float]
-    spread: list[float]
-
-
-class BarsScoreResponse(BaseModel):
-    model: str
-    version: str
-    alias: str | None = None
-    symbol: str
-    bar_time: str = Field(description="open time (UTC, ISO 8601) of the scored bar: the newest given")
-    probability: float = Field(description="P(up) over the model's horizon from that bar's close")
-    features: int = Field(description="number of feature columns computed")
-
-
-class ModelInfo(BaseModel):
-    name: str
-    aliases: dict[str, str]
-    loaded_versions: list[str]
-    default_version: str | None = Field(description="what a request without a version gets (pin or alias)")
-    columns: int | None = None
-
-
-class ModelsResponse(BaseModel):
-    tenant: str
-    models: list[ModelInfo]
-
-
-class ResultRow(BaseModel):
-    symbol: str
-    timeframe: str
-    bar_time: str
-    horizon: int
-    label_kind: str
-    probability: float
-    signal: str
-    model_name: str
-    model_version: str
-    scored_at: str
-
-
-class ResultsResponse(BaseModel):
-    tenant: str
-    rows: list[ResultRow]
-
-
-_ROWS_EXAMPLE = [[0.0001, -0.0002, 0.5]]
-OwnTenant = Annotated[str | None, Field(description="tenant id or name; only your own is allowed")]
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -161,26 +117,23 @@ _ROWS = bentoml.metrics.Counter(
 )
 
 
-@bentoml.service(
-    name="mt5prob",
-    workers=_CONFIG.serving.workers,
-    resources={"gpu": _CONFIG.serving.gpus} if _CONFIG.serving.gpus else {"cpu": "1"},
-    traffic={"timeout": 60},
-)
+@bentoml.service(name="mt5prob", traffic={"timeout": 60}, **_SHAPE)
 class ScoringService:
     """See the module docstring."""
 
     def __init__(self) -> None:
+        from pipelines.config import load_params
+        from pipelines.model_cache import ModelCache
         from pipelines.store import ResultsStore
-        from serving.batching import MicroBatcher  # noqa: F401 - imported here for the worker
-        from serving.models import ModelManager
+        from serving.auth import Authenticator
 
-        params = _params()
+        params = load_params(*params_location())
         self.settings = params.serving
         self.store = ResultsStore(params.store.url, params.store.admin_url)
         if self.store.dialect == "sqlite":
             self.store.migrate()  # PostgreSQL: `python -m pipelines.tenants migrate` as the owner
-        self.models = ModelManager(
+        self.auth = Authenticator(self.store, self.settings.api_key_header, self.settings.auth_cache_seconds)
+        self.models = ModelCache(
             params.registry.tracking_uri,
             served_model_names(params),
             max_loaded=self.settings.max_loaded_versions,
@@ -200,7 +153,6 @@ class ScoringService:
                 )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
         self._batchers: dict[tuple[str, str], Any] = {}
-        self._auth_cache: dict[str, tuple[float, Any]] = {}
         self._stop = threading.Event()
         self._refresher = threading.Thread(target=self._follow_registry, name="registry-refresh", daemon=True)
         self._refresher.start()
@@ -224,34 +176,11 @@ class ScoringService:
 
     # ------------------------------------------------------------------ helpers
     def _tenant(self, ctx: bentoml.Context) -> Any:
-        headers = ctx.request.headers
-        key = headers.get(self.settings.api_key_header)
-        if not key:
-            auth = headers.get("authorization", "")
-            key = auth[7:].strip() if auth.lower().startswith("bearer ") else None
-        if not key:
-            raise ApiError(
-                HTTPStatus.UNAUTHORIZED,
-                f"missing API key: send it in the {self.settings.api_key_header} header",
-            )
-        digest = hashlib.sha256(key.encode()).hexdigest()  # cache key: never the key itself
-        now = time.monotonic()
-        hit = self._auth_cache.get(digest)
-        if hit is not None and now - hit[0] < self.settings.auth_cache_seconds:
-            tenant = hit[1]
-        else:
-            tenant = self.store.authenticate(key)
-            if tenant is not None:
-                if len(self._auth_cache) > 10_000:
-                    self._auth_cache.clear()
-                self._auth_cache[digest] = (now, tenant)
-        if tenant is None:
-            raise ApiError(HTTPStatus.UNAUTHORIZED, "unknown API key")
-        return tenant
+        return self.auth.tenant(ctx.request.headers)
 
     def _resolve(self, tenant: Any, model: str | None, version: str | None) -> tuple[Any, str | None]:
         """The loaded model for this tenant's request, and the alias it came through."""
-        from serving.models import UnknownModel
+        from pipelines.model_cache import UnknownModel
 
         try:
             name = model or self.models.names[0]
@@ -324,7 +253,6 @@ class ScoringService:
             {"WWW-Authenticate": 'ApiKey header="X-API-Key"'} if status == HTTPStatus.UNAUTHORIZED else None
         )
         return JSONResponse({"error": message}, status_code=int(status), headers=headers)
-
     # ------------------------------------------------------------------ endpoints
     @bentoml.api(route="/score")
     async def score(
@@ -335,7 +263,7 @@ class ScoringService:
                 description="feature rows, one list per row, columns in the model's order; null marks "
                 "a missing value (a feature still in its warm-up), imputed as in training; NaN and "
                 "Infinity are rejected",
-                examples=[_ROWS_EXAMPLE],
+                examples=[ROWS_EXAMPLE],
             ),
         ],
         columns: Annotated[
@@ -364,7 +292,7 @@ class ScoringService:
                     "split it",
                 )
             loaded, alias = self._resolve(tenant, model, version)
-            X = _matrix(rows, columns, loaded.columns)
+            X = feature_matrix(rows, columns, loaded.columns)
             P = await self._batcher(loaded).submit(X)
             _ROWS.labels(model=loaded.name, version=loaded.version).inc(len(P))
             labels = {"model": loaded.name, "version": loaded.version}
@@ -407,7 +335,7 @@ class ScoringService:
                     "score it with /score or register it again",
                 )
             x = await asyncio.get_running_loop().run_in_executor(
-                None, _features_from_bars, bars, spec, point, self.settings.max_bars, loaded.columns
+                None, features_from_bars, bars, spec, point, self.settings.max_bars, loaded.columns
             )
             P = await self._batcher(loaded).submit(x[None, :])
             base = bars[spec.base_timeframe]
@@ -465,7 +393,7 @@ class ScoringService:
         async def handler() -> tuple[Any, dict[str, str]]:
             me = self._own(self._tenant(ctx), tenant)
             frame = await self._read(me, lambda s: s.latest(symbol, timeframe))
-            return ResultsResponse(tenant=me.name, rows=_rows(frame)), {}
+            return ResultsResponse(tenant=me.name, rows=result_rows(frame)), {}
 
         return await self._guard(ctx, "results_latest", handler)
 
@@ -484,7 +412,7 @@ class ScoringService:
 
         async def handler() -> tuple[Any, dict[str, str]]:
             me = self._own(self._tenant(ctx), tenant)
-            start_utc, end_utc = _as_utc(start), _as_utc(end)
+            start_utc, end_utc = as_utc(start), as_utc(end)
             if end_utc <= start_utc:
                 raise ApiError(
                     HTTPStatus.BAD_REQUEST,
@@ -493,7 +421,7 @@ class ScoringService:
             frame = await self._read(
                 me, lambda s: s.probabilities(symbol, timeframe, start_utc, end_utc, limit)
             )
-            return ResultsResponse(tenant=me.name, rows=_rows(frame)), {}
+            return ResultsResponse(tenant=me.name, rows=result_rows(frame)), {}
 
         return await self._guard(ctx, "results_range", handler)
 
@@ -512,139 +440,3 @@ class ScoringService:
         return await asyncio.get_running_loop().run_in_executor(None, run)
 
 
-# ----------------------------------------------------------------------------- input checks
-def _as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _rows(frame: Any) -> list[ResultRow]:
-    out = []
-    for r in frame.itertuples(index=False):
-        out.append(
-            ResultRow(
-                symbol=r.symbol,
-                timeframe=r.timeframe,
-                bar_time=r.bar_time.isoformat(),
-                horizon=int(r.horizon),
-                label_kind=r.label_kind,
-                probability=float(r.probability),
-                signal=r.signal,
-                model_name=r.model_name,
-                model_version=str(r.model_version),
-                scored_at=r.scored_at.isoformat(),
-            )
-        )
-    return out
-
-
-def _matrix(rows: list[list[float | None]], columns: list[str] | None, expected: list[str]) -> np.ndarray:
-    """Rows as a float32 matrix in the model's column order, or ApiError naming the problem."""
-    width = len(expected)
-    bad = next((i for i, r in enumerate(rows) if len(r) != len(rows[0])), None)
-    if bad is not None:
-        raise ApiError(
-            HTTPStatus.BAD_REQUEST, f"row {bad} has {len(rows[bad])} values, row 0 has {len(rows[0])}"
-        )
-    X = np.asarray(rows, dtype=np.float64)
-    if columns is not None:
-        if len(columns) != X.shape[1]:
-            raise ApiError(
-                HTTPStatus.BAD_REQUEST, f"{len(columns)} column names for rows of {X.shape[1]} values"
-            )
-        missing = [c for c in expected if c not in columns]
-        extra = [c for c in columns if c not in set(expected)]
-        if missing or extra or len(set(columns)) != len(columns):
-            raise ApiError(
-                HTTPStatus.BAD_REQUEST,
-                f"columns do not match the model's {width}: missing {missing[:5]}, unexpected {extra[:5]}"
-                + (" (duplicates)" if len(set(columns)) != len(columns) else ""),
-            )
-        if columns != expected:
-            X = X[:, [columns.index(c) for c in expected]]
-    elif X.shape[1] != width:
-        raise ApiError(
-            HTTPStatus.BAD_REQUEST,
-            f"rows have {X.shape[1]} values; the model expects {width} columns (first: {expected[:3]}); "
-            "send `columns` to check names",
-        )
-    # numpy turned null into NaN; a NaN or inf that was not a null in the request is an error
-    bad = [
-        (r, c) for r, c in np.argwhere(~np.isfinite(X)) if _cell(rows, r, c, columns, expected) is not None
-    ]
-    if bad:
-        r, c = bad[0]
-        raise ApiError(
-            HTTPStatus.BAD_REQUEST,
-            f"{len(bad)} non-finite values (NaN or inf; send null for a missing value), first at row {r} "
-            f"column {expected[c]!r}",
-        )
-    if np.nanmax(np.abs(X), initial=0.0) > np.finfo(np.float32).max:
-        raise ApiError(HTTPStatus.BAD_REQUEST, "values beyond float32 range")
-    return X.astype(np.float32)
-
-
-def _cell(
-    rows: list[list[float | None]], r: int, c: int, columns: list[str] | None, expected: list[str]
-) -> Any:
-    """The request's value behind matrix cell (r, c) (columns may have been reordered)."""
-    return rows[r][c if columns is None else columns.index(expected[c])]
-
-
-def _features_from_bars(
-    bars: dict[str, BarsInput], spec: Any, point: float | None, max_bars: int, columns: list[str]
-) -> np.ndarray:
-    """The newest base bar's feature row, computed exactly as in training (features/)."""
-    from features.bars import BAR_COLUMNS, Bars
-    from features.matrix import feature_columns, history_bars, last_row_features
-    from pipelines.mt5.constants import timeframe_seconds
-
-    need_tfs = [spec.base_timeframe, *spec.higher_timeframes]
-    missing = [tf for tf in need_tfs if tf not in bars]
-    if missing:
-        raise ApiError(
-            HTTPStatus.BAD_REQUEST, f"bars missing for timeframe(s) {missing}; the model needs {need_tfs}"
-        )
-    if feature_columns(spec) != columns:
-        raise ApiError(HTTPStatus.BAD_REQUEST, "the model's feature spec does not reproduce its columns")
-    built: dict[str, Bars] = {}
-    for tf in need_tfs:
-        b = bars[tf]
-        lengths = {f: len(getattr(b, f)) for f in BAR_COLUMNS}
-        if len(set(lengths.values())) != 1:
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"{tf}: fields have different lengths {lengths}")
-        n = lengths["time"]
-        if n == 0:
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"{tf}: no bars")
-        if n > max_bars:
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"{tf}: {n} bars is over the limit of {max_bars}")
-        arrays = {
-            f: np.asarray(getattr(b, f), dtype=np.int64 if f == "time" else np.float64) for f in BAR_COLUMNS
-        }
-        if np.any(np.diff(arrays["time"]) <= 0):
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"{tf}: times must be strictly increasing (oldest first)")
-        prices = np.stack([arrays[f] for f in ("open", "high", "low", "close")])
-        if not np.isfinite(prices).all() or (prices <= 0).any():
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"{tf}: prices must be finite and positive")
-        if (arrays["high"] < arrays["low"]).any():
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"{tf}: a bar has high below low")
-        if not (np.isfinite(arrays["tick_volume"]).all() and np.isfinite(arrays["spread"]).all()):
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"{tf}: tick_volume and spread must be finite")
-        seconds = timeframe_seconds(tf)
-        if seconds <= 3600 and np.any(arrays["time"] % seconds != 0):  # H4/D1 opens shift with server time
-            raise ApiError(
-                HTTPStatus.BAD_REQUEST, f"{tf}: times must be bar open times on the {tf} grid (UTC)"
-            )
-        built[tf] = Bars.from_rates(arrays, seconds, point)
-    need = history_bars(built, spec)
-    short = {tf: (len(built[tf]), k) for tf, k in need.items() if len(built[tf]) < k}
-    if short:
-        detail = ", ".join(f"{tf}: have {have}, need {k}" for tf, (have, k) in short.items())
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"too few bars for the feature windows ({detail})")
-    base_close = int(built[spec.base_timeframe].time[-1]) + built[spec.base_timeframe].seconds
-    for tf in spec.higher_timeframes:
-        if int(built[tf].time[0]) + built[tf].seconds > base_close:
-            raise ApiError(
-                HTTPStatus.BAD_REQUEST, f"{tf}: bars start after the newest {spec.base_timeframe} bar"
-            )
-    x = last_row_features(built, spec)
-    return np.where(np.isfinite(x), x, np.nan).astype(np.float32)

@@ -1,13 +1,18 @@
-"""params.yaml and its profiles load into typed settings; bad settings are named."""
+"""params.yaml and its profiles load into typed settings; bad settings are named in one line;
+params.yaml is the source of every default; every entry point stops on a misspelt key."""
 
 from __future__ import annotations
 
+import dataclasses
+import runpy
+import sys
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+import yaml
 
-from pipelines.config import load_params
+from models.learners import LEARNERS
+from pipelines.config import ModelsParams, Params, ParamsError, load_params
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -31,10 +36,93 @@ def test_bad_settings_are_named(tmp_path):
         load_params(PARAMS, "turbo")
     bad = tmp_path / "params.yaml"
     bad.write_text("data:\n  timeframes: [M7]\n")
-    with pytest.raises(ValidationError, match="unknown timeframe 'M7'"):
+    with pytest.raises(ParamsError, match="data.timeframes.*unknown timeframe 'M7'"):
         load_params(bad)
     bad.write_text("data:\n  backend: bloomberg\n")
-    with pytest.raises(ValidationError, match="backend"):
+    with pytest.raises(ParamsError, match="data.backend"):
+        load_params(bad)
+    bad.write_text("models: {learners: [logistic, forest]}\n")
+    with pytest.raises(ParamsError, match="unknown learner.*forest"):
         load_params(bad)
     with pytest.raises(FileNotFoundError, match="run from the repository root"):
         load_params(tmp_path / "missing.yaml")
+
+
+def _diff(a, b, path=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(set(a) | set(b))
+        return [d for k in keys for d in _diff(a.get(k), b.get(k), f"{path}.{k}".lstrip("."))]
+    return [] if a == b else [f"{path}: params.yaml {a!r} vs code {b!r}"]
+
+
+def test_code_defaults_are_params_yaml():
+    """One source of defaults: a section built in code equals the file's."""
+    differ = _diff(load_params(PARAMS).model_dump(mode="json"), Params().model_dump(mode="json"))
+    assert not differ, differ
+
+
+def test_learner_class_defaults_are_params_yaml():
+    from models.lightning_learners import MLPLearner
+
+    mlp = load_params(PARAMS).models.mlp.model_dump()
+    defaults = {f.name: f.default for f in dataclasses.fields(MLPLearner) if f.name in mlp}
+    assert defaults == mlp
+
+
+def _misspelt(tmp_path: Path, *path: str) -> Path:
+    raw = yaml.safe_load(PARAMS.read_text())
+    node = raw
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1] + "x"] = node.pop(path[-1])
+    out = tmp_path / "params.yaml"
+    out.write_text(yaml.safe_dump(raw))
+    return out
+
+
+@pytest.mark.parametrize(
+    "path",
+    [("data", "symbols"), ("models", "mlp", "hidden"), ("tune", "n_trials"), ("serving", "alias"),
+     ("monitor", "psi_max"), ("outputs",), ("profiles", "fast", "data", "symbols")],
+)
+def test_a_misspelt_key_anywhere_is_named_in_one_line(tmp_path, path):
+    bad = _misspelt(tmp_path, *path)
+    profile = "fast" if path[0] == "profiles" else None
+    with pytest.raises(ParamsError) as err:
+        load_params(bad, profile)
+    where = ".".join(path[2:] if profile else path) + "x"
+    message = str(err.value)
+    assert f"{where}: unknown key" in message and "\n" not in message, message
+
+
+ENTRY_POINTS = {
+    "pipelines.ingest": ["history"],
+    "pipelines.featurize": [],
+    "pipelines.tune": [],
+    "pipelines.train": [],
+    "pipelines.evaluate": [],
+    "pipelines.register": [],
+    "pipelines.live_score": [],
+    "pipelines.monitor": [],
+    "pipelines.tenants": ["list"],
+    "serving.rollback": ["mt5prob-fx-M5-direction-h12", "--reason", "test"],
+    "flows.serve": [],
+    "flows.demo": [],
+}
+
+
+@pytest.mark.parametrize("module", sorted(ENTRY_POINTS))
+def test_every_entry_point_stops_on_a_misspelt_key_with_one_line(tmp_path, module, monkeypatch, capsys):
+    bad = _misspelt(tmp_path, "models", "mlp", "hidden")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [module, "--params", str(bad), *ENTRY_POINTS[module]])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2, err
+    assert err.count("\n") == 0 and "models.mlp.hiddenx: unknown key" in err, err
+    assert not any(p.name != "params.yaml" for p in tmp_path.iterdir())  # stopped before any work
+
+
+def test_models_learners_is_checked_against_the_registry():
+    assert set(ModelsParams().learners) <= set(LEARNERS)

@@ -248,6 +248,11 @@ def test_live_score_flow_publishes_rows_per_tenant(world, prefect_harness, tmp_p
 
     latest = [a for a in asyncio.run(artifacts()) if a.key == "live-score"]
     assert latest and any("rows" in (a.description or "") for a in latest)
+    # the second cycle had nothing new: its artifact says why, and no latency hides in the table
+    why = "Nothing written: no bar closed after the last scored ones"
+    idle = [a for a in latest if why in (a.description or "")]
+    assert idle, [a.description for a in latest]
+    assert all("latency" not in str(a.data) for a in latest)
     deployment = live_score_deployment(str(params_file))
     assert deployment.name == "live-score"
     assert deployment.schedules[0].schedule.interval == timedelta(minutes=5)  # the M5 close

@@ -155,3 +155,30 @@ def test_stack_and_ensemble_move_their_base_learners_to_a_device():
         fixed = combo.base[1]
         assert place(combo, "cuda") is combo
         assert combo.base[0].device == "cuda" and combo.base[1] is fixed
+
+
+@pytest.mark.slow
+def test_every_registered_learner_trains_on_the_fast_profile():
+    """The learner registry is the one list: each entry builds from its params section (fast
+    profile) through the training step's factories and learns a planted signal."""
+    from pathlib import Path
+
+    from models.learners import LEARNERS
+    from pipelines.config import load_params
+    from pipelines.train import learner_factories
+
+    models = load_params(Path(__file__).resolve().parents[1] / "params.yaml", "fast").models
+    rng = np.random.default_rng(3)
+    n, cut = 20_000, 16_000
+    seq = rng.normal(size=(n, 8))
+    X = np.column_stack([rng.normal(size=n), seq]).astype(np.float32)
+    columns = ["f0", *[f"seq_{i}" for i in range(8)]]
+    y = (rng.random(n) < 1 / (1 + np.exp(-(X[:, 0] + seq[:, 0])))).astype(float)
+    for name in LEARNERS:
+        only = models.model_copy(update={"learners": (name,)})
+        learner = learner_factories(only, HORIZON, columns=columns)[name]()
+        learner.fit(X[:cut], y[:cut])
+        p = learner.predict_proba(X[cut:])
+        assert p.shape == (n - cut,) and np.all((p >= 0) & (p <= 1)), name
+        # fast-profile nets are regularised for weak signals: they learn, not to the limit
+        assert log_loss(y[cut:], p) < base_rate_log_loss(y[cut:]) - 0.02, name

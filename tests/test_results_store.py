@@ -263,3 +263,14 @@ def test_ensure_tenant_adds_then_updates_and_rotates(store):
     assert [t.name for t in store.list_tenants()] == ["demo"]
     with pytest.raises(StoreError, match="thresholds"):
         store.ensure_tenant("demo", FOLLOWS, 0.4, 0.6)  # bad input is still an error, not "exists"
+
+
+def test_result_rows_are_typed_records_of_the_table():
+    """Live scoring hands the store `ResultRow`s; their fields are the table's columns in
+    order, and the PostgreSQL array casts come from the same table (no length: a cast to
+    varchar(n) would silently truncate)."""
+    from pipelines.store.results import _PG_TYPES, ROW_FIELDS, ResultRow
+
+    assert ResultRow._fields == ROW_FIELDS
+    assert len(_PG_TYPES) == len(ROW_FIELDS) and not any("(" in t for t in _PG_TYPES)
+    assert _PG_TYPES[ROW_FIELDS.index("bar_time")] == "TIMESTAMP WITH TIME ZONE"

@@ -1,6 +1,7 @@
 """The per-tenant results store (see results.py) and its Alembic migrations."""
 
 from pipelines.store.results import (
+    ResultRow,
     ResultsStore,
     StoreError,
     Subscription,
@@ -11,6 +12,7 @@ from pipelines.store.results import (
 )
 
 __all__ = [
+    "ResultRow",
     "ResultsStore",
     "StoreError",
     "Subscription",

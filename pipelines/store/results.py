@@ -30,19 +30,39 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
+from models.policy import ThresholdPolicy
 from pipelines.store.schema import APP_ROLE, TENANT_SETTING, audit, probabilities, tenants, watermarks
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 KEY_PREFIX = "mt5p"
 SIGNALS = ("long", "short", "flat")
-# a probability row, in the table's column order (also `write_prepared`'s tuples)
+# a probability row, in the table's column order (also `ResultRow`'s fields)
 ROW_FIELDS = tuple(c.name for c in probabilities.columns)
 RESULT_COLUMNS = ROW_FIELDS[1:]  # what a tenant reads back
+
+
+class ResultRow(NamedTuple):
+    """One tenant's probability for one bar, as live scoring hands it to the store. Fields
+    are the ``probabilities`` table's columns in order (a test keeps them equal); times are
+    UTC; ``bar_time`` is the bar's open time; ``probability`` is P(label 1) in [0, 1]."""
+
+    tenant_id: str
+    symbol: str
+    timeframe: str
+    bar_time: datetime
+    horizon: int
+    label_kind: str
+    probability: float
+    signal: str
+    model_name: str
+    model_version: str
+    scored_at: datetime
 _UNIQUE = tuple(c.name for c in probabilities.primary_key.columns)
 
 
@@ -93,12 +113,13 @@ class Tenant:
     pins: Mapping[str, str] = field(default_factory=dict)
     created_at: datetime | None = None
 
+    @property
+    def policy(self) -> ThresholdPolicy:
+        """This tenant's thresholds as the one threshold policy (`models.policy`)."""
+        return ThresholdPolicy(self.long_above, self.short_below)
+
     def signal(self, probability: float) -> str:
-        if probability > self.long_above:
-            return "long"
-        if probability < self.short_below:
-            return "short"
-        return "flat"
+        return self.policy.signal(probability)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -153,10 +174,10 @@ def _tenant_from_row(row: Any) -> Tenant:
 
 
 def _validate_thresholds(long_above: float, short_below: float) -> None:
-    if not (0.0 <= short_below <= long_above <= 1.0):
-        raise StoreError(
-            f"thresholds need 0 <= short_below ({short_below}) <= long_above ({long_above}) <= 1"
-        )
+    try:
+        ThresholdPolicy(long_above, short_below)
+    except ValueError as exc:
+        raise StoreError(str(exc)) from None
 
 
 def _engine(url: str) -> sa.Engine:
@@ -408,14 +429,15 @@ class ResultsStore:
 
     def write_prepared(
         self,
-        rows_by_tenant: Mapping[str, list[tuple]],
+        rows_by_tenant: Mapping[str, Sequence[ResultRow]],
         actor: str = "live-score",
         watermark: Mapping[tuple[str, str], datetime] | None = None,
         fault: Any = None,
     ) -> dict[str, int]:
-        """`write_results` for rows already valid, as tuples in `ROW_FIELDS` order with UTC
-        datetimes (the live scorer's path: no per-row dicts or checks). Each tuple's tenant
-        must be its key's; RLS still checks every row on PostgreSQL."""
+        """`write_results` for rows already valid, as `ResultRow`s (plain tuples in
+        `ROW_FIELDS` order also do) with UTC datetimes: the live scorer's path, no per-row
+        dicts or checks. Each row's tenant must be its key's; RLS still checks every row on
+        PostgreSQL."""
         now = _now()
         batches = [(t, rows) for t, rows in rows_by_tenant.items() if rows]
         for t, rows in batches:
@@ -474,19 +496,19 @@ _SQLITE_UPSERT = (
     f"INSERT INTO probabilities ({', '.join(ROW_FIELDS)}) "
     f"VALUES ({', '.join('?' * len(ROW_FIELDS))}) {_CONFLICT}"
 )
-_PG_TYPES = (
-    "text",
-    "text",
-    "text",
-    "timestamptz",
-    "int",
-    "text",
-    "float8",
-    "text",
-    "text",
-    "text",
-    "timestamptz",
-)
+
+
+def _pg_array_type(column: sa.Column) -> str:
+    """The PostgreSQL type of `column` for the unnest arrays, from the table definition,
+    without a length: an explicit cast to ``varchar(n)`` would silently truncate, while an
+    over-long value must fail at the column as any other insert does."""
+    kind = column.type
+    if isinstance(kind, sa.String):
+        kind = type(kind)()
+    return kind.compile(dialect=postgresql.dialect())
+
+
+_PG_TYPES = tuple(_pg_array_type(c) for c in probabilities.columns)
 _PG_UPSERT = (
     f"INSERT INTO probabilities ({', '.join(ROW_FIELDS)}) SELECT * FROM unnest("
     + ", ".join(f"%s::{t}[]" for t in _PG_TYPES)

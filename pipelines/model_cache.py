@@ -1,11 +1,13 @@
-"""Versioned models for the service: resolve aliases, load versions, keep a bounded LRU of them,
-and follow alias moves (promotion, rollback) without a restart.
+"""The one model cache of the scoring core, shared by the BentoML service and live scoring:
+resolve aliases, load registered versions onto a device, keep a bounded LRU of them, and
+follow alias moves (promotion, rollback) without a restart.
 
-A request resolves its model to a concrete version *once*, at its start, and keeps a
-reference to that `LoadedModel` until it answers: an alias moving or a version being evicted
-meanwhile never fails it. `refresh` (run every ``reload_interval_seconds`` by the service)
-reads the aliases from MLflow and loads a newly aliased version *before* switching the alias
-to it, so requests never wait for a load after a promotion or rollback.
+A caller resolves a model to a concrete version *once* and keeps a reference to that
+`LoadedModel` until it is done: an alias moving or a version being evicted meanwhile never
+fails it. `refresh` (every ``serving.reload_interval_seconds`` in the service, at the start
+of every cycle in live scoring) reads the aliases from MLflow and loads a newly aliased
+version *before* switching the alias to it, so nobody waits for a load after a promotion or
+rollback. The device is ``serving.device`` and the followed alias ``serving.alias`` for both.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ from features.spec import FeatureSpec
 from models.device import place, resolve_device
 from pipelines.registry import Registry, feature_spec_from_meta
 
-log = logging.getLogger("mt5prob.serving")
+log = logging.getLogger("mt5prob.models")
 
 
 class UnknownModel(LookupError):
-    """A model name or version (or alias) the service does not serve."""
+    """A model name or version (or alias) that is not served."""
 
 
 @dataclass
@@ -48,33 +50,44 @@ class LoadedModel:
         return feature_spec_from_meta(self.meta)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """P(up) for rows whose columns are `columns` in order (float64, clipped to [0, 1])."""
+        """P(label 1) for rows whose columns are `columns` in order (float64, clipped to [0, 1])."""
         return np.clip(self.predictor.predict_proba(X), 0.0, 1.0)
 
 
-class ModelManager:
-    """Thread-safe: the service's request threads and its refresher share one instance."""
+class ModelCache:
+    """Thread-safe: request threads, a refresher thread and a scoring loop may share one.
+
+    `names` are the registered models followed from the start; `follow` adds more later
+    (live scoring follows whatever its tenants subscribe to)."""
 
     def __init__(
         self,
-        tracking_uri: str,
-        names: Iterable[str],
+        registry: Registry | str,
+        names: Iterable[str] = (),
         max_loaded: int = 4,
         device: str = "auto",
         default_alias: str = "champion",
     ) -> None:
-        self.registry = Registry(tracking_uri)
-        self.names = list(dict.fromkeys(names))
-        if not self.names:
-            raise ValueError("no model names to serve (serving.models is empty and none was derived)")
+        self.registry = registry if isinstance(registry, Registry) else Registry(registry)
         self.max_loaded = max_loaded
         self.device = resolve_device(device)
         self.default_alias = default_alias
-        self._aliases: dict[str, dict[str, str]] = {n: {} for n in self.names}
+        self._aliases: dict[str, dict[str, str]] = {n: {} for n in dict.fromkeys(names)}
         self._loaded: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
         self._lock = threading.RLock()
         self._load_locks: dict[tuple[str, str], threading.Lock] = {}
         self.changes: list[tuple[float, str, str, str | None, str]] = []  # (when, name, alias, old, new)
+
+    @property
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._aliases)
+
+    def follow(self, names: Iterable[str]) -> None:
+        """Start following more model names (their aliases are read by the next `refresh`)."""
+        with self._lock:
+            for name in names:
+                self._aliases.setdefault(name, {})
 
     # ------------------------------------------------------------ resolution
     def aliases(self, name: str) -> dict[str, str]:
@@ -82,11 +95,14 @@ class ModelManager:
             return dict(self._aliases.get(name, {}))
 
     def resolve(self, name: str | None, ref: str | None) -> tuple[str, str]:
-        """(model name, version) for a name (default: the first served) and a ref: an alias
-        (default ``champion``) or a version number."""
-        name = name or self.names[0]
-        if name not in self._aliases:
-            raise UnknownModel(f"model {name!r} is not served here (served: {self.names})")
+        """(model name, version) for a name (default: the first followed) and a ref: an alias
+        (default `default_alias`) or a version number."""
+        names = self.names
+        if not names and name is None:
+            raise UnknownModel("no model is served")
+        name = name or names[0]
+        if name not in names:
+            raise UnknownModel(f"model {name!r} is not served here (served: {names})")
         ref = (ref or self.default_alias).strip()
         if ref.isdigit():
             with self._lock:
@@ -111,7 +127,7 @@ class ModelManager:
                 self._loaded.move_to_end(key)
                 return model
             load_lock = self._load_locks.setdefault(key, threading.Lock())
-        with load_lock:  # one load per version, however many requests ask at once
+        with load_lock:  # one load per version, however many callers ask at once
             with self._lock:
                 model = self._loaded.get(key)
             if model is None:
@@ -149,8 +165,8 @@ class ModelManager:
             return list(self._loaded)
 
     # ------------------------------------------------------------ following MLflow
-    def refresh(self) -> list[tuple[str, str, str | None, str]]:
-        """Read every served model's aliases; load a newly pointed-to default-alias version,
+    def refresh(self) -> list[tuple[str, str, str | None, str | None]]:
+        """Read every followed model's aliases; load a newly pointed-to default-alias version,
         then publish the new alias table. Returns the changes (name, alias, old, new)."""
         changes = []
         for name in self.names:
@@ -164,7 +180,7 @@ class ModelManager:
                 continue
             target = fresh.get(self.default_alias)
             if target is not None and target != current.get(self.default_alias):
-                self.get(name, target)  # warm before switching: no request waits on the load
+                self.get(name, target)  # warm before switching: nobody waits on the load
             with self._lock:
                 self._aliases[name] = fresh
             for alias in sorted(set(fresh) | set(current)):

@@ -1,0 +1,147 @@
+"""Request bodies → model inputs, each bad input a 400 naming the problem. Pure functions:
+the bar checks and the trailing window come from the scoring core (`features.window`),
+imported on first use (BentoML also imports this module in its supervisor process, which
+never scores)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Any
+
+import numpy as np
+
+from serving.errors import ApiError
+from serving.schemas import BarsInput, ResultRow
+
+
+def as_utc(value: datetime) -> datetime:
+    """A naive datetime is UTC; an aware one is converted to UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def result_rows(frame: Any) -> list[ResultRow]:
+    """Rows of a results-store frame as response rows."""
+    return [
+        ResultRow(
+            symbol=r.symbol,
+            timeframe=r.timeframe,
+            bar_time=r.bar_time.isoformat(),
+            horizon=int(r.horizon),
+            label_kind=r.label_kind,
+            probability=float(r.probability),
+            signal=r.signal,
+            model_name=r.model_name,
+            model_version=str(r.model_version),
+            scored_at=r.scored_at.isoformat(),
+        )
+        for r in frame.itertuples(index=False)
+    ]
+
+
+def feature_matrix(
+    rows: list[list[float | None]], columns: list[str] | None, expected: list[str]
+) -> np.ndarray:
+    """Rows as a float32 matrix in the model's column order, or ApiError naming the problem.
+    ``null`` is a missing value (NaN, imputed as in training); NaN or inf sent as numbers are
+    refused."""
+    width = len(expected)
+    bad = next((i for i, r in enumerate(rows) if len(r) != len(rows[0])), None)
+    if bad is not None:
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST, f"row {bad} has {len(rows[bad])} values, row 0 has {len(rows[0])}"
+        )
+    X = np.asarray(rows, dtype=np.float64)
+    if columns is not None:
+        if len(columns) != X.shape[1]:
+            raise ApiError(
+                HTTPStatus.BAD_REQUEST, f"{len(columns)} column names for rows of {X.shape[1]} values"
+            )
+        missing = [c for c in expected if c not in columns]
+        extra = [c for c in columns if c not in set(expected)]
+        if missing or extra or len(set(columns)) != len(columns):
+            raise ApiError(
+                HTTPStatus.BAD_REQUEST,
+                f"columns do not match the model's {width}: missing {missing[:5]}, unexpected {extra[:5]}"
+                + (" (duplicates)" if len(set(columns)) != len(columns) else ""),
+            )
+        if columns != expected:
+            X = X[:, [columns.index(c) for c in expected]]
+    elif X.shape[1] != width:
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST,
+            f"rows have {X.shape[1]} values; the model expects {width} columns (first: {expected[:3]}); "
+            "send `columns` to check names",
+        )
+    # numpy turned null into NaN; a NaN or inf that was not a null in the request is an error
+    bad = [
+        (r, c) for r, c in np.argwhere(~np.isfinite(X)) if _cell(rows, r, c, columns, expected) is not None
+    ]
+    if bad:
+        r, c = bad[0]
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST,
+            f"{len(bad)} non-finite values (NaN or inf; send null for a missing value), first at row {r} "
+            f"column {expected[c]!r}",
+        )
+    if np.nanmax(np.abs(X), initial=0.0) > np.finfo(np.float32).max:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "values beyond float32 range")
+    return X.astype(np.float32)
+
+
+def _cell(
+    rows: list[list[float | None]], r: int, c: int, columns: list[str] | None, expected: list[str]
+) -> Any:
+    """The request's value behind matrix cell (r, c) (columns may have been reordered)."""
+    return rows[r][c if columns is None else columns.index(expected[c])]
+
+
+def features_from_bars(
+    bars: dict[str, BarsInput], spec: Any, point: float | None, max_bars: int, columns: list[str]
+) -> np.ndarray:
+    """The newest base bar's feature row (float32, NaN where a feature is still warming up),
+    through the scoring core's bar checks and trailing window — the rows live scoring computes
+    for the same bars. `spec` is the model's `features.spec.FeatureSpec`."""
+    from features.bars import BAR_COLUMNS, Bars
+    from features.matrix import feature_columns
+    from features.window import BarCheckError, check_bars, trailing_window
+    from pipelines.mt5.constants import timeframe_seconds
+
+    need_tfs = [spec.base_timeframe, *spec.higher_timeframes]
+    missing = [tf for tf in need_tfs if tf not in bars]
+    if missing:
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST, f"bars missing for timeframe(s) {missing}; the model needs {need_tfs}"
+        )
+    if feature_columns(spec) != columns:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "the model's feature spec does not reproduce its columns")
+    built: dict[str, Bars] = {}
+    for tf in need_tfs:
+        b = bars[tf]
+        seconds = timeframe_seconds(tf)
+        try:
+            if len(b.time) > max_bars:  # before any conversion
+                raise BarCheckError(f"{tf}: {len(b.time)} bars is over the limit of {max_bars}")
+            arrays = {
+                f: np.asarray(getattr(b, f), dtype=np.int64 if f == "time" else np.float64)
+                for f in BAR_COLUMNS
+            }
+            check_bars(tf, seconds, arrays, max_bars)
+        except OverflowError as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"{tf}: a time is beyond 64-bit epoch seconds") from exc
+        except BarCheckError as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST, str(exc)) from exc
+        built[tf] = Bars.from_rates(arrays, seconds, point)
+    base = built[spec.base_timeframe]
+    base_close = int(base.time[-1]) + base.seconds
+    for tf in spec.higher_timeframes:
+        if int(built[tf].time[0]) + built[tf].seconds > base_close:
+            raise ApiError(
+                HTTPStatus.BAD_REQUEST, f"{tf}: bars start after the newest {spec.base_timeframe} bar"
+            )
+    window = trailing_window(built, spec, len(base) - 1)
+    if window.short:
+        detail = ", ".join(f"{tf}: have {have}, need {k}" for tf, (have, k) in window.short.items())
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"too few bars for the feature windows ({detail})")
+    X, _ = window.features(spec)
+    return np.where(np.isfinite(X[0]), X[0], np.nan).astype(np.float32)
