@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,11 @@ def flat(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
-def holdout(params: Params) -> tuple[pd.DataFrame, Any, Any]:
-    """The holdout rows of the featurized data, in time order — features, labels and each
-    row's symbol: what the gate compares on."""
-    data = load_training_data(params.outputs / "featurize", params.labels.kind)
+def holdout(params: Params, data: Any = None) -> tuple[pd.DataFrame, Any, Any]:
+    """The holdout rows of the featurized data (`data`, read when not given), in time order —
+    features, labels and each row's symbol: what the gate compares on."""
+    if data is None:
+        data = load_training_data(params.outputs / "featurize", params.labels.kind)
     test, _ = splits(data, params.models)
     rows = test.test
     return pd.DataFrame(data.X[rows], columns=data.columns), data.y[rows], data.symbol[rows]
@@ -60,7 +62,8 @@ def register(params: Params, repo: Path = Path(".")) -> tuple[str, str, GateDeci
     out = params.outputs
     bundle = joblib.load(out / "train" / "model.pkl")
     metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
-    held = holdout(params)
+    data = load_training_data(out / "featurize", params.labels.kind)
+    held = holdout(params, data)
     X = held[0]
     name = model_name(
         params.registry.name_prefix,
@@ -70,6 +73,13 @@ def register(params: Params, repo: Path = Path(".")) -> tuple[str, str, GateDeci
         params.labels.horizon,
     )
     sections = {k: params.model_dump(mode="json")[k] for k in ("features", "labels", "models")}
+    meta = {
+        "feature_spec": dataclasses.asdict(params.features.spec()),
+        "base_timeframe": bundle["base_timeframe"],
+        "label_kind": bundle["label_kind"],
+        "horizon": params.labels.horizon,
+        "symbols": list(bundle["symbols"]),
+    }
     registry = Registry(params.registry.tracking_uri)
     predictor = bundle[bundle["registered"]]
     scalar = {k: v for k, v in flat("", {"holdout": metrics["registered"]}).items() if isinstance(v, float)}
@@ -91,15 +101,38 @@ def register(params: Params, repo: Path = Path(".")) -> tuple[str, str, GateDeci
             )
             if p.exists()
         ],
-        meta={
-            "feature_spec": dataclasses.asdict(params.features.spec()),
-            "base_timeframe": bundle["base_timeframe"],
-            "label_kind": bundle["label_kind"],
-            "horizon": params.labels.horizon,
-            "symbols": list(bundle["symbols"]),
-        },
+        meta=meta,
     )
+    window = (int(data.bar_time.min()), int(data.bar_time.max()))
+    text = model_description(meta, len(X.columns), window, params.models.holdout_fraction)
+    registry.describe(name, version, text)
     return name, version, _gate(registry, params, name, held)
+
+
+def model_description(
+    meta: dict[str, Any], n_columns: int, window: tuple[int, int], holdout_fraction: float
+) -> str:
+    """What a registered model predicts, over which horizon and label kind, from which
+    features and which bars (`window`: first and last bar open time, UTC epoch seconds) —
+    the description shown in the MLflow UI."""
+    spec, h, tf, kind = meta["feature_spec"], meta["horizon"], meta["base_timeframe"], meta["label_kind"]
+    if kind == "direction":
+        what = f"P(the close {h} {tf} bars ahead is above this bar's close)"
+    else:
+        what = f"P(the take-profit barrier is touched before the stop-loss within {h} {tf} bars)"
+    features = f"{', '.join(spec['families'])} on {tf}"
+    if spec["higher_timeframes"]:
+        features += (
+            f"; {', '.join(spec['htf_families'])} on {', '.join(spec['higher_timeframes'])}"
+            " (each from its last closed bar)"
+        )
+    start, end = (datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M") for t in window)
+    return (
+        f"{what}, for {', '.join(meta['symbols'])}. Label kind: {kind}; horizon: {h} bars of {tf}. "
+        f"Features ({n_columns} columns): {features}. Trained on {tf} bars from {start} to {end} UTC; "
+        f"the last {holdout_fraction:.0%} of that time is the holdout that evaluation and the "
+        "promotion gate score on."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -220,6 +220,11 @@ class Registry:
             )
         return decision
 
+    def describe(self, name: str, version: str, text: str) -> None:
+        """Set the registered model's and the version's description (the MLflow UI shows both)."""
+        self.client.update_registered_model(name, description=text)
+        self.client.update_model_version(name, version, description=text)
+
     def champion_history(self, name: str) -> list[str]:
         """Versions that were champion, oldest first (current champion last)."""
         tags = self.client.get_registered_model(name).tags
@@ -239,6 +244,10 @@ class Registry:
         if history is None:
             history = [v for v in self.champion_history(name) if v != version] + [version]
         now = datetime.now(UTC).isoformat(timespec="seconds")
+        tags = self.client.get_model_version(name, version).tags
+        for stale in ("demoted_at", "demoted_reason"):  # champion again: its demotion is history
+            if stale in tags:
+                self.client.delete_model_version_tag(name, version, stale)
         self.client.set_model_version_tag(name, version, "champion_since", now)
         self.client.set_model_version_tag(name, version, "champion_reason", reason[:500])
         self.client.set_model_version_tag(name, version, "champion_set_by", actor)

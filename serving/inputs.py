@@ -16,8 +16,12 @@ from serving.schemas import BarsInput, ResultRow
 
 
 def as_utc(value: datetime) -> datetime:
-    """A naive datetime is UTC; an aware one is converted to UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    """A naive datetime is UTC; an aware one is converted to UTC; one whose UTC instant falls
+    outside years 1..9999 (``0001-01-01T00:00:00+01:00``) is a 400."""
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"{value.isoformat()} is out of range in UTC") from exc
 
 
 def result_rows(frame: Any) -> list[ResultRow]:

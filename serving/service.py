@@ -119,7 +119,11 @@ _ROWS = bentoml.metrics.Counter(
 
 @bentoml.service(name="mt5prob", traffic={"timeout": 60}, **_SHAPE)
 class ScoringService:
-    """See the module docstring."""
+    """mt5prob scoring API: calibrated probabilities that price moves a given way over a given
+    horizon, from versioned MLflow models, per tenant. Send your API key in the X-API-Key
+    header (or Authorization: Bearer). Probabilities are P(up) of the model's label over its
+    horizon; bar times are bar open times, UTC. 401 no or unknown key, 403 another tenant's
+    data or pinned version, 400 bad input (the message names it), 404 unknown model or version."""
 
     def __init__(self) -> None:
         from pipelines.config import load_params

@@ -158,6 +158,15 @@ def test_probes_and_metrics(env):
     assert "mt5prob_request_seconds_bucket" in metrics
 
 
+def test_api_docs_are_where_the_readme_says_and_describe_the_service(env):
+    readme = (REPO / "README.md").read_text()
+    assert "interactive API docs at `http://127.0.0.1:3000/`" in readme
+    page = httpx.get(env["url"] + "/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    spec = httpx.get(env["url"] + "/docs.json").json()
+    assert spec["info"]["title"] == "mt5prob" and "/score_bars" in spec["paths"]
+
+
 def test_score_rows_names_model_and_version_and_matches_the_model(env):
     X = env["X"][-50:]
     r = post(env, "/score", {"rows": X.tolist()})
@@ -373,6 +382,7 @@ def test_rollback_and_promotion_under_load_without_failures(env):
         assert rollback.returncode == 0, rollback.stderr
         assert "champion 2 -> 1" in rollback.stdout
         moved = _wait_for_version(env, "1", timeout=5.0)
+        demoted = env["registry"].client.get_model_version(NAME, "2").tags
         env["registry"].set_champion(NAME, "2", reason="promotion back", actor="test")
         promoted = _wait_for_version(env, "2", timeout=5.0)
         time.sleep(0.5)
@@ -383,8 +393,9 @@ def test_rollback_and_promotion_under_load_without_failures(env):
     assert not failures, failures[:3]
     assert moved <= 5.0 and promoted <= 5.0
     assert "1" in seen and seen[-1] == "2"
-    tags = env["registry"].client.get_model_version(NAME, "2").tags
-    assert "test under load" in tags["demoted_reason"]
+    assert "test under load" in demoted["demoted_reason"]
+    tags = env["registry"].client.get_model_version(NAME, "2").tags  # champion again: tags cleaned
+    assert "demoted_reason" not in tags and tags["champion_reason"] == "promotion back"
     bad = subprocess.run(
         [sys.executable, "-m", "serving.rollback", NAME, "--to", "42", "--params", str(env["params"])],
         cwd=REPO,

@@ -98,6 +98,9 @@ def test_train_evaluate_register(params, tmp_path):
     registry = Registry(params.registry.tracking_uri)
     mv = registry.client.get_model_version(name, "1")
     assert {"git_commit", "data_dvc_md5", "params_sha256", "gate_decision", "run_id"} <= set(mv.tags)
+    described = registry.client.get_registered_model(name).description
+    assert mv.description == described and f"horizon: {params.labels.horizon} bars of M5" in described
+    assert "Trained on M5 bars from " in described and "Features (" in described
     champion = registry.load(name, "champion")
     frame = pd.DataFrame(data.X[-50:], columns=data.columns)
     p = champion.predict(frame)["p_up"].to_numpy()
@@ -217,6 +220,9 @@ def test_rollback_walks_champion_history_and_records_why(tmp_path):
         registry.rollback(name, None, "nothing left")
     assert registry.rollback(name, "3", "forward again") == ("1", "3")
     assert registry.champion_history(name) == ["1", "3"]
+    back = registry.client.get_model_version(name, "3").tags  # champion again: no stale demotion
+    assert "demoted_reason" not in back and "demoted_at" not in back
+    assert "forward again" in back["champion_reason"]
     with pytest.raises(ValueError, match=r"no version '9' \(versions: \[1, 2, 3\]\)"):
         registry.rollback(name, "9", "typo")
     with pytest.raises(ValueError, match="already the champion"):
@@ -236,3 +242,23 @@ def test_training_progress_counts_every_base_learner_fit():
         assert [make() for _ in range(3)] == ["learner"] * 3
         assert bar.n == 3 and bar.total == 3
     assert len(made) == 3 and "3/3" in screen.getvalue() and "logistic" in screen.getvalue()
+
+
+def test_reliability_figure_shows_every_bin_and_its_count():
+    """Observed frequencies can lie far from the predictions on a thin bin: the axes must still
+    hold every point, and each carries its row count."""
+    from pipelines.evaluate import reliability_figure
+
+    rng = np.random.default_rng(2)
+    p = np.clip(0.5 + 0.03 * rng.standard_normal(5000), 0.0, 1.0)
+    y = (rng.random(5000) < p).astype(float)
+    y[p > 0.58] = 0.0  # a thin top bin whose outcomes are all down: frequency 0
+    fig = reliability_figure(y, p, None)
+    ax = fig.axes[0]
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    model = next(line for line in ax.get_lines() if line.get_label() == "model")
+    xs, ys = model.get_xdata(), model.get_ydata()
+    assert x0 <= xs.min() and xs.max() <= x1 and y0 <= ys.min() and ys.max() <= y1
+    assert ys.min() == 0.0
+    counts = [int(t.get_text().replace(",", "")) for t in ax.texts]
+    assert len(counts) == len(xs) and sum(counts) == 5000
