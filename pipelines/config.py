@@ -440,6 +440,20 @@ def load_params(
 ) -> Params:
     """Read params.yaml, apply a profile and explicit overrides, validate into `Params`."""
     path = Path(path)
+    raw = raw_params(path, profile)
+    if overrides:
+        raw = _deep_merge(raw, overrides)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        where = f"{path}" + (f" (profile {profile})" if profile else "")
+        raise ParamsError(f"{where}: {describe_errors(exc)}") from None
+
+
+def raw_params(path: str | Path = "params.yaml", profile: str | None = None) -> dict[str, Any]:
+    """params.yaml as a plain mapping with `profile` merged in, not validated (`load_params`
+    validates it; the BentoML declaration reads two keys from it before the service starts)."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run from the repository root or pass --params")
     try:
@@ -453,13 +467,7 @@ def load_params(
         if profile not in profiles:
             raise ParamsError(f"profile {profile!r} not in {path} (have: {sorted(profiles)})")
         raw = _deep_merge(raw, profiles[profile])
-    if overrides:
-        raw = _deep_merge(raw, overrides)
-    try:
-        return Params.model_validate(raw)
-    except ValidationError as exc:
-        where = f"{path}" + (f" (profile {profile})" if profile else "")
-        raise ParamsError(f"{where}: {describe_errors(exc)}") from None
+    return raw
 
 
 def describe_errors(exc: ValidationError) -> str:

@@ -60,14 +60,10 @@ def _deployment_shape() -> dict[str, Any]:
     """``workers`` and ``resources`` for the BentoML declaration: ``serving.workers`` and
     ``serving.gpus`` of the params file when it exists (read raw: the whole file is validated
     when the service starts), else one worker on CPU."""
-    import yaml
+    from pipelines.config import raw_params
 
     path, profile = params_location()
-    serving: dict[str, Any] = {}
-    if Path(path).is_file():
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-        serving = dict(raw.get("serving") or {})
-        serving.update(((raw.get("profiles") or {}).get(profile) or {}).get("serving") or {})
+    serving = (raw_params(path, profile).get("serving") or {}) if Path(path).is_file() else {}
     workers, gpus = int(serving.get("workers", 1)), int(serving.get("gpus", 0))
     return {"workers": workers, "resources": {"gpu": gpus} if gpus else {"cpu": "1"}}
 

@@ -134,3 +134,5 @@ def test_every_entry_point_stops_on_a_misspelt_key_with_one_line(tmp_path):
 
 def test_models_learners_is_checked_against_the_registry():
     assert set(ModelsParams().learners) <= set(LEARNERS)
+    with pytest.raises(ValueError, match="unknown learner"):  # the check itself, not only its default
+        ModelsParams(learners=("logistic", "forest"))
