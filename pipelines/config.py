@@ -452,7 +452,7 @@ def load_params(
 
 def raw_params(path: str | Path = "params.yaml", profile: str | None = None) -> dict[str, Any]:
     """params.yaml as a plain mapping with `profile` merged in, not validated (`load_params`
-    validates it; the BentoML declaration reads two keys from it before the service starts)."""
+    validates it)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run from the repository root or pass --params")

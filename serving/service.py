@@ -6,7 +6,8 @@
 Reads ``params.yaml`` once, when the service starts (``MT5PROB_PARAMS``, ``MT5PROB_PROFILE``):
 the MLflow registry, the ``serving:`` section and the results store. Importing this module
 reads nothing but ``serving.workers`` and ``serving.gpus`` (BentoML fixes a service's workers
-and resources when its class is declared), and only if the file is there. Serves
+and resources when its class is declared; the file is validated then, so a misspelt key stops
+``bentoml serve`` with one line), and only if the file is there. Serves
 ``models:/<name>@<serving.alias>`` on ``serving.device`` through the scoring core's model
 cache (`pipelines.model_cache`, shared with live scoring), follows alias moves every
 ``reload_interval_seconds`` without restart, and answers every scoring call with the model
@@ -58,13 +59,25 @@ def params_location() -> tuple[str, str | None]:
 
 def _deployment_shape() -> dict[str, Any]:
     """``workers`` and ``resources`` for the BentoML declaration: ``serving.workers`` and
-    ``serving.gpus`` of the params file when it exists (read raw: the whole file is validated
-    when the service starts), else one worker on CPU."""
-    from pipelines.config import raw_params
+    ``serving.gpus`` of the params file when it exists, else one worker on CPU.
+
+    The whole file is validated here, once, in the process that imports the service (for
+    ``bentoml serve`` the server process, before any worker starts): a misspelt key stops the
+    server with one line on stderr and exit code 2, as every other entry point does, instead of
+    workers failing and being restarted in a loop."""
+    import sys
+
+    from pipelines.config import ParamsError, load_params
 
     path, profile = params_location()
-    serving = (raw_params(path, profile).get("serving") or {}) if Path(path).is_file() else {}
-    workers, gpus = int(serving.get("workers", 1)), int(serving.get("gpus", 0))
+    if not Path(path).is_file():
+        return {"workers": 1, "resources": {"cpu": "1"}}
+    try:
+        serving = load_params(path, profile).serving
+    except ParamsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    workers, gpus = serving.workers, serving.gpus
     return {"workers": workers, "resources": {"gpu": gpus} if gpus else {"cpu": "1"}}
 
 

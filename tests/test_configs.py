@@ -118,12 +118,17 @@ def test_every_entry_point_stops_on_a_misspelt_key_with_one_line(tmp_path):
     bad = _misspelt(tmp_path, "models", "mlp", "hidden")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MT5PROB_"))}
     runs = {}
-    for module, args in ENTRY_POINTS.items():
+    commands = {m: [sys.executable, "-m", m, "--params", str(bad), *a] for m, a in ENTRY_POINTS.items()}
+    # the scoring API as the README starts it; the service reads its params from the environment
+    bentoml = Path(sys.executable).with_name("bentoml")
+    commands["bentoml serve"] = [str(bentoml), "serve", "serving.service:ScoringService", "--port", "0",
+                                 "--working-dir", str(PARAMS.parent)]
+    for module, command in commands.items():
         cwd = tmp_path / module
         cwd.mkdir()
         runs[module] = (cwd, subprocess.Popen(
-            [sys.executable, "-m", module, "--params", str(bad), *args],
-            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            command, cwd=cwd, env={**env, "MT5PROB_PARAMS": str(bad)},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         ))
     for module, (cwd, proc) in runs.items():
         out, err = proc.communicate(timeout=300)
