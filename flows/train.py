@@ -7,6 +7,8 @@ UI; the run publishes a metrics table and the reliability diagram as artifacts.
 from __future__ import annotations
 
 import base64
+import shutil
+import uuid
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
@@ -14,7 +16,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pipelines import evaluate, featurize, register, train
+from pipelines.atomic_files import replace_dirs
 from pipelines.config import Params, load_params
+
+STEP_OUTPUTS = ("featurize", "train", "evaluate")  # folders of `Params.outputs` this flow replaces
 
 
 @task(cache_policy=NO_CACHE)
@@ -69,6 +74,10 @@ def train_flow(
 ) -> dict[str, Any]:
     """Train, evaluate and register a model; `trials` > 0 turns on Optuna with that many trials.
 
+    Writes the profile's outputs (``outputs/`` for none, ``outputs/profiles/<profile>/``
+    otherwise): built in a staging folder and swapped in only when featurize, train and
+    evaluate all succeeded, so a failed run leaves the previous outputs whole.
+
     Args:
         params_path: params.yaml to read (relative to the serving process's working directory).
         profile: a profile of params.yaml merged over it, e.g. ``fast``; empty for none.
@@ -90,9 +99,17 @@ def train_flow(
     if trials:
         overrides["tune"] = {"enabled": True, "n_trials": trials}
     params = load_params(params_path, profile, overrides or None)
-    featurize_task(params)
-    trained = train_task(params)
-    metrics = evaluate_task(params)
+    # every step writes into a staging root; the profile's outputs are replaced only after
+    # the last step succeeded, all three folders together (a failed run leaves them untouched)
+    stage = params.outputs / f".run-{uuid.uuid4().hex}"
+    try:
+        staged = params.model_copy(update={"outputs": stage})
+        featurize_task(staged)
+        trained = train_task(staged)
+        metrics = evaluate_task(staged)
+        replace_dirs(stage, params.outputs, STEP_OUTPUTS)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     registration = register_task(params)
     rows = [
         {"predictor": name, **{k: round(v, 5) for k, v in m.items() if isinstance(v, float)}}

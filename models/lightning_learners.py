@@ -160,6 +160,26 @@ class MLPLearner:
         self.device = device
         return self
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled with the network's weights as NumPy arrays (on CPU), not as a torch module:
+        torch pickles tensors through its legacy format, which writes each storage's memory
+        address into the bytes, so the same fitted weights would pickle differently every
+        time (and `dvc repro` could never reproduce model.pkl byte for byte)."""
+        state = {k: v for k, v in self.__dict__.items() if k not in ("net", "device")}
+        if self.net is not None:
+            state["net_weights"] = {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        import torch
+
+        weights = state.pop("net_weights", None)
+        self.__dict__.update({"net": None, **state})  # older pickles hold the module as `net`
+        if weights is not None:
+            self.net = self._network(len(self.center))
+            self.net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
+            self.net.eval()
+
 
 @dataclass
 class SequenceLearner(MLPLearner):

@@ -452,7 +452,9 @@ def load_params(
 
 def raw_params(path: str | Path = "params.yaml", profile: str | None = None) -> dict[str, Any]:
     """params.yaml as a plain mapping with `profile` merged in, not validated (`load_params`
-    validates it)."""
+    validates it). A profile that does not set ``outputs`` itself gets its own folder,
+    ``<outputs>/profiles/<profile>``: the default outputs are `dvc repro`'s, and a fast-profile
+    run must not replace them."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run from the repository root or pass --params")
@@ -466,7 +468,10 @@ def raw_params(path: str | Path = "params.yaml", profile: str | None = None) -> 
     if profile:
         if profile not in profiles:
             raise ParamsError(f"profile {profile!r} not in {path} (have: {sorted(profiles)})")
-        raw = _deep_merge(raw, profiles[profile])
+        chosen = profiles[profile] or {}
+        raw = _deep_merge(raw, chosen)
+        if "outputs" not in chosen:  # a profile's step outputs never overwrite another's
+            raw["outputs"] = str(Path(str(raw.get("outputs", "outputs"))) / "profiles" / profile)
     return raw
 
 

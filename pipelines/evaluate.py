@@ -5,8 +5,10 @@ loss, Brier, ECE (15 bins), AUC, accuracy, base-rate log loss (training base rat
 simulator data with direction labels also the Bayes-optimal log loss from the planted true
 probabilities and the relative gap to it. A threshold-policy backtest (long when p > t,
 short when p < 1 − t; the bar's spread and a commission charged, in pips) reports trades,
-hit rate, PnL, Sharpe and max drawdown. Writes ``outputs/evaluate/metrics.json`` and the
-reliability diagram and probability histogram as PNGs (dvc metrics / plots).
+hit rate, PnL, Sharpe and max drawdown. Writes ``outputs/evaluate/``: ``metrics.json`` (the
+registered predictor's headline, what ``dvc metrics show`` prints: `headline`), ``details.json`` (every
+predictor, the backtest), the reliability diagram and probability histogram as CSV data
+(``dvc plots show`` / ``dvc plots diff``) and as PNGs (MLflow, Prefect).
 
     python -m pipelines.evaluate [--params params.yaml] [--profile fast]
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import joblib
@@ -24,7 +27,7 @@ import numpy as np
 from features.bars import pip_size
 from models.metrics import reliability, summary
 from models.policy import ThresholdPolicy
-from pipelines.atomic_files import write_atomic, write_text_atomic
+from pipelines.atomic_files import staged_dir, write_atomic, write_text_atomic
 from pipelines.config import BacktestParams, Params
 from pipelines.train import TrainingData, load_training_data, splits
 
@@ -145,8 +148,28 @@ def reliability_figure(y: np.ndarray, p: np.ndarray, p_true: np.ndarray | None) 
     return fig
 
 
+def plot_data(y: np.ndarray, p: np.ndarray) -> dict[str, bytes]:
+    """The plots as DVC-native data (CSV, one row per point), so ``dvc plots diff`` overlays
+    experiments: ``reliability.csv`` (predicted, observed, rows per used bin of 15) and
+    ``histogram.csv`` (p, rows per bin of 50 on [0, 1])."""
+    mean_p, freq, count = reliability(y, p)
+    used = count > 0
+    lines = ["predicted,observed,rows"] + [
+        f"{x:.6f},{f:.6f},{int(n)}" for x, f, n in zip(mean_p[used], freq[used], count[used], strict=True)
+    ]
+    counts, edges = np.histogram(p, bins=50, range=(0.0, 1.0))
+    centres = (edges[:-1] + edges[1:]) / 2
+    used = counts > 0
+    hist = ["p,rows"] + [f"{c:.4f},{int(n)}" for c, n in zip(centres[used], counts[used], strict=True)]
+    return {
+        "reliability.csv": ("\n".join(lines) + "\n").encode(),
+        "histogram.csv": ("\n".join(hist) + "\n").encode(),
+    }
+
+
 def plots(y: np.ndarray, p: np.ndarray, p_true: np.ndarray | None) -> dict[str, bytes]:
-    """Reliability diagram and probability histogram as PNG bytes."""
+    """Reliability diagram and probability histogram as PNG bytes (for MLflow and Prefect
+    artifacts, with the planted truth drawn in), plus their data as CSV (`plot_data`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,13 +186,42 @@ def plots(y: np.ndarray, p: np.ndarray, p_true: np.ndarray | None) -> dict[str, 
     ax.legend()
     out["histogram.png"] = _png(fig)
     plt.close(fig)
+    return {**out, **plot_data(y, p)}
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, float]:
+    """The registered predictor's headline, flat and narrow (what ``dvc metrics show``
+    prints): holdout ``rows``, ``log_loss``, the training base rate's log loss ``base_rate``,
+    their difference ``edge`` (> 0 is skill), ``ece``, ``auc`` and, on the simulator, the
+    relative gap to the Bayes-optimal log loss ``bayes_gap``. The rest is in ``details.json``."""
+    reg = metrics["registered"]
+    out = {
+        "rows": float(metrics["holdout_rows"]),
+        "log_loss": float(reg["log_loss"]),
+        "base_rate": float(reg["base_rate_log_loss"]),
+        "edge": float(reg["base_rate_log_loss"] - reg["log_loss"]),
+        "ece": float(reg["ece"]),
+        "auc": float(reg["auc"]),
+    }
+    if "bayes_gap" in reg:
+        out["bayes_gap"] = float(reg["bayes_gap"])
     return out
+
+
+def write_evaluation(metrics: dict[str, Any], files: dict[str, bytes], out: Path) -> None:
+    """Swap in `out` as one folder: ``metrics.json`` (`headline`), ``details.json`` (every
+    predictor and the backtest per symbol) and the plot files."""
+    with staged_dir(out) as stage:
+        write_text_atomic(json.dumps(headline(metrics), indent=2) + "\n", stage / "metrics.json")
+        write_text_atomic(json.dumps(metrics, indent=2, default=float) + "\n", stage / "details.json")
+        for name, data in files.items():
+            write_atomic(stage / name, lambda h, data=data: h.write(data))
 
 
 def evaluate(
     bundle: dict[str, Any], data: TrainingData, params: Params
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """All holdout metrics (see module docstring) and the plot PNGs."""
+    """All holdout metrics (see module docstring) and the plot files (`plots`)."""
     holdout, _ = splits(data, params.models)
     rows = holdout.test
     X, y = data.X[rows], data.y[rows]
@@ -188,14 +240,11 @@ def evaluate(
 
 
 def run(params: Params) -> dict[str, Any]:
-    """The whole step from params: evaluate ``outputs/train`` and write metrics and plots."""
+    """The whole step from params: evaluate ``outputs/train``, write ``outputs/evaluate``."""
     bundle = joblib.load(params.outputs / "train" / "model.pkl")
     data = load_training_data(params.outputs / "featurize", params.labels.kind)
-    metrics, images = evaluate(bundle, data, params)
-    out = params.outputs / "evaluate"
-    write_text_atomic(json.dumps(metrics, indent=2, default=float) + "\n", out / "metrics.json")
-    for name, png in images.items():
-        write_atomic(out / name, lambda h, png=png: h.write(png))
+    metrics, files = evaluate(bundle, data, params)
+    write_evaluation(metrics, files, params.outputs / "evaluate")
     return metrics
 
 

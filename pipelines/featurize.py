@@ -27,7 +27,7 @@ import pyarrow as pa
 from features.bars import Bars
 from features.labels import direction_labels, triple_barrier_labels
 from features.matrix import build_features
-from pipelines.atomic_files import write_parquet_atomic, write_text_atomic
+from pipelines.atomic_files import staged_dir, write_parquet_atomic, write_text_atomic
 from pipelines.bar_store import BarStore, SeriesKey
 from pipelines.config import DataParams, FeaturesParams, LabelsParams
 from pipelines.mt5.constants import timeframe_seconds
@@ -122,11 +122,25 @@ def write_outputs(
     labels: LabelsParams,
     out_dir: Path,
 ) -> dict[str, int]:
-    """Write every symbol's frame and the manifest (only once all symbols are computed)."""
+    """Write every symbol's frame and the manifest (only once all symbols are computed), as one
+    folder swapped in for `out_dir`: readers see the old outputs or all of the new ones."""
     columns = next(iter(results.values()))[1] if results else []
-    for symbol, (frame, cols, _) in results.items():
+    for symbol, (_, cols, _) in results.items():
         if cols != columns:
             raise FeaturizeError(f"{symbol}: feature columns differ from the other symbols'")
+    with staged_dir(out_dir) as stage:
+        _write_folder(results, columns, features, labels, stage)
+    return {s: len(r[0]) for s, r in results.items()}
+
+
+def _write_folder(
+    results: dict[str, tuple[pd.DataFrame, list[str], float]],
+    columns: list[str],
+    features: FeaturesParams,
+    labels: LabelsParams,
+    out_dir: Path,
+) -> None:
+    for symbol, (frame, _, _) in results.items():
         write_parquet_atomic(pa.Table.from_pandas(frame, preserve_index=False), out_dir / f"{symbol}.parquet")
     manifest = {
         "columns": columns,
@@ -140,7 +154,6 @@ def write_outputs(
         "triple_barrier": asdict(labels.triple_barrier_spec()),
     }
     write_text_atomic(json.dumps(manifest, indent=2) + "\n", out_dir / "columns.json")
-    return {s: len(r[0]) for s, r in results.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

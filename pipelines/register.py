@@ -61,7 +61,7 @@ def register(params: Params, repo: Path = Path(".")) -> tuple[str, str, GateDeci
     """Log, register and gate the model in ``outputs/train``; returns (name, version, decision)."""
     out = params.outputs
     bundle = joblib.load(out / "train" / "model.pkl")
-    metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
+    metrics = json.loads((out / "evaluate" / "details.json").read_text())
     data = load_training_data(out / "featurize", params.labels.kind)
     held = holdout(params, data)
     X = held[0]
@@ -95,8 +95,11 @@ def register(params: Params, repo: Path = Path(".")) -> tuple[str, str, GateDeci
             p
             for p in (
                 out / "evaluate" / "metrics.json",
+                out / "evaluate" / "details.json",
                 out / "evaluate" / "reliability.png",
                 out / "evaluate" / "histogram.png",
+                out / "evaluate" / "reliability.csv",
+                out / "evaluate" / "histogram.csv",
                 out / "featurize" / "columns.json",
             )
             if p.exists()

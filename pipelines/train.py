@@ -27,7 +27,7 @@ from models.learners import LEARNERS, BuildContext, build_learner
 from models.stacking import LearnerFactory, fit_base, fit_ensemble, fit_stacked, out_of_fold
 from models.tuning import tune
 from models.validation import Fold, holdout_split, purged_walk_forward_splits
-from pipelines.atomic_files import write_atomic, write_text_atomic
+from pipelines.atomic_files import staged_dir, write_atomic, write_text_atomic
 from pipelines.config import ModelsParams, Params, TuneParams
 from pipelines.mt5.constants import timeframe_seconds
 from pipelines.registry import TrialLogger
@@ -286,9 +286,12 @@ def train(
 
 
 def save_bundle(bundle: dict[str, Any], out_dir: Path) -> None:
-    write_atomic(out_dir / "model.pkl", lambda h: joblib.dump(bundle, h))
+    """``model.pkl`` (the bundle) and ``train.json`` (its out-of-fold report), swapped in for
+    `out_dir` as one folder."""
     report = {k: v for k, v in bundle.items() if k not in ("stacked", "ensemble", "columns")}
-    write_text_atomic(json.dumps(report, indent=2) + "\n", out_dir / "train.json")
+    with staged_dir(out_dir) as stage:
+        write_atomic(stage / "model.pkl", lambda h: joblib.dump(bundle, h))
+        write_text_atomic(json.dumps(report, indent=2) + "\n", stage / "train.json")
 
 
 def run(params: Params) -> dict[str, Any]:

@@ -36,6 +36,7 @@ import bentoml
 import numpy as np
 from pydantic import Field
 
+from serving.docs import docs_app
 from serving.errors import ApiError
 from serving.inputs import as_utc, feature_matrix, features_from_bars, result_rows
 from serving.schemas import (
@@ -126,7 +127,16 @@ _ROWS = bentoml.metrics.Counter(
 )
 
 
+_SERVICE: dict[str, Any] = {}  # the service instance of this worker, for the docs app
+
+
+def _current_document() -> dict[str, Any] | None:
+    service = _SERVICE.get("instance")
+    return service.api_document() if service is not None else None
+
+
 @bentoml.service(name="mt5prob", traffic={"timeout": 60}, **_SHAPE)
+@bentoml.asgi_app(docs_app(_current_document), path="/docs")
 class ScoringService:
     """mt5prob scoring API: calibrated probabilities that price moves a given way over a given
     horizon, from versioned MLflow models, per tenant. Send your API key in the X-API-Key
@@ -169,6 +179,8 @@ class ScoringService:
         self._stop = threading.Event()
         self._refresher = threading.Thread(target=self._follow_registry, name="registry-refresh", daemon=True)
         self._refresher.start()
+        self._document: tuple[tuple[str, str] | None, dict[str, Any]] | None = None
+        _SERVICE["instance"] = self
 
     # ------------------------------------------------------------------ lifecycle
     def _follow_registry(self) -> None:
@@ -183,6 +195,36 @@ class ScoringService:
         self._stop.set()
         self._executor.shutdown(wait=False)
         self.store.close()
+
+    def api_document(self) -> dict[str, Any]:
+        """The OpenAPI document at ``/docs/openapi.json`` (`serving.docs.api_document`), with
+        request examples built from the default model's columns and feature spec; rebuilt when
+        that model's default version changes."""
+        from serving.docs import api_document, bars_example, package_version, score_example
+
+        try:
+            loaded = self.models.get(*self.models.resolve(None, self.settings.alias))
+        except Exception:  # noqa: BLE001 - no default model yet: a document without examples
+            loaded = None
+        key = (loaded.name, loaded.version) if loaded is not None else None
+        if self._document is not None and self._document[0] == key:
+            return self._document[1]
+        examples: dict[str, dict[str, Any]] = {}
+        if loaded is not None:
+            examples["/score"] = score_example(loaded.columns)
+            if loaded.feature_spec is not None:
+                examples["/score_bars"] = bars_example(loaded.feature_spec)
+        doc = api_document(
+            ScoringService.openapi_spec.asdict(),
+            title="mt5prob scoring API",
+            description=" ".join((ScoringService.inner.__doc__ or "").split()),
+            version=package_version(),
+            key_header=self.settings.api_key_header,
+            secured={api.route for api in ScoringService.apis.values()},
+            examples=examples,
+        )
+        self._document = (key, doc)
+        return doc
 
     def __is_ready__(self) -> bool:
         return all(self.models.aliases(n).get(self.settings.alias) for n in self.models.names)

@@ -26,6 +26,16 @@ def test_repository_params_load(profile):
     assert all(tf in ("M1", "M5", "M15", "M30", "H1", "H4", "D1") for tf in params.data.timeframes)
 
 
+def test_a_profile_has_its_own_outputs_unless_it_names_them(tmp_path):
+    """`dvc repro` owns ``outputs/``; a profile's runs write under ``outputs/profiles/<name>``."""
+    assert load_params(PARAMS).outputs == Path("outputs")
+    assert load_params(PARAMS, "fast").outputs == Path("outputs/profiles/fast")
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"outputs": "out", "profiles": {"a": {}, "b": {"outputs": "elsewhere"}}}))
+    assert load_params(path, "a").outputs == Path("out/profiles/a")
+    assert load_params(path, "b").outputs == Path("elsewhere")
+
+
 def test_fast_profile_is_smaller():
     full, fast = load_params(PARAMS), load_params(PARAMS, "fast")
     assert len(fast.data.symbols) < len(full.data.symbols)

@@ -159,12 +159,31 @@ def test_probes_and_metrics(env):
 
 
 def test_api_docs_are_where_the_readme_says_and_describe_the_service(env):
+    """``/docs`` (the URL the README names): the service's title and version, an API-key
+    scheme on every scoring operation with its error answers, and request examples that the
+    served model accepts exactly as documented."""
     readme = (REPO / "README.md").read_text()
-    assert "interactive API docs at `http://127.0.0.1:3000/`" in readme
-    page = httpx.get(env["url"] + "/")
-    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    spec = httpx.get(env["url"] + "/docs.json").json()
-    assert spec["info"]["title"] == "mt5prob" and "/score_bars" in spec["paths"]
+    assert "interactive API docs at `http://127.0.0.1:3000/docs`" in readme
+    page = httpx.get(env["url"] + "/docs", follow_redirects=True)
+    assert page.status_code == 200 and "swagger-ui" in page.text and "/docs/openapi.json" in page.text
+    assert "googletagmanager" not in page.text
+    doc = httpx.get(env["url"] + "/docs/openapi.json").json()
+    assert doc["info"]["title"] == "mt5prob scoring API" and doc["info"]["version"] == "0.1.0"
+    assert "X-API-Key" in doc["info"]["description"]
+    scheme = doc["components"]["securitySchemes"]["ApiKey"]
+    assert scheme == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    for path in ("/score", "/score_bars", "/models", "/results/latest", "/results/range"):
+        operation = doc["paths"][path]["post"]
+        assert {"ApiKey": []} in operation["security"], path
+        assert {"400", "401", "403", "404"} <= set(operation["responses"]), path
+    assert "security" not in doc["paths"]["/readyz"]["get"]
+    for path in ("/score", "/score_bars"):
+        example = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["example"]
+        assert httpx.get(env["url"] + f"/docs/examples{path}.json").json() == example
+        r = post(env, path, example)
+        assert r.status_code == 200, (path, r.text[:300])
+        if path == "/score":
+            assert len(example["rows"][0]) == len(env["fm"].columns)
 
 
 def test_score_rows_names_model_and_version_and_matches_the_model(env):
@@ -419,7 +438,7 @@ def test_schemathesis_finds_no_server_errors(env):
     """Schema-generated requests (valid and edge-case bodies) on every endpoint: never a 5xx."""
     import schemathesis
 
-    schema = schemathesis.openapi.from_url(env["url"] + "/docs.json")
+    schema = schemathesis.openapi.from_url(env["url"] + "/docs/openapi.json")
     failures: list[str] = []
     counts: dict[str, int] = {}
     for op in ("/score", "/score_bars", "/models", "/results/latest", "/results/range"):

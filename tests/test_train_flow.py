@@ -1,6 +1,9 @@
-"""The Prefect `train` flow end to end on a small store (real Prefect server, real MLflow)."""
+"""The Prefect `train` flow end to end on a small store (real Prefect server, real MLflow); a
+run that fails part-way leaves the outputs of the last good run whole."""
 
 from __future__ import annotations
+
+import hashlib
 
 import pytest
 import yaml
@@ -34,6 +37,13 @@ def test_train_flow_registers_and_publishes(prefect_harness, tmp_path):
         },
         "registry": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "gate": {"max_ece": 0.2}},
         "outputs": str(tmp_path / "outputs"),
+        "profiles": {  # the README trap: same outputs, but a simulator "now" before the data ends,
+            "clash": {  # so evaluate (the planted truth) fails after featurize and train succeeded
+                "outputs": str(tmp_path / "outputs"),
+                "data": {"simulator": {"end": "2024-02-10T00:00:00"}},
+                "tune": {"enabled": False},
+            }
+        },
     }
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -49,3 +59,16 @@ def test_train_flow_registers_and_publishes(prefect_harness, tmp_path):
         keys = ["train-metrics", "reliability-diagram"]
         artifacts = prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
     assert {a.key for a in artifacts} == set(keys)
+
+    def snapshot() -> dict[str, str]:
+        root = tmp_path / "outputs"
+        return {
+            str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()
+        }
+
+    before = snapshot()
+    assert {"featurize/columns.json", "train/model.pkl", "evaluate/metrics.json"} <= set(before)
+    with pytest.raises(Exception, match="closed bar"):
+        train_flow(params_path=str(path), profile="clash", horizon=4)
+    assert snapshot() == before  # nothing replaced, no staging folder left behind

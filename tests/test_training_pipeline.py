@@ -13,7 +13,7 @@ from scipy.special import ndtri
 from models.metrics import ece, ece_noise_floor, log_loss
 from pipelines.bar_store import BarStore
 from pipelines.config import Params
-from pipelines.evaluate import evaluate
+from pipelines.evaluate import evaluate, write_evaluation
 from pipelines.featurize import run as featurize
 from pipelines.ingest import connect, ingest_history
 from pipelines.register import register
@@ -75,6 +75,28 @@ def test_train_reuses_out_of_fold_predictions_it_is_given(params):
 
 
 @pytest.mark.slow
+def test_training_is_byte_reproducible(params, tmp_path):
+    """Same data, params and seed → the same model.pkl, byte for byte (so `dvc repro` on a fresh
+    clone reproduces the committed dvc.lock on the same machine kind): every learner, the stack
+    and the ensemble, written twice."""
+    import hashlib
+
+    data = load_training_data(params.outputs / "featurize", "direction")
+    models = params.models.model_copy(
+        update={
+            "xgb": params.models.xgb.model_copy(update={"n_estimators": 40}),
+            "mlp": params.models.mlp.model_copy(update={"max_epochs": 2}),
+            "cv": params.models.cv.model_copy(update={"n_splits": 2}),
+        }
+    )
+    digests = []
+    for run in ("a", "b"):
+        save_bundle(train(data, models, params.labels.horizon), tmp_path / run)
+        digests.append(hashlib.sha256((tmp_path / run / "model.pkl").read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+
+
+@pytest.mark.slow
 def test_train_evaluate_register(params, tmp_path):
     data = load_training_data(params.outputs / "featurize", "direction")
     assert np.all(np.diff(data.t0) >= 0) and set(np.unique(data.y)) == {0.0, 1.0}
@@ -89,9 +111,10 @@ def test_train_evaluate_register(params, tmp_path):
     assert reg["bayes_gap"] < 0.03 and reg["bayes_log_loss"] < reg["base_rate_log_loss"]
     assert set(metrics["backtest"]) == {"EURUSD", "GBPUSD"}
     assert images["reliability.png"].startswith(b"\x89PNG")
-    out = params.outputs / "evaluate"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, default=float))
+    assert images["reliability.csv"].startswith(b"predicted,observed,rows\n")
+    write_evaluation(metrics, images, params.outputs / "evaluate")
+    narrow = json.loads((params.outputs / "evaluate" / "metrics.json").read_text())
+    assert narrow["edge"] == pytest.approx(reg["base_rate_log_loss"] - reg["log_loss"]) and len(narrow) <= 8
     name, version, decision = register(params)
     assert name == "mt5prob-fx-M5-direction-h12" and version == "1"
     assert decision.promoted and decision.reason == "no champion yet"
