@@ -189,14 +189,14 @@ def plots(y: np.ndarray, p: np.ndarray, p_true: np.ndarray | None) -> dict[str, 
     return {**out, **plot_data(y, p)}
 
 
-def headline(metrics: dict[str, Any]) -> dict[str, float]:
+def headline(metrics: dict[str, Any]) -> dict[str, float | int]:
     """The registered predictor's headline, flat and narrow (what ``dvc metrics show``
     prints): holdout ``rows``, ``log_loss``, the training base rate's log loss ``base_rate``,
     their difference ``edge`` (> 0 is skill), ``ece``, ``auc`` and, on the simulator, the
     relative gap to the Bayes-optimal log loss ``bayes_gap``. The rest is in ``details.json``."""
     reg = metrics["registered"]
     out = {
-        "rows": float(metrics["holdout_rows"]),
+        "rows": int(metrics["holdout_rows"]),
         "log_loss": float(reg["log_loss"]),
         "base_rate": float(reg["base_rate_log_loss"]),
         "edge": float(reg["base_rate_log_loss"] - reg["log_loss"]),

@@ -109,7 +109,7 @@ def test_demo_runs_the_whole_loop_and_every_surface_answers(copy, prefect_harnes
         plots = subprocess.run([str(dvc), "plots", "show", "--json"], cwd=copy, capture_output=True,
                                text=True, env=env)
         assert plots.returncode == 0, plots.stderr
-        shown = json.loads(plots.stdout)
+        shown = json.loads(plots.stdout)["data"]  # plot id → its rendered (vega) definitions
         wanted = {"outputs/evaluate/reliability.csv", "outputs/evaluate/histogram.csv"}
         assert wanted <= set(shown), shown.keys()
         spec = json.dumps(shown["outputs/evaluate/reliability.csv"])

@@ -7,11 +7,11 @@ platform's deployments served by `python -m flows.serve`:
 * the server's loop services (scheduler, late runs, cancellation cleanup, foreman, pause
   expirations, automations) run for a minute without one error line in the server's log.
 
-Service loops are shortened to 5 s so a minute covers a dozen iterations of each. The first
-test runs on Prefect's default SQLite database (the README's `prefect server start`); the
-second on PostgreSQL, the database the README recommends for a server that runs the
-platform's schedules for real, and there it also makes the late-runs service and an
-automation do work. (On SQLite, Prefect 3.8's late-runs service logs "database is locked"
+Service loops are shortened to 5 s so a minute covers a dozen iterations of each. Two servers
+run side by side: one on Prefect's default SQLite database (the README's `prefect server
+start`), one on PostgreSQL, the database the README recommends for a server that runs the
+platform's schedules for real, where the late-runs service and an automation also do work.
+(On SQLite, Prefect 3.8's late-runs service logs "database is locked"
 when several runs are overdue at once — its marking tasks run concurrently in deferred
 transactions; upstream PrefectHQ/prefect#18934 — so that part is checked on PostgreSQL.)
 """
@@ -221,48 +221,44 @@ def _automation_events(api: str, automation_id: str) -> list[dict]:
     ]
 
 
-def test_schedules_fire_on_the_default_server(tmp_path):
-    """The README's `prefect server start` (SQLite): `ingest-live` runs by its schedule alone
-    and writes bars; the server logs no error meanwhile."""
-    home = tmp_path / "prefect-home"
-    home.mkdir()
-    server, api = start_server(home)
-    served = None
-    try:
-        served, root = serve_platform(tmp_path, api)
-        wait_for_scheduled_runs(api, served, server, n=2, within=150)
-        assert BarStore(root).watermark(SeriesKey("bars", "EURUSD", "M1")) is not None
-    finally:
-        if served:
-            served.stop()
-        server.stop()
-    assert_no_service_error(server)
-
-
 @pytest.mark.postgres
-def test_server_services_run_a_minute_without_error(tmp_path, pg_database):
-    """Prefect's server on PostgreSQL for a minute: schedules fire and run, overdue runs of an
-    unserved deployment are marked Late, an automation fires on completed runs — and not one
-    error line in the server's log."""
+def test_schedules_fire_and_server_services_run_a_minute_without_error(tmp_path, pg_database):
+    """Two Prefect servers side by side for a minute (one minute of the suite, not two):
+
+    * the README's `prefect server start` on its default SQLite file: `ingest-live` runs by
+      its schedule alone and writes bars; the server logs no error meanwhile;
+    * a server on PostgreSQL: schedules fire and run, overdue runs of an unserved deployment
+      are marked Late, an automation fires on completed runs — and not one error line in the
+      server's log."""
     import sqlalchemy as sa
 
     url = sa.make_url(pg_database("prefect")).set(drivername="postgresql+asyncpg")
-    home = tmp_path / "prefect-home"
-    home.mkdir()
-    server, api = start_server(home, url.render_as_string(hide_password=False))
-    served = None
+    lite, pg = tmp_path / "sqlite", tmp_path / "postgres"
+    for folder in (lite / "prefect-home", pg / "prefect-home"):
+        folder.mkdir(parents=True)
+    servers: list[Process] = []
+    served: list[Process] = []
     t0 = time.monotonic()
     try:
-        automation_id = _automation(api)
-        _unserved_deployment(api)
-        served, _ = serve_platform(tmp_path, api)
-        wait_for_scheduled_runs(api, served, server, n=2, within=150)
+        lite_server, lite_api = start_server(lite / "prefect-home")
+        servers.append(lite_server)
+        pg_server, pg_api = start_server(pg / "prefect-home", url.render_as_string(hide_password=False))
+        servers.append(pg_server)
+        automation_id = _automation(pg_api)
+        _unserved_deployment(pg_api)
+        lite_served, lite_root = serve_platform(lite, lite_api)
+        served.append(lite_served)
+        pg_served, _ = serve_platform(pg, pg_api)
+        served.append(pg_served)
+        wait_for_scheduled_runs(lite_api, lite_served, lite_server, n=2, within=180)
+        assert BarStore(lite_root).watermark(SeriesKey("bars", "EURUSD", "M1")) is not None
+        wait_for_scheduled_runs(pg_api, pg_served, pg_server, n=2, within=60)
         time.sleep(max(0.0, 60 - (time.monotonic() - t0)))
-        late = [r for r in _runs(api, "unserved") if r["state_name"] == "Late"]
+        late = [r for r in _runs(pg_api, "unserved") if r["state_name"] == "Late"]
         assert late, "the late-runs service marked no overdue run of the unserved deployment Late"
-        assert _automation_events(api, automation_id), "the automation never fired on a completed run"
+        assert _automation_events(pg_api, automation_id), "the automation never fired on a completed run"
     finally:
-        if served:
-            served.stop()
-        server.stop()
-    assert_no_service_error(server)
+        for proc in served + servers:
+            proc.stop()
+    for server in servers:
+        assert_no_service_error(server)
