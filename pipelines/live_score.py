@@ -127,7 +127,7 @@ class LiveScorer:
         keys = {(s.timeframe, s.label_kind, s.horizon) for t in tenants for s in t.follows}
         names = {k: model_name(reg.name_prefix, reg.symbol_group, *k) for k in keys}
         self.models.follow(names.values())
-        self.models.refresh()
+        self.models.refresh(default_only=True)
         current = {name: self.models.aliases(name).get(alias) for name in set(names.values())}
         needs = []
         for tenant in tenants:
@@ -180,12 +180,6 @@ class LiveScorer:
             if not window.short or all(self._starts_at_beginning(symbol, tf, bars[tf]) for tf in bars):
                 break
             lookback *= 4
-        for tf, b in window.bars.items():
-            if len(b):  # a higher timeframe may have no closed bar yet at the start of history
-                try:
-                    check_bars(tf, b.seconds, bar_fields(b))
-                except BarCheckError as exc:
-                    raise LiveScoreError(f"{symbol} stored bars: {exc}") from exc
         return window
 
     def _read(self, symbol: str, tf: str, start: int, point: float | None = None) -> Bars:
@@ -195,19 +189,34 @@ class LiveScorer:
         sec = timeframe_seconds(tf)
         cached = self._bars.get((symbol, tf))
         if cached is None or cached[0] > start:
-            cached = (start, Bars.from_frame(self.bars.read(key, start=start), sec, point))
+            read = Bars.from_frame(self.bars.read(key, start=start), sec, point)
+            cached = (start, self._checked(symbol, tf, read))
         else:
             have = cached[1]
             last = int(have.time[-1]) if len(have) else start - 1
             stored = self.bars.watermark(key)
             if stored is not None and stored > last:
-                fresh = Bars.from_frame(self.bars.read(key, start=last + 1), sec, have.point)
+                fresh = self._checked(
+                    symbol, tf, Bars.from_frame(self.bars.read(key, start=last + 1), sec, have.point)
+                )
                 merged = have.append(fresh)
                 keep = max(0, len(merged) - self.max_cached_bars)
                 cached = (int(merged.time[keep]) if keep else cached[0], merged.slice(keep))
         self._bars[(symbol, tf)] = cached
         b = cached[1]
         return b.slice(int(np.searchsorted(b.time, start)))
+
+    @staticmethod
+    def _checked(symbol: str, tf: str, bars: Bars) -> Bars:
+        """`bars` through the scoring core's bar checks (`features.window.check_bars`, as
+        ``/score_bars``) once, when they come from disk into the in-memory tail: every bar a
+        window is cut from has passed them, and none is checked again each cycle."""
+        if len(bars):
+            try:
+                check_bars(tf, bars.seconds, bar_fields(bars))
+            except BarCheckError as exc:
+                raise LiveScoreError(f"{symbol} stored bars: {exc}") from exc
+        return bars
 
     def _starts_at_beginning(self, symbol: str, tf: str, bars: Bars) -> bool:
         parts = self.bars.parts(SeriesKey("bars", symbol, tf))

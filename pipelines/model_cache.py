@@ -165,17 +165,27 @@ class ModelCache:
             return list(self._loaded)
 
     # ------------------------------------------------------------ following MLflow
-    def refresh(self) -> list[tuple[str, str, str | None, str | None]]:
+    def refresh(self, default_only: bool = False) -> list[tuple[str, str, str | None, str | None]]:
         """Read every followed model's aliases; load a newly pointed-to default-alias version,
-        then publish the new alias table. Returns the changes (name, alias, old, new)."""
+        then publish the new alias table. Returns the changes (name, alias, old, new).
+
+        `default_only` reads just the default alias (one light MLflow query per model instead
+        of the whole registered model with every version — 5.7 vs 15 ms here): what live
+        scoring needs each cycle; the other aliases keep their last read values."""
         changes = []
         for name in self.names:
+            current = self.aliases(name)
             try:
-                fresh = self.registry.aliases(name)
+                if default_only:
+                    version = self.registry.alias_version(name, self.default_alias)
+                    fresh = {k: v for k, v in current.items() if k != self.default_alias}
+                    if version is not None:
+                        fresh[self.default_alias] = version
+                else:
+                    fresh = self.registry.aliases(name)
             except Exception as exc:  # noqa: BLE001 - MLflow down: keep serving what we have
                 log.warning("could not read aliases of %s: %s", name, exc)
                 continue
-            current = self.aliases(name)
             if fresh == current:
                 continue
             target = fresh.get(self.default_alias)

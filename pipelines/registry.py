@@ -178,12 +178,16 @@ class Registry:
         return version
 
     def alias_version(self, name: str, alias: str) -> str | None:
+        """The version `alias` points at; None when the model or the alias does not exist.
+        Any other failure (MLflow unreachable) raises: it is not an answer."""
         from mlflow.exceptions import MlflowException
 
         try:
             return str(self.client.get_model_version_by_alias(name, alias).version)
-        except MlflowException:
-            return None
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
 
     def load(self, name: str, ref: str) -> Any:
         """``ref`` is an alias (``champion``) or a version number."""

@@ -159,22 +159,24 @@ def docs_app(document: Any) -> Any:
     ``/docs/examples/<score|score_bars>.json`` (``curl … -d @file`` ready). `document()`
     returns the current document (None: not ready)."""
     from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
     from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 
+    # building the document may load the model and its example bars: off the event loop
     async def page(_: Any) -> Response:
-        doc = document()
+        doc = await run_in_threadpool(document)
         title = doc["info"]["title"] if doc else "mt5prob scoring API"
         return HTMLResponse(PAGE.format(title=title))
 
     async def openapi(_: Any) -> Response:
-        doc = document()
+        doc = await run_in_threadpool(document)
         if doc is None:
             return JSONResponse({"error": "the service is still starting"}, status_code=503)
         return Response(json.dumps(doc), media_type="application/json")
 
     async def example(request: Any) -> Response:
-        doc = document()
+        doc = await run_in_threadpool(document)
         name = request.path_params["name"]
         try:
             body = doc["paths"]["/" + name]["post"]["requestBody"]["content"]["application/json"]["example"]
