@@ -96,10 +96,9 @@ def api_document(
     key_header: str,
     secured: set[str],
     examples: dict[str, dict[str, Any]] | None = None,
-    errors: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """BentoML's OpenAPI `spec` as the service's document: `title`, `description`, `version`;
-    API-key security (header `key_header` or bearer) and the `errors` answers on every
+    API-key security (header `key_header` or bearer) and the `ERRORS` answers on every
     operation whose path is in `secured`; `examples` (path → request body) replacing the
     generated ones. Pure: returns a new document."""
     doc = copy.deepcopy(spec)
@@ -110,7 +109,6 @@ def api_document(
         "ApiKey": {"type": "apiKey", "in": "header", "name": key_header},
         "Bearer": {"type": "http", "scheme": "bearer", "description": "the same API key as a bearer token"},
     }
-    errors = ERRORS if errors is None else errors
     for path, item in doc.get("paths", {}).items():
         if path not in secured:
             continue
@@ -118,7 +116,7 @@ def api_document(
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
             operation["security"] = [{"ApiKey": []}, {"Bearer": []}]
-            for code, text in errors.items():
+            for code, text in ERRORS.items():
                 operation["responses"][code] = {
                     "description": text,
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
