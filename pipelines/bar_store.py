@@ -25,6 +25,7 @@ read and removed on the next compaction.
 from __future__ import annotations
 
 import fcntl
+import functools
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -106,7 +107,9 @@ def format_instant(value: int, unit: str) -> str:
     return text if ms is None else f"{text}.{ms:03d}"
 
 
+@functools.lru_cache(maxsize=1 << 16)  # part names are listed every live cycle; strptime is slow
 def parse_instant(text: str, unit: str) -> int:
+    """A part name's compact UTC string → epoch value (s or ms)."""
     base, _, frac = text.partition(".")
     secs = int(datetime.strptime(base, "%Y%m%dT%H%M%S").replace(tzinfo=UTC).timestamp())
     return secs * 1000 + int(frac or 0) if unit == "ms" else secs

@@ -177,7 +177,9 @@ class LiveScorer:
             if new.size == 0:
                 return None
             window = trailing_window(bars, spec, int(new[0]), int(new[-1]))
-            if not window.short or all(self._starts_at_beginning(symbol, tf, bars[tf]) for tf in bars):
+            # only a timeframe short of history can gain from a wider read, and none can once
+            # it starts at its first stored bar (young series: D1 has months, M5 has plenty)
+            if all(self._starts_at_beginning(symbol, tf, bars[tf]) for tf in window.short):
                 break
             lookback *= 4
         return window
