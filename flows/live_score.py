@@ -28,13 +28,20 @@ def score_cycle(scorer: LiveScorer) -> CycleReport:
 
 
 def _publish(report: CycleReport, names: dict[str, str], cycle: int) -> None:
-    """One table per cycle: rows written per tenant; the latency split and, when nothing was
-    written, why, in the description."""
+    """One table per cycle: results given per tenant; the lag from bar close to commit (p50,
+    p99), the latency split and, when nothing was written, why, in the description."""
     rows: list[dict[str, Any]] = [
         {"tenant": names.get(t, t), "rows_written": n} for t, n in sorted(report.rows_per_tenant.items())
     ]
     split = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in report.seconds.items())
-    description = f"cycle {cycle}: {report.rows} rows, {report.model_calls} model calls; latency {split}"
+    description = (
+        f"cycle {cycle}: {report.rows} rows from {report.new_scores} new scores, "
+        f"{report.model_calls} model calls; latency {split}"
+    )
+    if report.lag:
+        description += (
+            f"; bar close → committed p50 {report.lag_ms(0.5):.0f} ms, p99 {report.lag_ms(0.99):.0f} ms"
+        )
     if report.idle:
         description += f". Nothing written: {report.idle}"
     elif report.skipped:
@@ -88,6 +95,8 @@ def live_score_flow(
                 {
                     "rows_per_tenant": {names.get(t, t): n for t, n in report.rows_per_tenant.items()},
                     "seconds": report.seconds,
+                    "new_scores": report.new_scores,
+                    "lag_ms": {"p50": report.lag_ms(0.5), "p99": report.lag_ms(0.99)},
                     "skipped": report.skipped,
                 }
             )

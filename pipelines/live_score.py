@@ -15,13 +15,14 @@ One cycle (`LiveScorer.cycle`):
    rows ``/score_bars`` computes for the same bars);
 3. scores once per distinct (symbol, timeframe, model version) — however many tenants follow
    it — with one model call per model version;
-4. fans the probabilities out to every tenant that follows them as typed `ResultRow`s (with
-   the tenant's signal from the one threshold policy, `models.policy`) and writes all rows
-   *and* the moved watermarks in one transaction.
+4. stores each probability once, as a typed `ScoreRow` (series, bar, model version, when the
+   bar closed), *and* the moved watermarks in one transaction; every tenant that follows the
+   series reads it through the store's ``tenant_results`` view, with its own signal under its
+   thresholds (the same rule as `models.policy`) — the write does not grow with tenants.
 
-A crash anywhere leaves the store as it was; the next cycle scores the same bars again (the
-upserts are idempotent), so after a crash or an MT5 outage nothing is missed and nothing is
-written twice. Bar times are bar open times, UTC; probabilities are P(label 1).
+A crash anywhere leaves the store as it was; the next cycle scores the same bars again (a
+score already stored is kept), so after a crash or an MT5 outage nothing is missed and nothing
+is written twice. Bar times are bar open times, UTC; probabilities are P(label 1).
 
     python -m pipelines.live_score [--cycles N] [--params params.yaml] [--profile fast]
 """
@@ -48,7 +49,7 @@ from pipelines.config import Params
 from pipelines.model_cache import LoadedModel, ModelCache
 from pipelines.mt5.constants import timeframe_seconds
 from pipelines.registry import Registry, model_name
-from pipelines.store import ResultRow, ResultsStore, Tenant
+from pipelines.store import ResultsStore, ScoreRow, Tenant
 
 log = logging.getLogger("mt5prob.live_score")
 
@@ -65,13 +66,20 @@ class CycleReport:
     scored: dict[tuple[str, str, str, str], int] = field(default_factory=dict)  # (sym, tf, model, ver) → bars
     watermarks: dict[tuple[str, str], datetime] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # features, scoring, writes, total
+    new_scores: int = 0  # scores stored (once per series, model version and bar)
+    lag: list[float] = field(default_factory=list)  # per new score: bar close → committed, seconds
     skipped: list[str] = field(default_factory=list)
     model_calls: int = 0
     idle: str = ""  # when nothing was written: why, in words an operator can act on
 
     @property
     def rows(self) -> int:
+        """Tenant results this cycle made available (scores × the tenants that follow them)."""
         return sum(self.rows_per_tenant.values())
+
+    def lag_ms(self, q: float) -> float | None:
+        """Quantile `q` of bar close → committed over this cycle's new scores, milliseconds."""
+        return float(np.quantile(self.lag, q) * 1e3) if self.lag else None
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,7 @@ class _Need:
     label_kind: str
     model: str
     version: str
+    pinned: bool  # the tenant's pin chose the version (else the followed alias did)
 
 
 class LiveScorer:
@@ -98,6 +107,7 @@ class LiveScorer:
         max_cached_bars: int = 50_000,
         freeze_gc: bool = True,
         models: ModelCache | None = None,
+        closed_at: Callable[[int], datetime] | None = None,
     ) -> None:
         self.params = params
         self.store = store
@@ -108,6 +118,9 @@ class LiveScorer:
             device=params.serving.device,
             default_alias=params.serving.alias,
         )
+        # bar close (UTC epoch seconds of market time) → the wall-clock moment it closed: the
+        # same instant for a terminal on real time; an accelerated simulator maps its clock
+        self.closed_at = closed_at or (lambda t: datetime.fromtimestamp(t, UTC))
         self.max_cached_bars = max_cached_bars
         self.freeze_gc = freeze_gc
         self._cycles = 0
@@ -142,7 +155,10 @@ class LiveScorer:
                         log.warning(msg)
                     continue
                 needs.append(
-                    _Need(tenant, sub.symbol, sub.timeframe, sub.horizon, sub.label_kind, name, version)
+                    _Need(
+                        tenant, sub.symbol, sub.timeframe, sub.horizon, sub.label_kind, name, version,
+                        pinned is not None,
+                    )
                 )
         return needs
 
@@ -299,44 +315,34 @@ class LiveScorer:
             fault("scored")
         t2 = time.perf_counter()
 
-        # fan out and write, all in one transaction
-        now = datetime.now(UTC)
-        # typed rows: probabilities are clipped to [0, 1] and signals come from the tenant's
-        # validated threshold policy, so they are valid by construction
-        rows_by_tenant: dict[str, list[ResultRow]] = defaultdict(list)
+        # store each score once (tenants read them through the store's view) with the
+        # watermarks, in one transaction; count what each tenant was given
+        sec = {tf: timeframe_seconds(tf) for tf in {n.timeframe for n in needs}}
+        kinds = {n.model: (n.horizon, n.label_kind) for n in needs}
+        # audiences per score: followers (no pin) and/or tenants pinned to that version
+        audiences = {(n.symbol, n.timeframe, n.model, n.version, not n.pinned) for n in needs}
+        rows: list[ScoreRow] = []
         stamps: dict[int, datetime] = {}
-        policies: dict[str, Any] = {}
-        new_row = tuple.__new__
-        for need in needs:
-            scored = probs.get((need.symbol, need.timeframe, need.model, need.version))
+        for symbol, tf, name, version, followed in sorted(audiences):
+            scored = probs.get((symbol, tf, name, version))
             if not scored:
                 continue
-            tenant = need.tenant
-            policy = policies.get(tenant.tenant_id) or policies.setdefault(tenant.tenant_id, tenant.policy)
-            out = rows_by_tenant[tenant.tenant_id]
+            horizon, label_kind = kinds[name]
             for t, p in scored.items():
                 bar_time = stamps.get(t) or stamps.setdefault(t, datetime.fromtimestamp(t, UTC))
-                out.append(
-                    new_row(  # = ResultRow(...) without its Python-level __new__ (a third of the cost)
-                        ResultRow,
-                        (
-                            tenant.tenant_id,
-                            need.symbol,
-                            need.timeframe,
-                            bar_time,
-                            need.horizon,
-                            need.label_kind,
-                            p,
-                            policy.signal(p),
-                            need.model,
-                            need.version,
-                            now,
-                        ),
-                    )
+                closed = self.closed_at(t + sec[tf])
+                rows.append(
+                    ScoreRow(symbol, tf, bar_time, horizon, label_kind, name, version, p, followed, closed)
                 )
-        report.rows_per_tenant = self.store.write_prepared(
-            rows_by_tenant, actor="live-score", watermark=new_watermarks, fault=fault
-        )
+        report.new_scores = self.store.write_scores(rows, watermark=new_watermarks, fault=fault)
+        committed = datetime.now(UTC)
+        report.lag = [(committed - r.bar_closed_at).total_seconds() for r in rows]
+        given: dict[str, int] = defaultdict(int)
+        for need in needs:
+            scored = probs.get((need.symbol, need.timeframe, need.model, need.version))
+            if scored:
+                given[need.tenant.tenant_id] += len(scored)
+        report.rows_per_tenant = dict(given)
         report.watermarks = new_watermarks
         if not report.rows:
             report.idle = _idle_reason(directory, needs, watermarks, report)
@@ -377,7 +383,7 @@ def rewind(store: ResultsStore, params: Params, bars: int) -> None:
         (symbol, tf): t - timedelta(seconds=timeframe_seconds(tf) * bars)
         for (symbol, tf), t in store.watermarks().items()
     }
-    store.write_results({}, watermark=back)
+    store.move_watermarks(back)
 
 
 def replaying(params: Params, store: ResultsStore, bars: int) -> LiveScorer:

@@ -117,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "remove":
             if not args.yes:
                 raise StoreError("remove deletes the tenant and all of its results: add --yes to confirm")
-            print(f"removed {args.tenant}: {store.remove_tenant(args.tenant)} result rows deleted")
+            n = store.remove_tenant(args.tenant)
+            print(f"removed {args.tenant}: its settings, history and audit trail ({n} results unreadable)")
         elif args.command == "export":
             print(f"wrote {export_results(store, args.tenant, args.out)} rows to {args.out}")
         return 0

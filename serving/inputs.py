@@ -38,6 +38,8 @@ def result_rows(frame: Any) -> list[ResultRow]:
             model_name=r.model_name,
             model_version=str(r.model_version),
             scored_at=r.scored_at.isoformat(),
+            bar_closed_at=r.bar_closed_at.isoformat(),
+            event_id=int(r.event_id),
         )
         for r in frame.itertuples(index=False)
     ]

@@ -64,7 +64,9 @@ class ResultRow(BaseModel):
     signal: str
     model_name: str
     model_version: str
-    scored_at: str
+    scored_at: str = Field(description="when the score was committed (UTC)")
+    bar_closed_at: str = Field(description="when its bar closed (UTC); scored_at − bar_closed_at is the lag")
+    event_id: int = Field(description="position in your result stream (GET /stream resumes after it)")
 
 
 class ResultsResponse(BaseModel):

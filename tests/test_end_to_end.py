@@ -90,7 +90,7 @@ def test_demo_runs_the_whole_loop_and_every_surface_answers(copy, prefect_harnes
         with sqlite3.connect(copy / "results.db") as db:
             per_tenant = dict(
                 db.execute(
-                    "SELECT t.name, count(*) FROM probabilities p JOIN tenants t USING (tenant_id) "
+                    "SELECT t.name, count(*) FROM tenant_results p JOIN tenants t USING (tenant_id) "
                     "GROUP BY t.name"
                 ).fetchall()
             )

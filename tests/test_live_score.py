@@ -90,7 +90,7 @@ def store(request, tmp_path):
     yield s
     if s.dialect == "postgresql":
         with s.admin_engine.begin() as conn:
-            for table in ("probabilities", "audit", "tenants", "score_watermarks"):
+            for table in ("scores", "subscriptions", "pins", "audit", "tenants", "score_watermarks"):
                 conn.execute(sa.text(f"DELETE FROM {table}"))
     s.close()
 
@@ -144,7 +144,7 @@ def test_crash_mid_write_then_resume_without_gap_or_duplicate(world, store):
     newest = store.watermarks()[("EURUSD", "M5")]
     # an outage: the scorer last ran 8 bars ago (for both series)
     back = {k: v - timedelta(minutes=40) for k, v in store.watermarks().items()}
-    store.write_results({}, watermark=back)
+    store.move_watermarks(back)
 
     def crash(stage: str) -> None:
         if stage == "rows-written":  # every tenant's rows are in the database, not yet committed
@@ -164,7 +164,7 @@ def test_crash_mid_write_then_resume_without_gap_or_duplicate(world, store):
         assert got == times[-8:].tolist()
     assert store.watermarks()[("EURUSD", "M5")] == newest
     # a full re-run of the same bars rewrites the same rows (idempotent upserts)
-    store.write_results({}, watermark=back)
+    store.move_watermarks(back)
     scorer.cycle()
     assert rows_of(store, a).drop(columns="scored_at").equals(ra.drop(columns="scored_at"))
 
@@ -174,7 +174,7 @@ def test_backfill_spreads_over_cycles_and_promotion_is_picked_up(world, store):
     scorer = LiveScorer(world["params"], store, registry=world["registry"])
     scorer.cycle()
     back = {k: v - timedelta(minutes=5 * 70) for k, v in store.watermarks().items()}
-    store.write_results({}, watermark=back)
+    store.move_watermarks(back)
     first = scorer.cycle()  # max_bars_per_cycle = 50
     assert first.scored[("EURUSD", "M5", world["name"], "1")] == 50
     world["registry"].set_champion(world["name"], "2", reason="promoted between cycles", actor="test")

@@ -4,7 +4,7 @@ model version and tenant, and the monitor flow fails with its artifacts on a bre
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -17,7 +17,7 @@ from pipelines import featurize, ingest
 from pipelines.bar_store import BarStore, SeriesKey
 from pipelines.config import load_params
 from pipelines.monitor import check
-from pipelines.store import ResultsStore, Subscription
+from pipelines.store import ResultsStore, ScoreRow, Subscription
 
 
 def test_psi():
@@ -56,30 +56,36 @@ def world(tmp_path_factory):
     return params
 
 
-def _results(params, p_of):
-    """Tenant rows over the last 600 M5 bars with probability p_of(realised label)."""
+def _results(params, p_of, version="1"):
+    """A tenant pinned to its own model `version`, whose scores over the last 600 M5 bars have
+    probability p_of(realised up-rate)."""
     store = ResultsStore(params.store.url)
     store.migrate()
-    tenant, _ = store.add_tenant(f"t{datetime.now(UTC).timestamp()}", [Subscription("EURUSD", "M5", 12)])
+    tenant, _ = store.add_tenant(
+        f"t{datetime.now(UTC).timestamp()}", [Subscription("EURUSD", "M5", 12)], pins={"m": version}
+    )
     frame = BarStore(params.data.root).read(SeriesKey("bars", "EURUSD", "M5"))
     bars = Bars.from_frame(frame, 300)
     y = direction_labels(bars, params.labels.direction_spec())["label"]
     rate = float(np.nanmean(y[-600:]))
-    rows = [
-        {
-            "symbol": "EURUSD",
-            "timeframe": "M5",
-            "bar_time": datetime.fromtimestamp(int(t), UTC),
-            "horizon": 12,
-            "label_kind": "direction",
-            "probability": p_of(rate),
-            "signal": "flat",
-            "model_name": "m",
-            "model_version": "1",
-        }
-        for t, lab in zip(bars.time[-600:], y[-600:], strict=True)
-    ]
-    store.write_results({tenant.tenant_id: rows})
+    scores = []
+    for t in bars.time[-600:]:
+        bar = datetime.fromtimestamp(int(t), UTC)
+        scores.append(
+            ScoreRow(
+                "EURUSD",
+                "M5",
+                bar,
+                12,
+                "direction",
+                "m",
+                version,
+                p_of(rate),
+                False,
+                bar + timedelta(minutes=5),
+            )
+        )
+    store.write_scores(scores)
     return store, tenant
 
 
@@ -96,7 +102,7 @@ def test_drift_and_calibration_checks(world):
         assert 500 <= by_model["rows"] <= 600  # the last 12 bars have not matured yet
         assert by_model["ece"] < 0.02 and fair.ok
         assert 0.5 < by_model["log_loss"] <= np.log(2) + 0.005  # the entropy of the up-rate
-        _results(world, lambda rate: 0.9)  # a second tenant, overconfident
+        _results(world, lambda rate: 0.9, version="2")  # a second tenant, overconfident
         bad = check(world, store)
         assert any("live calibration of tenant" in b for b in bad.breaches)
         assert any(r["by"] == "tenant" and r["key"].startswith(tenant.name) for r in bad.calibration)

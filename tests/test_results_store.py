@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from pipelines.store import ResultsStore, StoreError, Subscription, TenantIsolationError, app_url
+from models.policy import ThresholdPolicy
+from pipelines.store import ResultsStore, ScoreRow, StoreError, Subscription, app_url
 from pipelines.tenants import export_results
 from pipelines.tenants import main as tenants_cli
 
@@ -30,26 +31,29 @@ def store(request, tmp_path):
     s.migrate()
     yield s
     with s.admin_engine.begin() as conn:  # the database is shared by the session's tests
-        for table in ("probabilities", "audit", "tenants", "score_watermarks"):
+        for table in ("scores", "subscriptions", "pins", "audit", "tenants", "score_watermarks"):
             conn.execute(sa.text(f"DELETE FROM {table}"))
     s.close()
 
 
-def rows(symbol: str = "EURUSD", n: int = 3, version: str = "1", p: float = 0.6) -> list[dict]:
-    return [
-        {
-            "symbol": symbol,
-            "timeframe": "M5",
-            "bar_time": T0 + timedelta(minutes=5 * i),
-            "horizon": 12,
-            "label_kind": "direction",
-            "probability": p,
-            "signal": "long",
-            "model_name": "m",
-            "model_version": version,
-        }
-        for i in range(n)
-    ]
+def rows(
+    symbol: str = "EURUSD",
+    n: int = 3,
+    version: str = "1",
+    p: float = 0.6,
+    followed: bool = True,
+    start: int = 0,
+) -> list[ScoreRow]:
+    """`n` scores of consecutive M5 bars from bar `start` after T0."""
+    out = []
+    for i in range(start, start + n):
+        bar = T0 + timedelta(minutes=5 * i)
+        out.append(
+            ScoreRow(
+                symbol, "M5", bar, 12, "direction", "m", version, p, followed, bar + timedelta(minutes=5)
+            )
+        )
+    return out
 
 
 def test_migrate_is_idempotent_and_app_role_cannot_bypass_rls(store):
@@ -69,7 +73,7 @@ def test_migrate_is_idempotent_and_app_role_cannot_bypass_rls(store):
                 .scalars()
                 .all()
             )
-            assert {"tenants", "probabilities", "audit"} <= set(forced)
+            assert {"tenants", "subscriptions", "pins", "scores", "audit"} <= set(forced)
 
 
 def test_keys_hashed_authenticate_and_rotate(store):
@@ -89,85 +93,130 @@ def test_keys_hashed_authenticate_and_rotate(store):
         store.add_tenant("bad", FOLLOWS, long_above=0.4, short_below=0.6)
 
 
-def test_upsert_idempotent_and_unique_per_model_version(store):
+def test_scores_are_stored_once_and_never_rewritten(store):
     a, _ = store.add_tenant("a", FOLLOWS)
-    with store.tenant(a.tenant_id, "test") as s:
-        assert s.upsert(rows()) == 3
-    with store.tenant(a.tenant_id, "test") as s:
-        s.upsert(rows(p=0.7))  # same keys: replaced, not duplicated
-        s.upsert(rows(version="2", p=0.4))  # another model version: its own rows
-    with store.tenant(a.tenant_id, "test") as s:
-        frame = s.probabilities()
-        latest = s.latest()
-    assert len(frame) == 6
-    assert sorted(frame[frame.model_version == "1"].probability.unique()) == [0.7]
-    assert frame.bar_time.dt.tz is not None and frame.bar_time.max() == pd.Timestamp(
-        T0 + timedelta(minutes=10)
+    b, _ = store.add_tenant("b", FOLLOWS)
+    assert store.write_scores(rows()) == 3  # once, for both tenants
+    assert store.write_scores(rows(p=0.7)) == 0  # already stored: kept as it was (crash replay)
+    assert store.write_scores(rows(version="2", p=0.4, followed=False)) == 3  # for pinned tenants only
+    with store.admin_engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM scores")).scalar() == 6
+    for t in (a, b):
+        with store.tenant(t.tenant_id, "test") as s:
+            frame = s.probabilities()
+            latest = s.latest()
+        assert len(frame) == 3 and set(frame.probability) == {0.6} and set(frame.model_version) == {"1"}
+        assert frame.bar_time.dt.tz is not None and frame.bar_time.max() == pd.Timestamp(
+            T0 + timedelta(minutes=10)
+        )
+        assert (frame.bar_closed_at - frame.bar_time == pd.Timedelta(minutes=5)).all()
+        assert len(latest) == 1 and latest.bar_time[0] == pd.Timestamp(T0 + timedelta(minutes=10))
+    # a tenant pinned to the followed version: the same probabilities, stored for its audience
+    c, _ = store.add_tenant("c", FOLLOWS, pins={"m": "1"})
+    assert store.write_scores(rows(start=3) + rows(start=3, followed=False)) == 6
+    for t in (a, c):
+        with store.tenant(t.tenant_id, "test") as s:
+            frame = s.probabilities(start=T0 + timedelta(minutes=15))
+        assert len(frame) == 3 and set(frame.model_version) == {"1"}  # once each, not twice
+    with pytest.raises(StoreError, match="outside"):
+        store.write_scores(rows(p=float("nan"), start=10))
+
+
+def test_tenants_read_what_they_followed_when_it_was_committed(store):
+    """Subscriptions, thresholds and pins are histories: each score shows to the tenants that
+    followed its series when it was committed, with their pin's version (else the followed
+    one) and the signal of their thresholds of that moment — the threshold policy's rule."""
+    a, _ = store.add_tenant("a", FOLLOWS[:1], long_above=0.6, short_below=0.4)
+    store.write_scores(rows(p=0.6) + rows("XAUUSD", p=0.3))  # 0.6 is on the boundary: flat
+    store.update_tenant("a", follows=FOLLOWS[1:], long_above=0.55, short_below=0.45)
+    store.write_scores(rows(p=0.6, start=3) + rows("XAUUSD", p=0.3, start=3))
+    store.update_tenant("a", pins={"m": "2"})
+    store.write_scores(
+        rows("XAUUSD", p=0.5, start=6) + rows("XAUUSD", p=0.7, start=6, version="2", followed=False)
     )
-    assert len(latest) == 1 and latest.bar_time[0] == pd.Timestamp(T0 + timedelta(minutes=10))
+    with store.tenant(a.tenant_id, "test") as s:
+        got = s.probabilities().sort_values("event_id")
+    assert list(zip(got.symbol, got.probability, got.signal, got.model_version, strict=True)) == (
+        [("EURUSD", 0.6, "flat", "1")] * 3
+        + [("XAUUSD", 0.3, "short", "1")] * 3
+        + [("XAUUSD", 0.7, "long", "2")] * 3
+    )
+    policy = ThresholdPolicy(0.55, 0.45)
+    grid = [0.0, 0.45, 0.4500001, 0.5, 0.55, 0.5500001, 1.0]
+    store.update_tenant("a", pins={})
+    store.write_scores(
+        [r._replace(probability=p) for r, p in zip(rows("XAUUSD", len(grid), start=20), grid, strict=True)]
+    )
+    with store.tenant(a.tenant_id, "test") as s:
+        new = s.events(after=int(got.event_id.max()))
+    assert new.signal.tolist() == [policy.signal(p) for p in grid]
+    assert new.event_id.is_monotonic_increasing and len(new) == len(grid)
 
 
 def test_tenant_isolation(store):
-    a, _ = store.add_tenant("a", FOLLOWS)
-    b, _ = store.add_tenant("b", FOLLOWS)
-    store.write_results({a.tenant_id: rows(p=0.61), b.tenant_id: rows("XAUUSD", p=0.39)})
+    a, _ = store.add_tenant("a", FOLLOWS[:1])
+    b, _ = store.add_tenant("b", FOLLOWS[1:])
+    store.write_scores(rows(p=0.61) + rows("XAUUSD", p=0.39))
     with store.tenant(a.tenant_id, "test") as s:
         mine = s.probabilities()
         assert set(mine.symbol) == {"EURUSD"} and len(mine) == 3
-        with pytest.raises(TenantIsolationError):
-            s.upsert([{**rows()[0], "tenant_id": b.tenant_id}])
         assert s.tenant().name == "a"
     if store.dialect == "postgresql":
-        # below the API: raw SQL with no tenant filter sees nothing of B and cannot write for B
+        # below the API: raw SQL with no tenant filter sees nothing of B and cannot write
         with store.tenant(a.tenant_id, "test") as s:
-            seen = s.execute("SELECT DISTINCT tenant_id FROM probabilities").scalars().all()
+            seen = s.execute("SELECT DISTINCT tenant_id FROM tenant_results").scalars().all()
             assert seen == [a.tenant_id]
+            assert s.execute("SELECT DISTINCT symbol FROM scores").scalars().all() == ["EURUSD"]
+            assert s.execute("SELECT count(*) FROM subscriptions").scalar() == 1
             assert s.execute("SELECT count(*) FROM tenants").scalar() == 1
             assert (
                 s.execute("SELECT count(*) FROM audit WHERE tenant_id = :b", {"b": b.tenant_id}).scalar() == 0
             )
-            assert (
-                s.execute(
-                    "UPDATE probabilities SET probability = 0 WHERE tenant_id = :b", {"b": b.tenant_id}
-                ).rowcount
-                == 0
-            )
+            for sql in ("UPDATE scores SET probability = 0", "DELETE FROM scores"):
+                with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
+                    with s.conn.begin_nested():
+                        s.execute(sql)
         with pytest.raises(sa.exc.ProgrammingError, match="row-level security"):
-            with store.tenant(a.tenant_id, "test") as s:
+            with store.tenant(a.tenant_id, "test") as s:  # a tenant cannot forge a score
                 s.execute(
-                    "INSERT INTO probabilities VALUES (:b, 'EURUSD', 'M5', now(), 12, 'direction',"
-                    " 0.5, 'flat', 'm', '9', now())",
+                    "INSERT INTO scores (symbol, timeframe, bar_time, horizon, label_kind, model_name, "
+                    "model_version, probability, followed, bar_closed_at, committed_at) VALUES "
+                    "('EURUSD', 'M5', now(), 12, 'direction', 'm', '9', 0.5, true, now(), now())"
+                )
+        with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
+            with store.tenant(a.tenant_id, "test") as s:  # nor follow anything (admin only)
+                s.execute(
+                    "INSERT INTO subscriptions (tenant_id, symbol, timeframe, horizon, label_kind, "
+                    "long_above, short_below, valid_from) "
+                    "VALUES (:b, 'EURUSD', 'M5', 12, 'direction', 0.5, 0.5, now())",
                     {"b": b.tenant_id},
                 )
-        with store.engine.connect() as conn:  # no tenant set at all: nothing visible
-            assert conn.execute(sa.text("SELECT count(*) FROM probabilities")).scalar() == 0
+        with store.engine.connect() as conn:  # no tenant set at all: no tenant's results
+            assert conn.execute(sa.text("SELECT count(*) FROM tenant_results")).scalar() == 0
     with store.tenant(b.tenant_id, "test") as s:
         theirs = s.probabilities()
         assert set(theirs.symbol) == {"XAUUSD"} and (theirs.probability == 0.39).all()
 
 
-def test_write_results_is_one_transaction(store):
+def test_write_scores_is_one_transaction(store):
     a, _ = store.add_tenant("a", FOLLOWS)
-    b, _ = store.add_tenant("b", FOLLOWS)
-    bad = rows()
-    bad[1]["probability"] = 1.5
-    with pytest.raises(StoreError):
-        store.write_results({a.tenant_id: rows(), b.tenant_id: bad}, watermark={("EURUSD", "M5"): T0})
-    for t in (a, b):
-        with store.tenant(t.tenant_id, "test") as s:
-            assert s.probabilities().empty
+
+    def crash(stage):
+        raise RuntimeError(stage)
+
+    with pytest.raises(RuntimeError, match="rows-written"):
+        store.write_scores(rows(), watermark={("EURUSD", "M5"): T0}, fault=crash)
+    with store.tenant(a.tenant_id, "test") as s:
+        assert s.probabilities().empty
     assert store.watermarks() == {}
-    written = store.write_results(
-        {a.tenant_id: rows(), b.tenant_id: rows()}, watermark={("EURUSD", "M5"): T0}
-    )
-    assert written == {a.tenant_id: 3, b.tenant_id: 3}
+    assert store.write_scores(rows(), watermark={("EURUSD", "M5"): T0}) == 3
     assert store.watermarks() == {("EURUSD", "M5"): T0}
 
 
 def test_audit_remove_and_export(store, tmp_path):
     a, _ = store.add_tenant("a", FOLLOWS)
     b, _ = store.add_tenant("b", FOLLOWS)
-    store.write_results({a.tenant_id: rows(), b.tenant_id: rows()})
+    store.write_scores(rows())
     out = tmp_path / "a.parquet"
     assert export_results(store, "a", out) == 3
     exported = pd.read_parquet(out)
@@ -175,14 +224,15 @@ def test_audit_remove_and_export(store, tmp_path):
     assert export_results(store, a.tenant_id, tmp_path / "a.csv") == 3
     with store.tenant(a.tenant_id, "test") as s:
         actions = s.audit_log().action.tolist()
-    assert actions[0] == "tenant.add" and "results.write" in actions and "tenant.export" in actions
+    assert actions[0] == "tenant.add" and "results.read" in actions and "tenant.export" in actions
     assert store.remove_tenant("a") == 3
     with pytest.raises(StoreError, match="no tenant"):
         store.find_tenant("a")
     with store.admin_engine.connect() as conn:
-        left = conn.execute(sa.text("SELECT DISTINCT tenant_id FROM probabilities")).scalars().all()
+        left = conn.execute(sa.text("SELECT DISTINCT tenant_id FROM subscriptions")).scalars().all()
+        results_left = conn.execute(sa.text("SELECT DISTINCT tenant_id FROM tenant_results")).scalars().all()
         audit_left = conn.execute(sa.text("SELECT DISTINCT tenant_id FROM audit")).scalars().all()
-    assert left == [b.tenant_id] and audit_left == [b.tenant_id]
+    assert left == results_left == audit_left == [b.tenant_id]
 
 
 def test_cli_round_trip(tmp_path, capsys):
@@ -249,7 +299,7 @@ def test_store_migrations_share_a_database_with_other_alembic_users(tmp_path):
         assert (
             conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "someone_elses_head"
         )
-        assert conn.execute(sa.text("SELECT version_num FROM mt5prob_store_version")).scalar() == "0002"
+        assert conn.execute(sa.text("SELECT version_num FROM mt5prob_store_version")).scalar() == "0003"
     store.close()
 
 
@@ -265,12 +315,60 @@ def test_ensure_tenant_adds_then_updates_and_rotates(store):
         store.ensure_tenant("demo", FOLLOWS, 0.4, 0.6)  # bad input is still an error, not "exists"
 
 
-def test_result_rows_are_typed_records_of_the_table():
-    """Live scoring hands the store `ResultRow`s; their fields are the table's columns in
+def test_score_rows_are_typed_records_of_the_table():
+    """Live scoring hands the store `ScoreRow`s; their fields are the table's columns in
     order, and the PostgreSQL array casts come from the same table (no length: a cast to
     varchar(n) would silently truncate)."""
-    from pipelines.store.results import _PG_TYPES, ROW_FIELDS, ResultRow
+    from pipelines.store.results import _INSERT_COLUMNS, _PG_TYPES, SCORE_FIELDS
 
-    assert ResultRow._fields == ROW_FIELDS
-    assert len(_PG_TYPES) == len(ROW_FIELDS) and not any("(" in t for t in _PG_TYPES)
-    assert _PG_TYPES[ROW_FIELDS.index("bar_time")] == "TIMESTAMP WITH TIME ZONE"
+    assert ScoreRow._fields == SCORE_FIELDS and _INSERT_COLUMNS == (*SCORE_FIELDS, "committed_at")
+    assert len(_PG_TYPES) == len(_INSERT_COLUMNS) and not any("(" in t for t in _PG_TYPES)
+    assert _PG_TYPES[SCORE_FIELDS.index("bar_time")] == "TIMESTAMP WITH TIME ZONE"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_upgrade_moves_per_tenant_rows_to_scores(backend, request, tmp_path):
+    """A store at revision 0002 (one row per tenant) upgrades with nothing lost: each tenant
+    reads the same results through the view, a probability shared by tenants is stored once."""
+    if backend == "sqlite":
+        store = ResultsStore(f"sqlite:///{tmp_path / 'old.db'}")
+    else:
+        admin = request.getfixturevalue("pg_database")("upgrade")
+        store = ResultsStore(app_url(admin), admin)
+    store.migrate("0002")
+    from pipelines.store.schema import tenants
+
+    made = datetime.now(UTC)
+    with store.admin_engine.begin() as conn:  # tenants as revision 0002 stored them
+        for name, follows, pins in (("a", FOLLOWS, {}), ("b", FOLLOWS[:1], {"m": "2"})):
+            conn.execute(
+                tenants.insert().values(
+                    tenant_id=name, name=name, key_id=name, key_hash="0" * 64,
+                    follows=[f.as_dict() for f in follows], long_above=0.55, short_below=0.45,
+                    pins=pins, created_at=made, key_rotated_at=made,
+                )
+            )  # fmt: skip
+    a, b = store.find_tenant("a"), store.find_tenant("b")
+    legacy = [
+        (a.tenant_id, "EURUSD", "1", 0.6, "long"),
+        (a.tenant_id, "XAUUSD", "1", 0.4, "short"),
+        (b.tenant_id, "EURUSD", "2", 0.5, "flat"),
+    ]
+    later = made + timedelta(seconds=1)
+    insert = sa.text(
+        "INSERT INTO probabilities VALUES (:t, :s, 'M5', :bt, 12, 'direction', :p, :sig, 'm', :v, :at)"
+    )
+    with store.admin_engine.begin() as conn:
+        for tenant_id, symbol, version, p, signal in legacy:
+            values = {"t": tenant_id, "s": symbol, "bt": T0, "p": p, "sig": signal, "v": version}
+            conn.execute(insert, {**values, "at": later})
+    store.migrate()
+    for tenant, want in ((a, legacy[:2]), (b, legacy[2:])):
+        with store.tenant(tenant.tenant_id, "test") as s:
+            got = s.probabilities().sort_values("symbol")
+        assert list(zip(got.symbol, got.model_version, got.probability, got.signal, strict=True)) == [
+            w[1:] for w in want
+        ]
+    with store.admin_engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM scores")).scalar() == 3
+    store.close()

@@ -28,7 +28,7 @@ from models.base_learners import LogisticLearner
 from pipelines.mt5 import constants as C
 from pipelines.mt5.simulator import MarketSimulator, SimulatorConfig
 from pipelines.registry import Registry
-from pipelines.store import ResultsStore, Subscription
+from pipelines.store import ResultsStore, ScoreRow, Subscription
 from serving.devserver import REPO, running_service
 
 pytestmark = pytest.mark.slow
@@ -331,23 +331,14 @@ def test_bad_bars(env):
 
 
 def test_results_endpoints(env):
-    store, acme, beta = env["store"], env["acme"], env["beta"]
+    store = env["store"]
     t0 = datetime(2024, 3, 1, tzinfo=UTC)
-    rows = [
-        {
-            "symbol": "EURUSD",
-            "timeframe": "M5",
-            "bar_time": t0 + timedelta(minutes=5 * k),
-            "horizon": 12,
-            "label_kind": "direction",
-            "probability": 0.5 + k / 100,
-            "signal": "flat",
-            "model_name": NAME,
-            "model_version": "2",
-        }
-        for k in range(4)
-    ]
-    store.write_results({acme.tenant_id: rows, beta.tenant_id: rows[:1]})
+    bars = [t0 + timedelta(minutes=5 * k) for k in range(4)]
+    scores = [  # the followed version for every bar; beta's pinned version for the first
+        ScoreRow("EURUSD", "M5", t, 12, "direction", NAME, "2", 0.5 + k / 100, True, t + timedelta(minutes=5))
+        for k, t in enumerate(bars)
+    ] + [ScoreRow("EURUSD", "M5", t0, 12, "direction", NAME, "1", 0.4, False, t0 + timedelta(minutes=5))]
+    store.write_scores(scores)
     latest = post(env, "/results/latest", {}).json()
     assert latest["tenant"] == "acme" and len(latest["rows"]) == 1
     assert latest["rows"][0]["probability"] == pytest.approx(0.53)

@@ -1,8 +1,8 @@
 """The per-tenant results store (see results.py) and its Alembic migrations."""
 
 from pipelines.store.results import (
-    ResultRow,
     ResultsStore,
+    ScoreRow,
     StoreError,
     Subscription,
     Tenant,
@@ -12,8 +12,8 @@ from pipelines.store.results import (
 )
 
 __all__ = [
-    "ResultRow",
     "ResultsStore",
+    "ScoreRow",
     "StoreError",
     "Subscription",
     "Tenant",

@@ -37,33 +37,44 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from models.policy import ThresholdPolicy
-from pipelines.store.schema import APP_ROLE, TENANT_SETTING, audit, probabilities, tenants, watermarks
+from pipelines.store.schema import (
+    APP_ROLE,
+    TENANT_SETTING,
+    audit,
+    scores,
+    subscriptions,
+    tenant_results,
+    tenants,
+    watermarks,
+)
+from pipelines.store.schema import pins as pin_table
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 KEY_PREFIX = "mt5p"
 SIGNALS = ("long", "short", "flat")
-# a probability row, in the table's column order (also `ResultRow`'s fields)
-ROW_FIELDS = tuple(c.name for c in probabilities.columns)
-RESULT_COLUMNS = ROW_FIELDS[1:]  # what a tenant reads back
+# a score as written: the ``scores`` table's columns between the id and committed_at, in order
+SCORE_FIELDS = tuple(c.name for c in scores.columns)[1:-1]
+RESULT_COLUMNS = tuple(c.name for c in tenant_results.columns)[1:]  # what a tenant reads back
 
 
-class ResultRow(NamedTuple):
-    """One tenant's probability for one bar, as live scoring hands it to the store. Fields
-    are the ``probabilities`` table's columns in order (a test keeps them equal); times are
-    UTC; ``bar_time`` is the bar's open time; ``probability`` is P(label 1) in [0, 1]."""
+class ScoreRow(NamedTuple):
+    """One probability for one bar of one series and model version, stored once whatever the
+    number of tenants that follow it. Fields are the ``scores`` table's columns between ``id``
+    and ``committed_at`` (a test keeps them equal). Times are UTC datetimes; ``bar_time`` is the
+    bar's open time, ``bar_closed_at`` the wall-clock moment it closed; ``probability`` is
+    P(label 1) in [0, 1]; ``followed`` when it was scored as the version ``serving.alias``
+    pointed at (tenants without a pin get those)."""
 
-    tenant_id: str
     symbol: str
     timeframe: str
     bar_time: datetime
     horizon: int
     label_kind: str
-    probability: float
-    signal: str
     model_name: str
     model_version: str
-    scored_at: datetime
-_UNIQUE = tuple(c.name for c in probabilities.primary_key.columns)
+    probability: float
+    followed: bool
+    bar_closed_at: datetime
 
 
 class StoreError(ValueError):
@@ -259,6 +270,8 @@ class ResultsStore:
                     key_rotated_at=now,
                 )
             )
+            _open_subscriptions(conn, tenant_id, follows, long_above, short_below, now)
+            _open_pins(conn, tenant_id, pins or {}, now)
             _audit(conn, tenant_id, actor, "tenant.add", {"name": name})
         tenant = Tenant(tenant_id, name, tuple(follows), long_above, short_below, dict(pins or {}), now)
         return tenant, key
@@ -298,8 +311,16 @@ class ResultsStore:
         values.update(long_above=la, short_below=sb)
         if pins is not None:
             values["pins"] = {str(k): str(v) for k, v in pins.items()}
+        now = _now()
+        new_follows = tuple(follows) if follows is not None else tenant.follows
         with self.admin_engine.begin() as conn:
             conn.execute(tenants.update().where(tenants.c.tenant_id == tenant.tenant_id).values(**values))
+            if (set(new_follows), la, sb) != (set(tenant.follows), tenant.long_above, tenant.short_below):
+                _close(conn, subscriptions, tenant.tenant_id, now)
+                _open_subscriptions(conn, tenant.tenant_id, new_follows, la, sb, now)
+            if pins is not None and values["pins"] != dict(tenant.pins):
+                _close(conn, pin_table, tenant.tenant_id, now)
+                _open_pins(conn, tenant.tenant_id, values["pins"], now)
             _audit(conn, tenant.tenant_id, actor, "tenant.update", {k: str(v) for k, v in values.items()})
         return self.find_tenant(tenant.tenant_id)
 
@@ -334,15 +355,18 @@ class ResultsStore:
         return key
 
     def remove_tenant(self, ref: str) -> int:
-        """Delete the tenant, its results and its audit trail (right to be forgotten); returns
-        the number of result rows deleted."""
+        """Delete the tenant, its subscription and pin history (so no result is its any
+        more) and its audit trail (right to be forgotten); returns the number of results it
+        could read before. Scores themselves belong to no tenant and stay."""
         tenant = self.find_tenant(ref)
         with self.admin_engine.begin() as conn:
             n = conn.execute(
-                probabilities.delete().where(probabilities.c.tenant_id == tenant.tenant_id)
-            ).rowcount
-            conn.execute(audit.delete().where(audit.c.tenant_id == tenant.tenant_id))
-            conn.execute(tenants.delete().where(tenants.c.tenant_id == tenant.tenant_id))
+                sa.select(sa.func.count())
+                .select_from(tenant_results)
+                .where(tenant_results.c.tenant_id == tenant.tenant_id)
+            ).scalar_one()
+            for table in (subscriptions, pin_table, audit, tenants):
+                conn.execute(table.delete().where(table.c.tenant_id == tenant.tenant_id))
         return int(n)
 
     # ---------------------------------------------------------------- auth
@@ -412,39 +436,22 @@ class ResultsStore:
             _set_tenant(conn, tenant_id)
             yield TenantSession(conn, tenant_id, actor)
 
-    def write_results(
+    def write_scores(
         self,
-        rows_by_tenant: Mapping[str, Sequence[Mapping[str, Any]]],
-        actor: str = "live-score",
+        rows: Sequence[ScoreRow],
         watermark: Mapping[tuple[str, str], datetime] | None = None,
         fault: Any = None,
-    ) -> dict[str, int]:
-        """Upsert every tenant's rows and move the scoring watermarks in ONE transaction:
-        all of it lands or none. Each tenant's rows are written under its own tenant
-        setting, so RLS checks every row. Returns rows written per tenant."""
-        now = _now()
-        return self.write_prepared(
-            {t: _prepare(t, rows, now) for t, rows in rows_by_tenant.items() if rows}, actor, watermark, fault
-        )
-
-    def write_prepared(
-        self,
-        rows_by_tenant: Mapping[str, Sequence[ResultRow]],
-        actor: str = "live-score",
-        watermark: Mapping[tuple[str, str], datetime] | None = None,
-        fault: Any = None,
-    ) -> dict[str, int]:
-        """`write_results` for rows already valid, as `ResultRow`s (plain tuples in
-        `ROW_FIELDS` order also do) with UTC datetimes: the live scorer's path, no per-row
-        dicts or checks. Each row's tenant must be its key's; RLS still checks every row on
-        PostgreSQL."""
-        now = _now()
-        batches = [(t, rows) for t, rows in rows_by_tenant.items() if rows]
-        for t, rows in batches:
-            if any(r[0] != t for r in rows):
-                raise TenantIsolationError(f"rows filed under tenant {t} belong to another tenant")
+    ) -> int:
+        """Insert new scores and move the scoring watermarks in ONE transaction: all of it
+        lands or none. A score already stored (same series, bar and model version) is kept as
+        it was, so writing again after a crash is harmless. ``committed_at`` is stamped here,
+        as the transaction's last statements run. Returns how many scores were new. Runs as a
+        session acting for no tenant (on PostgreSQL, a tenant session cannot write scores)."""
+        for r in rows:
+            if not 0.0 <= r[7] <= 1.0:  # also NaN
+                raise StoreError(f"{r[0]} {r[1]} {r[2]:%Y-%m-%d %H:%M}: probability {r[7]} outside [0, 1]")
         with self.engine.begin() as conn:
-            _bulk_upsert(conn, batches, fault, actor)
+            now = _now()
             for (symbol, timeframe), last in (watermark or {}).items():
                 _upsert(
                     conn,
@@ -459,8 +466,11 @@ class ResultsStore:
                     ],
                     ("symbol", "timeframe"),
                 )
-        written = {t: len(rows) for t, rows in batches}
-        return written
+            return _insert_scores(conn, rows, _now(), fault)
+
+    def move_watermarks(self, watermark: Mapping[tuple[str, str], datetime]) -> None:
+        """Set scoring watermarks (last scored bar open time per series, UTC) without scores."""
+        self.write_scores([], watermark)
 
     def watermarks(self) -> dict[tuple[str, str], datetime]:
         """Last scored bar open time (UTC) per (symbol, timeframe)."""
@@ -488,14 +498,42 @@ def _audit(conn: sa.Connection, tenant_id: str, actor: str, action: str, detail:
     )
 
 
-_UPDATE = ("probability", "signal", "model_name", "scored_at")
-_CONFLICT = f"ON CONFLICT ({', '.join(_UNIQUE)}) DO UPDATE SET " + ", ".join(
-    f"{c} = excluded.{c}" for c in _UPDATE
-)
-_SQLITE_UPSERT = (
-    f"INSERT INTO probabilities ({', '.join(ROW_FIELDS)}) "
-    f"VALUES ({', '.join('?' * len(ROW_FIELDS))}) {_CONFLICT}"
-)
+def _open_subscriptions(
+    conn: sa.Connection,
+    tenant_id: str,
+    follows: Iterable[Subscription],
+    long_above: float,
+    short_below: float,
+    now: datetime,
+) -> None:
+    rows = [
+        {
+            **s.as_dict(),
+            "tenant_id": tenant_id,
+            "long_above": long_above,
+            "short_below": short_below,
+            "valid_from": now,
+        }
+        for s in dict.fromkeys(follows)
+    ]
+    if rows:
+        conn.execute(subscriptions.insert(), rows)
+
+
+def _open_pins(conn: sa.Connection, tenant_id: str, versions: Mapping[str, str], now: datetime) -> None:
+    rows = [
+        {"tenant_id": tenant_id, "model_name": str(k), "version": str(v), "valid_from": now}
+        for k, v in versions.items()
+    ]
+    if rows:
+        conn.execute(pin_table.insert(), rows)
+
+
+def _close(conn: sa.Connection, table: sa.Table, tenant_id: str, now: datetime) -> None:
+    """End the tenant's open rows of a history table (subscriptions, pins) at `now`."""
+    conn.execute(
+        table.update().where(table.c.tenant_id == tenant_id, table.c.valid_to.is_(None)).values(valid_to=now)
+    )
 
 
 def _pg_array_type(column: sa.Column) -> str:
@@ -508,12 +546,20 @@ def _pg_array_type(column: sa.Column) -> str:
     return kind.compile(dialect=postgresql.dialect())
 
 
-_PG_TYPES = tuple(_pg_array_type(c) for c in probabilities.columns)
-_PG_UPSERT = (
-    f"INSERT INTO probabilities ({', '.join(ROW_FIELDS)}) SELECT * FROM unnest("
+_INSERT_COLUMNS = (*SCORE_FIELDS, "committed_at")
+_PG_TYPES = tuple(_pg_array_type(scores.c[c]) for c in _INSERT_COLUMNS)
+_PG_INSERT = (
+    f"INSERT INTO scores ({', '.join(_INSERT_COLUMNS)}) SELECT * FROM unnest("
     + ", ".join(f"%s::{t}[]" for t in _PG_TYPES)
-    + f") {_CONFLICT}"
+    + ") ON CONFLICT DO NOTHING"
 )
+_SQLITE_INSERT = (
+    f"INSERT INTO scores ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join('?' * len(_INSERT_COLUMNS))}) "
+    "ON CONFLICT DO NOTHING"
+)
+# writers of scores take this transaction-level lock before inserting, so ids become visible
+# in commit order: a reader that has seen id N never later finds a committed id below N
+SCORE_WRITE_LOCK = 0x6D7435  # "mt5"
 
 
 def _sqlite_time(value: datetime) -> str:
@@ -521,85 +567,32 @@ def _sqlite_time(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def _prepare(tenant_id: str, rows: Iterable[Mapping[str, Any]], now: datetime) -> list[tuple]:
-    """Validated row tuples in `ROW_FIELDS` order (times as UTC datetimes)."""
-    out: list[tuple] = []
-    times: dict[Any, datetime] = {}
-    for row in rows:
-        owner = row.get("tenant_id", tenant_id)
-        if owner != tenant_id:
-            raise TenantIsolationError(f"a session of tenant {tenant_id} cannot write rows of {owner}")
-        p = float(row["probability"])
-        if not 0.0 <= p <= 1.0:
-            raise StoreError(f"probability {p} outside [0, 1]")
-        signal = row["signal"]
-        if signal not in SIGNALS:
-            raise StoreError(f"signal {signal!r} not one of {SIGNALS}")
-        bt = row["bar_time"]
-        t = times.get(bt)
-        if t is None:
-            t = times[bt] = _utc(pd.Timestamp(bt).to_pydatetime())
-        scored = row.get("scored_at")
-        out.append(
-            (
-                tenant_id,
-                row["symbol"],
-                row["timeframe"],
-                t,
-                int(row["horizon"]),
-                row["label_kind"],
-                p,
-                signal,
-                row["model_name"],
-                str(row["model_version"]),
-                now if scored is None else _utc(scored),
-            )
-        )
-    return out
-
-
-def _bulk_upsert(
-    conn: sa.Connection, batches: Sequence[tuple[str, list[tuple]]], fault: Any, actor: str | None
-) -> None:
-    """Upsert each tenant's prepared rows (and one audit row per tenant when `actor` is given)
-    inside the caller's transaction. PostgreSQL: per tenant, set the tenant, then one
-    ``INSERT … SELECT unnest(arrays) … ON CONFLICT`` — all pipelined in one round trip, RLS
-    checking every row. SQLite: one executemany."""
-    now = _now()
+def _insert_scores(conn: sa.Connection, rows: Sequence[ScoreRow], now: datetime, fault: Any) -> int:
+    """Insert `rows` (new ones only: a score is never rewritten) in the caller's transaction;
+    returns how many were new. PostgreSQL: after the score-write lock, one
+    ``INSERT … SELECT unnest(arrays) ON CONFLICT DO NOTHING``. SQLite: one executemany."""
+    if not rows:
+        return 0
     if conn.dialect.name == "postgresql":
         raw = conn.connection.dbapi_connection
-        with raw.pipeline(), raw.cursor() as cur:
-            for tenant_id, rows in batches:
-                cur.execute("SELECT set_config(%s, %s, true)", (TENANT_SETTING, tenant_id))
-                cur.execute(_PG_UPSERT, [list(col) for col in zip(*rows, strict=True)])
-                if actor is not None:
-                    cur.execute(
-                        "INSERT INTO audit (tenant_id, actor, action, detail, at) VALUES (%s, %s, %s, %s, %s)",  # noqa: E501
-                        (tenant_id, actor, "results.write", json.dumps({"rows": len(rows)}), now),
-                    )
-        if fault is not None:  # test hook: a crash after every row reached the database, before commit
-            fault("rows-written")
-        return
-    flat: list[tuple] = []
-    stamp: dict[datetime, str] = {}
-    for _, rows in batches:
+        with raw.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCORE_WRITE_LOCK,))
+            cols = [list(col) for col in zip(*rows, strict=True)]
+            cur.execute(_PG_INSERT, [*cols, [now] * len(rows)])
+            n = cur.rowcount
+    else:
+        stamp: dict[datetime, str] = {}
+        flat = []
+        committed = _sqlite_time(now)
         for r in rows:
-            bt = stamp.get(r[3]) or stamp.setdefault(r[3], _sqlite_time(r[3]))
-            sc = stamp.get(r[10]) or stamp.setdefault(r[10], _sqlite_time(r[10]))
-            flat.append((*r[:3], bt, *r[4:10], sc))
-    if not flat:
-        return
-    conn.exec_driver_sql(_SQLITE_UPSERT, flat)
-    if actor is not None:
-        conn.exec_driver_sql(
-            "INSERT INTO audit (tenant_id, actor, action, detail, at) VALUES (?, ?, ?, ?, ?)",
-            [
-                (t, actor, "results.write", json.dumps({"rows": len(rows)}), _sqlite_time(now))
-                for t, rows in batches
-            ],
-        )
-    if fault is not None:
+            bt = stamp.get(r[2]) or stamp.setdefault(r[2], _sqlite_time(r[2]))
+            flat.append((*r[:2], bt, *r[3:8], bool(r[8]), _sqlite_time(r[9]), committed))
+        before = conn.exec_driver_sql("SELECT total_changes()").scalar_one()
+        conn.exec_driver_sql(_SQLITE_INSERT, flat)
+        n = conn.exec_driver_sql("SELECT total_changes()").scalar_one() - before
+    if fault is not None:  # test hook: a crash after every row reached the database, before commit
         fault("rows-written")
+    return int(n)
 
 
 def _upsert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], keys: Sequence[str]) -> None:
@@ -625,15 +618,6 @@ class TenantSession:
         row = self.conn.execute(sa.select(tenants).where(tenants.c.tenant_id == self.tenant_id)).first()
         return None if row is None else _tenant_from_row(row)
 
-    def upsert(self, rows: Iterable[Mapping[str, Any]], audited: bool = True) -> int:
-        """Insert or replace rows keyed on (tenant, symbol, timeframe, bar_time, horizon,
-        label kind, model version). A row naming another tenant raises
-        `TenantIsolationError` and nothing is written."""
-        prepared = _prepare(self.tenant_id, rows, _now())
-        if prepared:
-            _bulk_upsert(self.conn, [(self.tenant_id, prepared)], None, self.actor if audited else None)
-        return len(prepared)
-
     def probabilities(
         self,
         symbol: str | None = None,
@@ -642,19 +626,19 @@ class TenantSession:
         end: datetime | None = None,
         limit: int | None = None,
     ) -> pd.DataFrame:
-        """This tenant's rows, bar_time in [start, end) (UTC), newest first."""
-        q = sa.select(*[probabilities.c[c] for c in RESULT_COLUMNS]).where(
-            probabilities.c.tenant_id == self.tenant_id
+        """This tenant's results, bar_time in [start, end) (UTC), newest first."""
+        q = sa.select(*[tenant_results.c[c] for c in RESULT_COLUMNS]).where(
+            tenant_results.c.tenant_id == self.tenant_id
         )
         if symbol:
-            q = q.where(probabilities.c.symbol == symbol)
+            q = q.where(tenant_results.c.symbol == symbol)
         if timeframe:
-            q = q.where(probabilities.c.timeframe == timeframe)
+            q = q.where(tenant_results.c.timeframe == timeframe)
         if start is not None:
-            q = q.where(probabilities.c.bar_time >= _utc(start))
+            q = q.where(tenant_results.c.bar_time >= _utc(start))
         if end is not None:
-            q = q.where(probabilities.c.bar_time < _utc(end))
-        q = q.order_by(probabilities.c.bar_time.desc(), probabilities.c.symbol, probabilities.c.timeframe)
+            q = q.where(tenant_results.c.bar_time < _utc(end))
+        q = q.order_by(tenant_results.c.bar_time.desc(), tenant_results.c.symbol, tenant_results.c.timeframe)
         if limit:
             q = q.limit(limit)
         frame = _frame(self.conn.execute(q))
@@ -666,7 +650,7 @@ class TenantSession:
 
     def latest(self, symbol: str | None = None, timeframe: str | None = None) -> pd.DataFrame:
         """The newest row per (symbol, timeframe, horizon, label kind) of this tenant."""
-        p = probabilities.c
+        p = tenant_results.c
         newest = (
             sa.select(p.symbol, p.timeframe, p.horizon, p.label_kind, sa.func.max(p.bar_time).label("bt"))
             .where(p.tenant_id == self.tenant_id)
@@ -690,7 +674,7 @@ class TenantSession:
                 ),
             )
             .where(p.tenant_id == self.tenant_id)
-            .order_by(p.symbol, p.timeframe, p.horizon, p.label_kind, p.scored_at.desc())
+            .order_by(p.symbol, p.timeframe, p.horizon, p.label_kind, p.event_id.desc())
         )
         frame = _frame(self.conn.execute(q))
         if len(frame):  # several model versions for the same bar: keep the most recent score
@@ -699,6 +683,26 @@ class TenantSession:
             )
         self.audit("results.read_latest", {"symbol": symbol, "timeframe": timeframe, "rows": len(frame)})
         return frame
+
+    def events(self, after: int = 0, limit: int = 1000) -> pd.DataFrame:
+        """This tenant's results with event id above `after`, oldest first, at most `limit`:
+        the stream cursor. Ids grow in commit order, so resuming from the last id seen misses
+        nothing and repeats nothing. Not audited per call (a stream reads on every bar close;
+        the stream's connection is audited where it is opened)."""
+        p = tenant_results.c
+        q = (
+            sa.select(*[p[c] for c in RESULT_COLUMNS])
+            .where(p.tenant_id == self.tenant_id, p.event_id > after)
+            .order_by(p.event_id)
+            .limit(limit)
+        )
+        return _frame(self.conn.execute(q))
+
+    def last_event_id(self) -> int:
+        """The newest event id this tenant has (0 when none): where a new stream starts."""
+        p = tenant_results.c
+        q = sa.select(sa.func.max(p.event_id)).where(p.tenant_id == self.tenant_id)
+        return int(self.conn.execute(q).scalar() or 0)
 
     def audit_log(self) -> pd.DataFrame:
         q = (
@@ -720,7 +724,7 @@ class TenantSession:
 
 def _frame(result: Any) -> pd.DataFrame:
     frame = pd.DataFrame(result.mappings().all(), columns=list(RESULT_COLUMNS))
-    for col in ("bar_time", "scored_at"):
+    for col in ("bar_time", "scored_at", "bar_closed_at"):
         frame[col] = (
             pd.to_datetime(frame[col], utc=True) if len(frame) else pd.Series([], dtype="datetime64[ns, UTC]")
         )

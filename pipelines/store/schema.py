@@ -1,8 +1,10 @@
 """Tables of the results store (SQLAlchemy Core). Alembic migrations create them; this module
 is the one place their shape is named, for queries and for the migrations alike.
 
-Times are UTC. ``bar_time`` is the bar's open time; ``scored_at`` is when the row was written.
-Every tenant table carries ``tenant_id``; on PostgreSQL, row-level security keys on it.
+Times are UTC. ``bar_time`` is the bar's open time; ``bar_closed_at`` the wall-clock moment the
+bar closed and ``committed_at`` when its score was written (their difference is the live lag).
+Every tenant table carries ``tenant_id``; on PostgreSQL, row-level security keys on it, and
+a tenant reads scores only of what it follows.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ APP_ROLE = "mt5prob_app"
 # Per-transaction setting that names the tenant (set_config(..., true)); RLS compares to it.
 TENANT_SETTING = "app.tenant_id"
 # Tables whose rows belong to one tenant: RLS on each.
-TENANT_TABLES = ("tenants", "probabilities", "audit")
+TENANT_TABLES = ("tenants", "subscriptions", "pins", "audit")
 
 tenants = sa.Table(
     "tenants",
@@ -36,34 +38,128 @@ tenants = sa.Table(
     sa.Column("key_rotated_at", sa.DateTime(timezone=True), nullable=False),
 )
 
-probabilities = sa.Table(
-    "probabilities",
+# One row per (series, model version, bar, audience): a probability is stored once, however
+# many tenants follow it (a tenant sees it through `TENANT_RESULTS`). Rows are never updated: the id orders
+# them in commit order (writers serialise on an advisory lock on PostgreSQL), so "every score
+# after id N" is a gap-free stream cursor.
+scores = sa.Table(
+    "scores",
     metadata,
-    sa.Column("tenant_id", sa.String(32), nullable=False),
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), sa.Identity(), primary_key=True),
     sa.Column("symbol", sa.String(32), nullable=False),
     sa.Column("timeframe", sa.String(8), nullable=False),
-    sa.Column("bar_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("bar_time", sa.DateTime(timezone=True), nullable=False),  # bar open, UTC
     sa.Column("horizon", sa.Integer, nullable=False),
     sa.Column("label_kind", sa.String(32), nullable=False),
-    sa.Column("probability", sa.Float, nullable=False),
-    sa.Column("signal", sa.String(8), nullable=False),
     sa.Column("model_name", sa.String(200), nullable=False),
     sa.Column("model_version", sa.String(32), nullable=False),
-    sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint(
-        "tenant_id",
+    sa.Column("probability", sa.Float, nullable=False),
+    # its audience: true = tenants without a pin (it was the version ``serving.alias`` pointed
+    # at), false = tenants pinned to this version. A version both followed and pinned is
+    # stored once per audience, so each tenant sees each (bar, version) once, and a promotion
+    # that makes an already-scored version followed gives followers a new event.
+    sa.Column("followed", sa.Boolean, nullable=False),
+    sa.Column("bar_closed_at", sa.DateTime(timezone=True), nullable=False),  # wall clock, UTC
+    sa.Column("committed_at", sa.DateTime(timezone=True), nullable=False),  # wall clock, UTC
+    sa.UniqueConstraint(
         "symbol",
         "timeframe",
         "bar_time",
         "horizon",
         "label_kind",
+        "model_name",
         "model_version",
-        name="pk_probabilities",
+        "followed",
+        name="uq_scores",
     ),
-    sa.CheckConstraint("probability >= 0 AND probability <= 1", name="ck_probability_range"),
-    sa.CheckConstraint("signal IN ('long', 'short', 'flat')", name="ck_signal"),
+    sa.CheckConstraint("probability >= 0 AND probability <= 1", name="ck_score_range"),
 )
-sa.Index("ix_probabilities_latest", probabilities.c.tenant_id, probabilities.c.bar_time)
+sa.Index(
+    "ix_scores_series",
+    scores.c.symbol,
+    scores.c.timeframe,
+    scores.c.horizon,
+    scores.c.label_kind,
+    scores.c.bar_time,
+)
+
+# What each tenant follows, with its thresholds, over time: a change closes the open rows
+# (valid_to) and opens new ones, so which scores a tenant was given, and with which signal, is
+# a query over immutable rows (the audit record of deliveries).
+subscriptions = sa.Table(
+    "subscriptions",
+    metadata,
+    sa.Column("id", sa.Integer, sa.Identity(), primary_key=True),
+    sa.Column("tenant_id", sa.String(32), nullable=False),
+    sa.Column("symbol", sa.String(32), nullable=False),
+    sa.Column("timeframe", sa.String(8), nullable=False),
+    sa.Column("horizon", sa.Integer, nullable=False),
+    sa.Column("label_kind", sa.String(32), nullable=False),
+    sa.Column("long_above", sa.Float, nullable=False),
+    sa.Column("short_below", sa.Float, nullable=False),
+    sa.Column("valid_from", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("valid_to", sa.DateTime(timezone=True), nullable=True),
+)
+sa.Index(
+    "ix_subscriptions_series",
+    subscriptions.c.symbol,
+    subscriptions.c.timeframe,
+    subscriptions.c.horizon,
+    subscriptions.c.label_kind,
+)
+sa.Index("ix_subscriptions_tenant", subscriptions.c.tenant_id)
+
+# A tenant's pinned model versions over time (same validity rule as subscriptions).
+pins = sa.Table(
+    "pins",
+    metadata,
+    sa.Column("id", sa.Integer, sa.Identity(), primary_key=True),
+    sa.Column("tenant_id", sa.String(32), nullable=False),
+    sa.Column("model_name", sa.String(200), nullable=False),
+    sa.Column("version", sa.String(32), nullable=False),
+    sa.Column("valid_from", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("valid_to", sa.DateTime(timezone=True), nullable=True),
+)
+sa.Index("ix_pins_tenant", pins.c.tenant_id, pins.c.model_name)
+
+# A tenant's results: the scores of what it followed when each was committed, with the model
+# version it follows (its pin, else the followed alias) and its signal under its thresholds of
+# that moment. A view over scores ⋈ subscriptions ⋈ pins: on PostgreSQL ``security_invoker``,
+# so row-level security on all three applies to the reader.
+TENANT_RESULTS = "tenant_results"
+TENANT_RESULTS_SQL = """
+SELECT sub.tenant_id, s.symbol, s.timeframe, s.bar_time, s.horizon, s.label_kind, s.probability,
+       CASE WHEN s.probability > sub.long_above THEN 'long'
+            WHEN s.probability < sub.short_below THEN 'short'
+            ELSE 'flat' END AS signal,
+       s.model_name, s.model_version, s.committed_at AS scored_at, s.bar_closed_at, s.id AS event_id
+FROM scores s
+JOIN subscriptions sub
+  ON sub.symbol = s.symbol AND sub.timeframe = s.timeframe AND sub.horizon = s.horizon
+ AND sub.label_kind = s.label_kind
+ AND sub.valid_from <= s.committed_at AND (sub.valid_to IS NULL OR s.committed_at < sub.valid_to)
+LEFT JOIN pins p
+  ON p.tenant_id = sub.tenant_id AND p.model_name = s.model_name
+ AND p.valid_from <= s.committed_at AND (p.valid_to IS NULL OR s.committed_at < p.valid_to)
+WHERE (p.version IS NULL AND s.followed) OR (s.model_version = p.version AND NOT s.followed)
+"""
+tenant_results = sa.Table(  # the view's shape, for queries (created by the migration, not here)
+    TENANT_RESULTS,
+    sa.MetaData(),
+    sa.Column("tenant_id", sa.String(32)),
+    sa.Column("symbol", sa.String(32)),
+    sa.Column("timeframe", sa.String(8)),
+    sa.Column("bar_time", sa.DateTime(timezone=True)),
+    sa.Column("horizon", sa.Integer),
+    sa.Column("label_kind", sa.String(32)),
+    sa.Column("probability", sa.Float),
+    sa.Column("signal", sa.String(8)),
+    sa.Column("model_name", sa.String(200)),
+    sa.Column("model_version", sa.String(32)),
+    sa.Column("scored_at", sa.DateTime(timezone=True)),
+    sa.Column("bar_closed_at", sa.DateTime(timezone=True)),
+    sa.Column("event_id", sa.BigInteger),
+)
 
 audit = sa.Table(
     "audit",
