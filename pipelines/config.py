@@ -76,8 +76,9 @@ class SimulatorParams(_Frozen):
     live: bool = False
     speed: float = Field(60.0, gt=0)
     live_start: datetime | None = None
+    live_anchor: datetime | None = None  # wall-clock moment the live clock reads live_start
 
-    _v = field_validator("start", "end", "live_start", mode="before")(_utc)
+    _v = field_validator("start", "end", "live_start", "live_anchor", mode="before")(_utc)
 
 
 class ExportParams(_Frozen):
@@ -369,6 +370,16 @@ class LiveScoreParams(_Frozen):
     interval_seconds: float | None = Field(None, gt=0)  # None: the base timeframe's length
     max_bars_per_cycle: int = Field(288, ge=1)  # backfill after an outage spreads over cycles
     first_run_bars: int = Field(1, ge=1)  # with no watermark yet, score the newest N bars
+    directory_seconds: float = Field(5.0, gt=0)  # live worker: re-read what tenants follow this often
+
+
+class EventsParams(_Frozen):
+    """The ``events:`` section (pipelines/events.py): the bus from the live worker to the
+    service's replicas. ``url`` None: no bus (streams then notice new results by re-reading
+    the store every ``reread_seconds``)."""
+
+    url: str | None = "redis://127.0.0.1:6379/0"
+    reread_seconds: float = Field(2.0, gt=0)  # a stream's fallback re-read when no event comes
 
 
 class MonitorParams(_Frozen):
@@ -419,6 +430,7 @@ class Params(BaseModel):
     registry: RegistryParams = RegistryParams()
     store: StoreParams = StoreParams()
     serving: ServingParams = ServingParams()
+    events: EventsParams = EventsParams()
     live_score: LiveScoreParams = LiveScoreParams()
     schedules: SchedulesParams = SchedulesParams()
     monitor: MonitorParams = MonitorParams()

@@ -62,7 +62,6 @@ class LiveScoreError(RuntimeError):
 class CycleReport:
     """What a cycle did. Seconds are wall time per phase."""
 
-    rows_per_tenant: dict[str, int] = field(default_factory=dict)
     scored: dict[tuple[str, str, str, str], int] = field(default_factory=dict)  # (sym, tf, model, ver) → bars
     watermarks: dict[tuple[str, str], datetime] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # features, scoring, writes, total
@@ -71,11 +70,23 @@ class CycleReport:
     skipped: list[str] = field(default_factory=list)
     model_calls: int = 0
     idle: str = ""  # when nothing was written: why, in words an operator can act on
+    # (sym, tf, model, ver) → tenant ids given it (counted lazily: a cycle's cost must not
+    # grow with tenants)
+    fanout: dict[tuple[str, str, str, str], tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
         """Tenant results this cycle made available (scores × the tenants that follow them)."""
-        return sum(self.rows_per_tenant.values())
+        return sum(len(self.fanout.get(k, ())) * n for k, n in self.scored.items())
+
+    @property
+    def rows_per_tenant(self) -> dict[str, int]:
+        """Results made available per tenant id."""
+        out: dict[str, int] = defaultdict(int)
+        for k, n in self.scored.items():
+            for tenant_id in self.fanout.get(k, ()):
+                out[tenant_id] += n
+        return dict(out)
 
     def lag_ms(self, q: float) -> float | None:
         """Quantile `q` of bar close → committed over this cycle's new scores, milliseconds."""
@@ -84,14 +95,16 @@ class CycleReport:
 
 @dataclass(frozen=True)
 class _Need:
-    tenant: Tenant
+    """One thing to score for some tenants: a series with a model version and its audience."""
+
     symbol: str
     timeframe: str
     horizon: int
     label_kind: str
     model: str
     version: str
-    pinned: bool  # the tenant's pin chose the version (else the followed alias did)
+    pinned: bool  # the tenants' pins chose the version (else the followed alias did)
+    tenants: tuple[str, ...]  # tenant ids
 
 
 class LiveScorer:
@@ -108,6 +121,7 @@ class LiveScorer:
         freeze_gc: bool = True,
         models: ModelCache | None = None,
         closed_at: Callable[[int], datetime] | None = None,
+        refresh_seconds: float = 0.0,
     ) -> None:
         self.params = params
         self.store = store
@@ -122,6 +136,13 @@ class LiveScorer:
         # same instant for a terminal on real time; an accelerated simulator maps its clock
         self.closed_at = closed_at or (lambda t: datetime.fromtimestamp(t, UTC))
         self.max_cached_bars = max_cached_bars
+        # directory and aliases re-read at most this often (0: every cycle); the live worker
+        # sets live_score.directory_seconds, keeping each bar close's work independent of tenants
+        self.refresh_seconds = refresh_seconds
+        self._tenants: tuple[float, list[Tenant]] | None = None
+        self._aliases: tuple[float, dict[str, str | None]] | None = None
+        self._groups: tuple[list[Tenant], dict[tuple, tuple[str, ...]]] | None = None
+        self._names: set[str] = set()
         self.freeze_gc = freeze_gc
         self._cycles = 0
         self._bars: dict[tuple[str, str], tuple[int, Bars]] = {}  # (symbol, tf) → (covered from, bars)
@@ -131,35 +152,51 @@ class LiveScorer:
         """A registered version from the shared model cache (loaded on first use)."""
         return self.models.get(name, version)
 
+    def _directory(self) -> list[Tenant]:
+        """The tenant directory, re-read when older than `refresh_seconds` (0: every cycle)."""
+        now = time.monotonic()
+        if self._tenants is None or now - self._tenants[0] >= self.refresh_seconds:
+            self._tenants = (now, self.store.directory())
+        return self._tenants[1]
+
     def _needs(self, tenants: Sequence[Tenant], report: CycleReport) -> list[_Need]:
-        """Per tenant subscription, the model and version to score it with: the tenant's pin,
-        else the version ``serving.alias`` points at (aliases re-read every cycle, so a
-        promotion or rollback between cycles is picked up by the next one)."""
+        """What to score: per followed (series, horizon, label kind), the version ``serving.alias``
+        points at for the tenants without a pin, and each pinned version for the tenants pinned
+        to it (aliases re-read every `refresh_seconds`, every cycle by default, so a promotion
+        or rollback between cycles is picked up by the next one). The grouping by tenant is
+        cached with the directory: a cycle's cost grows with distinct series, not tenants."""
         reg = self.params.registry
         alias = self.params.serving.alias
-        keys = {(s.timeframe, s.label_kind, s.horizon) for t in tenants for s in t.follows}
-        names = {k: model_name(reg.name_prefix, reg.symbol_group, *k) for k in keys}
-        self.models.follow(names.values())
-        self.models.refresh(default_only=True)
-        current = {name: self.models.aliases(name).get(alias) for name in set(names.values())}
-        needs = []
-        for tenant in tenants:
-            for sub in tenant.follows:
-                name = names[(sub.timeframe, sub.label_kind, sub.horizon)]
-                pinned = tenant.pins.get(name) if tenant.pins else None
-                version = pinned or current[name]
-                if version is None:
-                    msg = f"{name}: no {alias} (and {tenant.name} has no pin): not scored"
-                    if msg not in report.skipped:
-                        report.skipped.append(msg)
-                        log.warning(msg)
-                    continue
-                needs.append(
-                    _Need(
-                        tenant, sub.symbol, sub.timeframe, sub.horizon, sub.label_kind, name, version,
-                        pinned is not None,
+        now = time.monotonic()
+        if self._groups is None or self._groups[0] is not tenants:  # the directory was re-read
+            keys = {(s.timeframe, s.label_kind, s.horizon) for t in tenants for s in t.follows}
+            names = {k: model_name(reg.name_prefix, reg.symbol_group, *k) for k in keys}
+            groups: dict[tuple, list[str]] = defaultdict(list)
+            for tenant in tenants:
+                for sub in tenant.follows:
+                    name = names[(sub.timeframe, sub.label_kind, sub.horizon)]
+                    pin = tenant.pins.get(name) if tenant.pins else None
+                    groups[(sub.symbol, sub.timeframe, sub.horizon, sub.label_kind, name, pin)].append(
+                        tenant.tenant_id
                     )
-                )
+            self._groups = (tenants, {k: tuple(v) for k, v in groups.items()})
+            self._names = set(names.values())
+            self._aliases = None
+        if self._aliases is None or now - self._aliases[0] >= self.refresh_seconds:
+            self.models.follow(self._names)
+            self.models.refresh(default_only=True)
+            self._aliases = (now, {name: self.models.aliases(name).get(alias) for name in self._names})
+        current = self._aliases[1]
+        needs = []
+        for (symbol, tf, horizon, label_kind, name, pin), ids in self._groups[1].items():
+            version = pin or current.get(name)
+            if version is None:
+                msg = f"{name}: no {alias} (and {len(ids)} tenant(s) following it have no pin): not scored"
+                if msg not in report.skipped:
+                    report.skipped.append(msg)
+                    log.warning(msg)
+                continue
+            needs.append(_Need(symbol, tf, horizon, label_kind, name, version, pin is not None, ids))
         return needs
 
     # ----------------------------------------------------------------- bars and features
@@ -253,7 +290,7 @@ class LiveScorer:
             gc.freeze()
         self._cycles += 1
         t0 = time.perf_counter()
-        directory = self.store.directory()
+        directory = self._directory()
         needs = self._needs(directory, report)
         watermarks = self.store.watermarks()
         series: dict[tuple[str, str], list[_Need]] = defaultdict(list)
@@ -337,12 +374,10 @@ class LiveScorer:
         report.new_scores = self.store.write_scores(rows, watermark=new_watermarks, fault=fault)
         committed = datetime.now(UTC)
         report.lag = [(committed - r.bar_closed_at).total_seconds() for r in rows]
-        given: dict[str, int] = defaultdict(int)
         for need in needs:
-            scored = probs.get((need.symbol, need.timeframe, need.model, need.version))
-            if scored:
-                given[need.tenant.tenant_id] += len(scored)
-        report.rows_per_tenant = dict(given)
+            key = (need.symbol, need.timeframe, need.model, need.version)
+            if key in probs:
+                report.fanout[key] = report.fanout.get(key, ()) + need.tenants
         report.watermarks = new_watermarks
         if not report.rows:
             report.idle = _idle_reason(directory, needs, watermarks, report)

@@ -25,6 +25,7 @@ def open_terminal(params: DataParams) -> Mt5Client:
                 live=sim.live,
                 speed=sim.speed,
                 live_start=sim.live_start,
+                live_anchor=sim.live_anchor,
                 clock=params.server_time.clock(),
             )
         )

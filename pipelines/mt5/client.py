@@ -127,6 +127,11 @@ class Mt5Client(ABC):
         """The terminal's current time in UTC (wall clock unless the backend simulates time)."""
         return datetime.now(UTC)
 
+    def wall_time_of(self, utc_seconds: float) -> float:
+        """The wall-clock moment (epoch seconds) at which the terminal's clock reads
+        `utc_seconds`: the same instant unless the backend simulates time."""
+        return float(utc_seconds)
+
 
 def match_symbol_group(names: list[str], group: str | None) -> list[str]:
     """MT5 ``group`` filter: comma-separated wildcard patterns, ``!pattern`` excludes."""

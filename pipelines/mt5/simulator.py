@@ -126,8 +126,10 @@ class SimulatorConfig:
     """Simulator settings.
 
     `start` is where history begins (UTC). In history mode the terminal's "now" is `end`; in
-    live mode the clock starts at `live_start` (default `end`, else wall-clock now) and advances
-    with wall time × `speed`. `signal_strength` = 0 gives a pure random walk.
+    live mode the clock reads `live_start` (default `end`, else wall-clock now) at the wall-clock
+    moment `live_anchor` (default: when the terminal is created) and advances with wall time ×
+    `speed`; terminals of several processes given the same anchor share one clock, as
+    processes attached to one real terminal do. `signal_strength` = 0 gives a pure random walk.
     """
 
     seed: int = 7
@@ -140,6 +142,7 @@ class SimulatorConfig:
     live: bool = False
     speed: float = 1.0
     live_start: datetime | None = None
+    live_anchor: datetime | None = None
     clock: ServerClock = field(default_factory=ServerClock)
 
     def __post_init__(self) -> None:
@@ -200,7 +203,8 @@ class MarketSimulator(LocalTerminal):
         self._states: dict[str, list[_DayState]] = {}
         self._skeletons: OrderedDict[tuple[str, int], _Skeleton] = OrderedDict()
         self._ticks_cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
-        self._wall0 = time.time()
+        anchor = self.config.live_anchor
+        self._wall0 = time.time() if anchor is None else as_utc(anchor).timestamp()
         live_start = self.config.live_start or self.config.end or datetime.now(UTC)
         self._live_start = int(as_utc(live_start).timestamp())
         self._down_until = 0.0
@@ -208,6 +212,13 @@ class MarketSimulator(LocalTerminal):
     # --- clock and faults -----------------------------------------------------------------------
     def now_utc(self) -> datetime:
         return datetime.fromtimestamp(self._now_utc_seconds(), UTC)
+
+    def wall_time_of(self, utc_seconds: float) -> float:
+        """The wall-clock moment (epoch seconds) at which this terminal's clock reads
+        `utc_seconds`: in live mode, when an accelerated clock crosses it; else the same."""
+        if not self.config.live:
+            return float(utc_seconds)
+        return self._wall0 + (utc_seconds - self._live_start) / self.config.speed
 
     def _now_utc_seconds(self) -> float:
         if not self.config.live:

@@ -1,0 +1,304 @@
+"""The live worker: each bar close → bar store → features → one score per (series, model
+version) → commit → event. Ingestion and scoring of live bars are one path, driven by the bar
+grid, not by timers.
+
+One long-running process (`LiveWorker.run`):
+
+1. knows, per timeframe, the next bar close on the broker's grid (server time, so H4 and D1
+   close when the broker's bars do) and sleeps until the terminal's clock crosses the earliest
+   one (`Mt5Client.wall_time_of`: the same instant for a real terminal, earlier for the
+   accelerated simulator) — no sleeping a bar length after the work;
+2. fetches the closed bars of every due timeframe of the followed symbols from the terminal
+   and appends them to the bar store through ingestion's own path (`ingest_history`: the
+   data contract, quarantine of bad rows, atomic parts);
+3. runs one `LiveScorer` cycle (warm: loaded models and trailing bars persist across cycles),
+   which scores each new bar once per (symbol, timeframe, model version) and commits the
+   scores and watermarks in one transaction, stamped with when each bar closed;
+4. publishes an event (pipelines.events) so the service's replicas push the new results to
+   their stream clients.
+
+Restarts and outages: the bar store's and the scores' watermarks say where each series stands,
+so the first step after a restart or a terminal outage fetches every missed bar and scores
+each exactly once (scores are unique; a replay after a crash between commit and event only
+re-publishes). Terminal errors back off and reconnect (``data.live`` backoff settings).
+
+    python -m pipelines.live [--params params.yaml] [--profile fast] [--seconds N]
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+
+from pipelines.bar_store import BarStore
+from pipelines.config import Params
+from pipelines.events import NullBus, RedisBus, open_bus
+from pipelines.ingest import TerminalError, connect, ingest_history, make_contract
+from pipelines.live_score import CycleReport, LiveScorer
+from pipelines.mt5.bars import bar_close_times, bar_open_times
+from pipelines.mt5.client import Mt5Client
+from pipelines.registry import Registry
+from pipelines.store import ResultsStore
+
+log = logging.getLogger("mt5prob.live")
+
+
+def rss_mb() -> float:
+    """This process's resident memory now (MB), from /proc (peak from getrusage elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class StepReport:
+    """What one step did: bars appended per series, the scoring cycle, wall seconds per phase."""
+
+    due: list[str] = field(default_factory=list)  # timeframes whose bars closed
+    bars_written: int = 0
+    quarantined: int = 0
+    cycles: list[CycleReport] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # ingest, score, publish
+
+    @property
+    def new_scores(self) -> int:
+        return sum(c.new_scores for c in self.cycles)
+
+    @property
+    def lag(self) -> list[float]:
+        """Bar close → committed per new score, seconds."""
+        return [x for c in self.cycles for x in c.lag]
+
+
+@dataclass
+class WorkerStats:
+    steps: int = 0
+    bars_written: int = 0
+    new_scores: int = 0
+    errors: int = 0
+    reconnects: int = 0
+    rss_start_mb: float = 0.0
+    rss_end_mb: float = 0.0
+    lag: list[float] = field(default_factory=list)  # every new score's bar close → committed, s
+
+    def lag_ms(self, q: float) -> float | None:
+        return float(np.quantile(self.lag, q) * 1e3) if self.lag else None
+
+
+class LiveWorker:
+    """Follows the terminal and scores each bar close (see module docstring). Not thread-safe:
+    one worker per process; `stop()` may be called from another thread."""
+
+    def __init__(
+        self,
+        params: Params,
+        store: ResultsStore,
+        client: Mt5Client | None = None,
+        bars: BarStore | None = None,
+        registry: Registry | None = None,
+        bus: NullBus | RedisBus | None = None,
+        on_step: Callable[[StepReport], None] | None = None,
+    ) -> None:
+        from pipelines.terminal import initialize_kwargs, open_terminal
+
+        self.params = params
+        self.store = store
+        self.client = client or open_terminal(params.data)
+        self._init_kwargs = initialize_kwargs(params.data)
+        self.bars = bars or BarStore(params.data.root)
+        self.contract = make_contract(params.data)
+        self.clock = params.data.server_time.clock()
+        self.bus = bus if bus is not None else open_bus(params.events.url)
+        self.scorer = LiveScorer(
+            params,
+            store,
+            self.bars,
+            registry=registry,
+            closed_at=self._closed_at,
+            refresh_seconds=params.live_score.directory_seconds,
+        )
+        self.on_step = on_step
+        self._stop = threading.Event()
+        self._connected = False
+        self._due: dict[str, int] = {}  # timeframe → next bar close, server epoch seconds
+        self._symbols: list[str] = []
+        self._symbols_read = -np.inf
+        self.stats = WorkerStats(rss_start_mb=rss_mb())
+
+    # ----------------------------------------------------------------- clocks
+    def _closed_at(self, utc_seconds: int) -> datetime:
+        """When the bar closing at `utc_seconds` (terminal UTC) closed, on the wall clock."""
+        return datetime.fromtimestamp(self.client.wall_time_of(utc_seconds), UTC)
+
+    def _server_now(self) -> int:
+        return int(self.clock.to_server(int(self.client.now_utc().timestamp())))
+
+    @staticmethod
+    def next_close(server_now: int, timeframe: str) -> int:
+        """The first close of a `timeframe` bar after `server_now` (server epoch seconds):
+        the close of the bar that contains `server_now`."""
+        opened = bar_open_times(np.array([server_now]), timeframe)
+        return int(bar_close_times(opened, timeframe)[0])
+
+    def next_wake(self) -> float:
+        """Wall-clock epoch seconds of the earliest due bar close (now when none is known)."""
+        if not self._due:
+            return time.time()
+        earliest = min(self._due.values())
+        return self.client.wall_time_of(float(self.clock.to_utc(earliest)))
+
+    # ----------------------------------------------------------------- what to follow
+    def symbols(self) -> list[str]:
+        """Symbols any tenant follows (re-read every ``live_score.directory_seconds``)."""
+        now = time.monotonic()
+        if now - self._symbols_read >= self.params.live_score.directory_seconds:
+            followed = {s.symbol for t in self.store.directory() for s in t.follows}
+            self._symbols = sorted(followed & set(self.params.data.symbols))
+            self._symbols_read = now
+        return self._symbols
+
+    # ----------------------------------------------------------------- one step
+    def step(self) -> StepReport:
+        """Ingest every timeframe whose bar closed since the last step (all of them on the
+        first step: the backfill), score, publish. Raises TerminalError on terminal failure."""
+        report = StepReport()
+        t0 = time.perf_counter()
+        if not self._connected:
+            connect(self.client, **self._init_kwargs)
+            self._connected = True
+        server_now = self._server_now()
+        timeframes = list(self.params.data.timeframes)
+        due = [tf for tf in timeframes if self._due.get(tf, -1) <= server_now]
+        symbols = self.symbols()
+        if due and symbols:
+            reports = ingest_history(self.client, self.bars, self.contract, self.params.data, symbols, due)
+            report.bars_written = sum(r.written for r in reports)
+            report.quarantined = sum(r.quarantined for r in reports)
+        for tf in due:
+            self._due[tf] = self.next_close(server_now, tf)
+        report.due = due
+        t1 = time.perf_counter()
+        while True:  # a backlog (after an outage) spreads over cycles of max_bars_per_cycle
+            cycle = self.scorer.cycle()
+            report.cycles.append(cycle)
+            if not cycle.new_scores or cycle.rows == 0:
+                break
+            if max(cycle.scored.values(), default=0) < self.params.live_score.max_bars_per_cycle:
+                break
+        t2 = time.perf_counter()
+        if report.new_scores:
+            self.bus.publish(
+                {
+                    "scores": report.new_scores,
+                    "series": sorted({f"{k[0]} {k[1]}" for c in report.cycles for k in c.scored}),
+                    "committed_at": datetime.now(UTC).isoformat(),
+                }
+            )
+        report.seconds = {"ingest": t1 - t0, "score": t2 - t1, "publish": time.perf_counter() - t2}
+        return report
+
+    # ----------------------------------------------------------------- the loop
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, seconds: float | None = None) -> WorkerStats:
+        """Step at every bar close until `stop()` or `seconds` of wall time. Terminal errors
+        back off (``data.live``) and reconnect; after ``max_attempts`` in a row they raise."""
+        cfg = self.params.data.live
+        end = None if seconds is None else time.time() + seconds
+        failures, backoff = 0, cfg.backoff_initial_seconds
+        while not self._stop.is_set() and (end is None or time.time() < end):
+            wake = self.next_wake()
+            if end is not None:
+                wake = min(wake, end)
+            if self._stop.wait(max(0.0, wake - time.time())):
+                break
+            if end is not None and time.time() >= end and wake >= end:
+                break
+            try:
+                report = self.step()
+            except TerminalError as exc:
+                failures += 1
+                self.stats.errors += 1
+                if failures >= cfg.max_attempts:
+                    raise
+                log.warning(
+                    "live worker: %s; reconnecting in %.1fs (%d/%d)", exc, backoff, failures, cfg.max_attempts
+                )
+                self.client.shutdown()
+                self._connected = False
+                self.stats.reconnects += 1
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, cfg.backoff_max_seconds)
+                continue
+            failures, backoff = 0, cfg.backoff_initial_seconds
+            self._record(report)
+        self.stats.rss_end_mb = rss_mb()
+        return self.stats
+
+    def _record(self, report: StepReport) -> None:
+        s = self.stats
+        s.steps += 1
+        s.bars_written += report.bars_written
+        s.new_scores += report.new_scores
+        s.lag.extend(report.lag)
+        if len(s.lag) > 100_000:  # memory flat over a long run: keep the newest
+            del s.lag[: len(s.lag) - 100_000]
+        if report.new_scores:
+            lag = sorted(report.lag)
+            log.info(
+                "bar close %s: %d bars, %d scores; bar close → committed p50 %.0f ms, max %.0f ms",
+                ",".join(report.due) or "-",
+                report.bars_written,
+                report.new_scores,
+                lag[len(lag) // 2] * 1e3,
+                lag[-1] * 1e3,
+            )
+        if self.on_step:
+            self.on_step(report)
+
+    def close(self) -> None:
+        self.client.shutdown()
+        self.bus.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pipelines.config import cli_parser, load_params
+
+    parser = cli_parser("python -m pipelines.live", __doc__)
+    parser.add_argument("--seconds", type=float, default=None, help="stop after this long (default: run)")
+    args = parser.parse_args(argv)
+    params = load_params(args.params, args.profile)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    store = ResultsStore(params.store.url, params.store.admin_url)
+    if store.dialect == "sqlite":
+        store.migrate()
+    worker = LiveWorker(params, store)
+    try:
+        stats = worker.run(args.seconds)
+    except KeyboardInterrupt:
+        stats = worker.stats
+    finally:
+        worker.close()
+        store.close()
+    print(
+        f"live worker: {stats.steps} steps, {stats.bars_written} bars, {stats.new_scores} scores; "
+        f"bar close → committed p50 {stats.lag_ms(0.5) or 0:.0f} ms, p99 {stats.lag_ms(0.99) or 0:.0f} ms; "
+        f"RSS {stats.rss_start_mb:.0f} → {stats.rss_end_mb:.0f} MB"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    from pipelines.config import run_cli
+
+    raise SystemExit(run_cli(main))
