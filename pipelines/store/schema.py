@@ -39,9 +39,9 @@ tenants = sa.Table(
 )
 
 # One row per (series, model version, bar, audience): a probability is stored once, however
-# many tenants follow it (a tenant sees it through `TENANT_RESULTS`). Rows are never updated: the id orders
-# them in commit order (writers serialise on an advisory lock on PostgreSQL), so "every score
-# after id N" is a gap-free stream cursor.
+# many tenants follow it (a tenant sees it through the ``tenant_results`` view). Rows are never
+# updated; ids follow commit order (writers serialise on an advisory lock on PostgreSQL), so
+# "every score after id N" is a gap-free stream cursor.
 scores = sa.Table(
     "scores",
     metadata,
@@ -124,25 +124,9 @@ sa.Index("ix_pins_tenant", pins.c.tenant_id, pins.c.model_name)
 
 # A tenant's results: the scores of what it followed when each was committed, with the model
 # version it follows (its pin, else the followed alias) and its signal under its thresholds of
-# that moment. A view over scores ⋈ subscriptions ⋈ pins: on PostgreSQL ``security_invoker``,
-# so row-level security on all three applies to the reader.
+# that moment. A view over scores ⋈ subscriptions ⋈ pins (its SQL is in migration 0003): on
+# PostgreSQL ``security_invoker``, so row-level security on all three applies to the reader.
 TENANT_RESULTS = "tenant_results"
-TENANT_RESULTS_SQL = """
-SELECT sub.tenant_id, s.symbol, s.timeframe, s.bar_time, s.horizon, s.label_kind, s.probability,
-       CASE WHEN s.probability > sub.long_above THEN 'long'
-            WHEN s.probability < sub.short_below THEN 'short'
-            ELSE 'flat' END AS signal,
-       s.model_name, s.model_version, s.committed_at AS scored_at, s.bar_closed_at, s.id AS event_id
-FROM scores s
-JOIN subscriptions sub
-  ON sub.symbol = s.symbol AND sub.timeframe = s.timeframe AND sub.horizon = s.horizon
- AND sub.label_kind = s.label_kind
- AND sub.valid_from <= s.committed_at AND (sub.valid_to IS NULL OR s.committed_at < sub.valid_to)
-LEFT JOIN pins p
-  ON p.tenant_id = sub.tenant_id AND p.model_name = s.model_name
- AND p.valid_from <= s.committed_at AND (p.valid_to IS NULL OR s.committed_at < p.valid_to)
-WHERE (p.version IS NULL AND s.followed) OR (s.model_version = p.version AND NOT s.followed)
-"""
 tenant_results = sa.Table(  # the view's shape, for queries (created by the migration, not here)
     TENANT_RESULTS,
     sa.MetaData(),
