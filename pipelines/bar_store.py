@@ -172,6 +172,8 @@ class BarStore:
         self.root = Path(root)
         self.max_parts = max_parts
         self._fault = fault_hook or (lambda stage: None)
+        # series → (rows kept, newest time kept, the tail): see `tail`
+        self._tails: dict[SeriesKey, tuple[int, int, pd.DataFrame]] = {}
 
     # --- paths and listing -------------------------------------------------------------------------
     def series_dir(self, key: SeriesKey, quarantine: bool = False) -> Path:
@@ -247,21 +249,36 @@ class BarStore:
         return frame.sort_values("time", kind="stable").reset_index(drop=True)
 
     def tail(self, key: SeriesKey, n: int) -> pd.DataFrame:
-        """The last `n` committed rows of a series (for causal context such as ATR)."""
-        chunks: list[pd.DataFrame] = []
-        total = 0
-        for part in reversed(self.parts(key)):
-            frame = pq.read_table(part.path, schema=key.schema).to_pandas()
-            chunks.insert(0, frame)
-            total += len(frame)
-            if total >= n:
+        """The last `n` committed rows of a series (for causal context such as ATR).
+
+        Kept in memory between calls: only parts committed since the last call (a part whose
+        newest row is newer than the kept tail's) are read — appends only ever add newer rows,
+        and compaction rewrites rows without changing them — so a live process appending one
+        bar per close reads one small part, not the last `n` one-bar parts."""
+        parts = self.parts(key)
+        cached = self._tails.get(key)
+        if cached is not None and (cached[0] < n or not parts or parts[0].lo > cached[1]):
+            cached = None  # too short, or the series was rewritten under us: read afresh
+        newer = [p for p in parts if cached is None or p.hi > cached[1]]
+        chunks: list[pd.DataFrame] = [] if cached is None else [cached[2]]
+        total = 0 if cached is None else len(cached[2])
+        fresh: list[pd.DataFrame] = []
+        for part in reversed(newer):
+            if cached is None and total >= n:
                 break
-        if not chunks:
+            frame = pq.read_table(part.path, schema=key.schema).to_pandas()
+            fresh.insert(0, frame)
+            total += len(frame)
+        chunks += fresh
+        if not chunks or total == 0:
             return key.schema.empty_table().to_pandas()
-        frame = pd.concat(chunks, ignore_index=True)
+        frame = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
         if key.kind == "bars":
             frame = frame.drop_duplicates("time", keep="last")
-        return frame.sort_values("time", kind="stable").tail(n).reset_index(drop=True)
+        frame = frame.sort_values("time", kind="stable").tail(n).reset_index(drop=True)
+        if len(frame):
+            self._tails[key] = (n, int(frame_times(frame, key.unit)[-1]), frame)
+        return frame.copy()
 
     # --- writing ---------------------------------------------------------------------------------------
     @contextmanager

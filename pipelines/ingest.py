@@ -40,7 +40,7 @@ from pipelines.mt5.constants import (
     timeframe_value,
 )
 from pipelines.mt5.server_time import ServerClock
-from pipelines.validate import ContractError, DataContract, ValidationResult, ValidationRules
+from pipelines.validate import ContractError, DataContract, Engine, ValidationResult, ValidationRules
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +100,10 @@ def _contract_rules(params: DataParams) -> ValidationRules:
     return ValidationRules(v.max_bad_ratio, v.ratio_min_rows, v.spike_atr_multiple, v.atr_window)
 
 
-def make_contract(params: DataParams) -> DataContract:
-    """The data contract configured by ``data.validation`` (build once per process)."""
-    return DataContract(_contract_rules(params))
+def make_contract(params: DataParams, engine: Engine = "gx") -> DataContract:
+    """The data contract configured by ``data.validation`` (build once per process); the live
+    worker asks for the ``numpy`` engine (same suite, no per-batch GX cost)."""
+    return DataContract(_contract_rules(params), engine)
 
 
 def connect(client: Mt5Client, **kwargs: object) -> None:
@@ -203,15 +204,18 @@ def ingest_history(
     params: DataParams,
     symbols: Sequence[str] | None = None,
     timeframes: Sequence[str] | None = None,
+    check: bool = True,
 ) -> list[SeriesReport]:
     """Fetch, validate and append every configured series (see module docstring).
 
     `client` must be initialised. Raises `IngestError`/`TerminalError`/`ContractError` before
-    writing anything if any series fails.
+    writing anything if any series fails. `check` = False skips asking the terminal whether
+    the symbols exist (a caller that checked them once since connecting).
     """
     symbols = list(symbols or params.symbols)
     timeframes = list(timeframes or params.timeframes)
-    check_symbols(client, symbols)
+    if check:
+        check_symbols(client, symbols)
     now = int(client.now_utc().timestamp())
     keys = [SeriesKey("bars", s, tf) for s in symbols for tf in timeframes]
     if params.ticks:

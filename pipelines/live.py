@@ -115,7 +115,7 @@ class LiveWorker:
         self.client = client or open_terminal(params.data)
         self._init_kwargs = initialize_kwargs(params.data)
         self.bars = bars or BarStore(params.data.root)
-        self.contract = make_contract(params.data)
+        self.contract = make_contract(params.data, engine="numpy")  # same suite, no GX cost per close
         self.clock = params.data.server_time.clock()
         self.bus = bus if bus is not None else open_bus(params.events.url)
         self.scorer = LiveScorer(
@@ -129,6 +129,7 @@ class LiveWorker:
         self.on_step = on_step
         self._stop = threading.Event()
         self._connected = False
+        self._checked: set[str] = set()  # symbols the terminal confirmed since connecting
         self._due: dict[str, int] = {}  # timeframe → next bar close, server epoch seconds
         self._symbols: list[str] = []
         self._symbols_read = -np.inf
@@ -175,12 +176,17 @@ class LiveWorker:
         if not self._connected:
             connect(self.client, **self._init_kwargs)
             self._connected = True
+            self._checked = set()
         server_now = self._server_now()
         timeframes = list(self.params.data.timeframes)
         due = [tf for tf in timeframes if self._due.get(tf, -1) <= server_now]
         symbols = self.symbols()
         if due and symbols:
-            reports = ingest_history(self.client, self.bars, self.contract, self.params.data, symbols, due)
+            check = set(symbols) != self._checked  # ask the terminal once per connection
+            reports = ingest_history(
+                self.client, self.bars, self.contract, self.params.data, symbols, due, check=check
+            )
+            self._checked = set(symbols)
             report.bars_written = sum(r.written for r in reports)
             report.quarantined = sum(r.quarantined for r in reports)
         for tf in due:
