@@ -415,6 +415,9 @@ class ServingParams(_Frozen):
     gpus: int = Field(0, ge=0)  # BentoML resources: GPUs to request (0 = none required)
     auth_cache_seconds: float = Field(5.0, ge=0)  # a rotated or removed key stops within this
     api_key_header: str = "X-API-Key"
+    stream_max_per_tenant: int = Field(8, ge=1)  # open GET /stream connections per tenant per replica
+    stream_send_timeout_seconds: float = Field(30.0, gt=0)  # a client not reading this long is dropped
+    stream_heartbeat_seconds: float = Field(15.0, gt=0)  # comment line on an idle stream
 
 
 class Params(BaseModel):

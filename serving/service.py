@@ -49,6 +49,7 @@ from serving.schemas import (
     ResultsResponse,
     ScoreResponse,
 )
+from serving.stream import StreamRoute, stream_app
 
 log = logging.getLogger("mt5prob.serving")
 
@@ -180,6 +181,15 @@ class ScoringService:
         self._refresher = threading.Thread(target=self._follow_registry, name="registry-refresh", daemon=True)
         self._refresher.start()
         self._document: tuple[tuple[str, str] | None, dict[str, Any]] | None = None
+        # push: GET /stream, woken by the live worker's events (every replica subscribes)
+        from pipelines.events import open_bus
+        from serving.stream import StreamHub
+
+        self.events_settings = params.events
+        self.hub = StreamHub()
+        self.bus = open_bus(params.events.url)
+        if hasattr(self.bus, "subscribe"):
+            self.bus.subscribe(self.hub.notify)
         _SERVICE["instance"] = self
 
     # ------------------------------------------------------------------ lifecycle
@@ -194,6 +204,7 @@ class ScoringService:
     def shutdown(self) -> None:
         self._stop.set()
         self._executor.shutdown(wait=False)
+        self.bus.close()
         self.store.close()
 
     def api_document(self) -> dict[str, Any]:
@@ -495,3 +506,5 @@ class ScoringService:
         return await asyncio.get_running_loop().run_in_executor(None, run)
 
 
+# GET /stream: server-sent events of the caller's results (serving/stream.py)
+ScoringService.add_asgi_middleware(StreamRoute, handler=stream_app(lambda: _SERVICE.get("instance")))

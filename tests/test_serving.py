@@ -115,7 +115,10 @@ def env(tmp_path_factory):
                     "max_bars": 3000,
                     "auth_cache_seconds": 0,
                     "max_loaded_versions": 2,
+                    "stream_max_per_tenant": 3,
                 },
+                # streams must be woken by the bus: the fallback re-read is far off
+                "events": {"reread_seconds": 30},
             }
         )
     )
@@ -351,6 +354,107 @@ def test_results_endpoints(env):
     ]
     assert post(env, "/results/range", {"start": t0.isoformat(), "end": t0.isoformat()}).status_code == 400
     assert len(post(env, "/results/latest", {}, tenant="beta").json()["rows"]) == 1
+
+
+class SseClient:
+    """A GET /stream reader on its own thread: parsed events as they arrive."""
+
+    def __init__(self, env, tenant="acme", headers=None, params=None):
+        self.events: list[tuple[int, dict]] = []
+        self.client = httpx.Client(timeout=httpx.Timeout(10.0, read=None))
+        hdrs = {"X-API-Key": env["keys"][tenant], **(headers or {})}
+        self._cm = self.client.stream("GET", env["url"] + "/stream", headers=hdrs, params=params)
+        self.response = self._cm.__enter__()
+        self.received_at: list[float] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self):
+        event_id, data = None, None
+        try:
+            for line in self.response.iter_lines():
+                if line.startswith("id: "):
+                    event_id = int(line[4:])
+                elif line.startswith("data: "):
+                    data = json.loads(line[6:])
+                elif line == "" and data is not None:
+                    self.events.append((event_id, data))
+                    self.received_at.append(time.time())
+                    event_id, data = None, None
+        except (httpx.HTTPError, RuntimeError):
+            pass
+
+    def wait(self, n, timeout=10.0):
+        end = time.monotonic() + timeout
+        while len(self.events) < n and time.monotonic() < end:
+            time.sleep(0.02)
+        return self.events
+
+    def close(self):
+        try:
+            self._cm.__exit__(None, None, None)
+        finally:
+            self.client.close()
+
+
+def test_stream_pushes_results_resumes_and_isolates_tenants(env):
+    from pipelines.events import RedisBus
+
+    store = env["store"]
+    bus = RedisBus("redis://127.0.0.1:6379/0")
+    t0 = datetime(2024, 5, 6, 10, tzinfo=UTC)
+
+    def scores(k0, n, version="2", followed=True):
+        out = []
+        for k in range(k0, k0 + n):
+            t = t0 + timedelta(minutes=5 * k)
+            out.append(ScoreRow("EURUSD", "M5", t, 12, "direction", NAME, version, 0.5, followed, t))
+        return out
+
+    acme = SseClient(env, params={"after": 0})
+    beta = SseClient(env, tenant="beta")  # no cursor: only what comes from now on
+    assert acme.response.status_code == 200
+    assert acme.response.headers["content-type"].startswith("text/event-stream")
+    before = len(acme.wait(10**6, timeout=1.0))  # whatever acme had already (other tests)
+    sent = time.time()
+    store.write_scores(scores(0, 3) + scores(0, 1, version="1", followed=False))
+    bus.publish({"scores": 4})
+    got = acme.wait(before + 3, timeout=5.0)
+    assert len(got) == before + 3 and time.time() - sent < 5.0  # the bus woke it, not the 30 s re-read
+    new = got[before:]
+    assert [d["bar_time"] for _, d in new] == [(t0 + timedelta(minutes=5 * k)).isoformat() for k in range(3)]
+    assert {d["model_version"] for _, d in new} == {"2"} and all(i == d["event_id"] for i, d in new)
+    theirs = beta.wait(1, timeout=5.0)
+    assert [d["model_version"] for _, d in theirs] == ["1"]  # beta is pinned to v1: its row only
+    last = new[-1][0]
+    acme.close()
+    store.write_scores(scores(3, 2))  # while acme is away
+    bus.publish({"scores": 2})
+    again = SseClient(env, headers={"Last-Event-ID": str(last)})
+    resumed = again.wait(2, timeout=5.0)
+    assert [d["bar_time"] for _, d in resumed] == [(t0 + timedelta(minutes=5 * k)).isoformat() for k in (3, 4)]
+    assert all(i > last for i, _ in resumed)  # nothing repeated, nothing missed
+    time.sleep(0.3)
+    assert len(again.events) == 2
+    again.close()
+    beta.close()
+    bus.close()
+    # bad requests: no key, a cursor that is not an event id, too many streams
+    r = httpx.get(env["url"] + "/stream", timeout=5)
+    assert r.status_code == 401 and "API key" in r.json()["error"]
+    bad = httpx.get(
+        env["url"] + "/stream", headers={"X-API-Key": env["keys"]["acme"], "Last-Event-ID": "1e9"}, timeout=5
+    )
+    assert bad.status_code == 400
+    held = [SseClient(env, tenant="gamma") for _ in range(3)]
+    try:
+        for h in held:
+            assert h.response.status_code == 200
+        extra = httpx.get(env["url"] + "/stream", headers={"X-API-Key": env["keys"]["gamma"]}, timeout=5)
+        assert extra.status_code == 429
+    finally:
+        for h in held:
+            h.close()
 
 
 def test_rollback_and_promotion_under_load_without_failures(env):
