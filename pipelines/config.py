@@ -371,6 +371,7 @@ class LiveScoreParams(_Frozen):
     max_bars_per_cycle: int = Field(288, ge=1)  # backfill after an outage spreads over cycles
     first_run_bars: int = Field(1, ge=1)  # with no watermark yet, score the newest N bars
     directory_seconds: float = Field(5.0, gt=0)  # live worker: re-read what tenants follow this often
+    lease_seconds: float = Field(10.0, gt=0)  # live worker: a dead worker's symbols are taken over after this
 
 
 class EventsParams(_Frozen):

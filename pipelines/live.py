@@ -28,9 +28,12 @@ re-publishes). Terminal errors back off and reconnect (``data.live`` backoff set
 from __future__ import annotations
 
 import logging
+import os
 import resource
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -131,8 +134,11 @@ class LiveWorker:
         self._connected = False
         self._checked: set[str] = set()  # symbols the terminal confirmed since connecting
         self._due: dict[str, int] = {}  # timeframe → next bar close, server epoch seconds
-        self._symbols: list[str] = []
-        self._symbols_read = -np.inf
+        self._followed: list[str] = []
+        self._followed_read = -np.inf
+        self._owned: list[str] = []  # the symbols this worker holds leases on
+        self._renewed = -np.inf
+        self.holder = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.stats = WorkerStats(rss_start_mb=rss_mb())
 
     # ----------------------------------------------------------------- clocks
@@ -158,14 +164,30 @@ class LiveWorker:
         return self.client.wall_time_of(float(self.clock.to_utc(earliest)))
 
     # ----------------------------------------------------------------- what to follow
-    def symbols(self) -> list[str]:
+    def followed(self) -> list[str]:
         """Symbols any tenant follows (re-read every ``live_score.directory_seconds``)."""
         now = time.monotonic()
-        if now - self._symbols_read >= self.params.live_score.directory_seconds:
+        if now - self._followed_read >= self.params.live_score.directory_seconds:
             followed = {s.symbol for t in self.store.directory() for s in t.follows}
-            self._symbols = sorted(followed & set(self.params.data.symbols))
-            self._symbols_read = now
-        return self._symbols
+            self._followed = sorted(followed & set(self.params.data.symbols))
+            self._followed_read = now
+        return self._followed
+
+    def symbols(self, renew: bool = False) -> list[str]:
+        """This worker's share of the followed symbols: leases (`ResultsStore.claim_symbols`)
+        renewed at least every third of ``live_score.lease_seconds``, so a live worker never
+        loses them and a dead one's are taken over once they expire. A symbol newly held is
+        fetched and scored at once (its backlog since the last holder's watermark included)."""
+        now = time.monotonic()
+        ttl = self.params.live_score.lease_seconds
+        if renew or now - self._renewed >= ttl / 3:
+            owned = self.store.claim_symbols(self.holder, self.followed(), ttl)
+            if set(owned) - set(self._owned):
+                self._due.clear()  # newly held: every timeframe is due now
+                log.info("live worker %s now holds %s", self.holder, owned)
+            self._owned = owned
+            self._renewed = now
+        return self._owned
 
     # ----------------------------------------------------------------- one step
     def step(self) -> StepReport:
@@ -177,10 +199,10 @@ class LiveWorker:
             connect(self.client, **self._init_kwargs)
             self._connected = True
             self._checked = set()
+        symbols = self.symbols(renew=True)
         server_now = self._server_now()
         timeframes = list(self.params.data.timeframes)
         due = [tf for tf in timeframes if self._due.get(tf, -1) <= server_now]
-        symbols = self.symbols()
         if due and symbols:
             check = set(symbols) != self._checked  # ask the terminal once per connection
             reports = ingest_history(
@@ -194,7 +216,7 @@ class LiveWorker:
         report.due = due
         t1 = time.perf_counter()
         while True:  # a backlog (after an outage) spreads over cycles of max_bars_per_cycle
-            cycle = self.scorer.cycle()
+            cycle = self.scorer.cycle(symbols=set(symbols))
             report.cycles.append(cycle)
             if not cycle.new_scores or cycle.rows == 0:
                 break
@@ -226,10 +248,15 @@ class LiveWorker:
             wake = self.next_wake()
             if end is not None:
                 wake = min(wake, end)
-            if self._stop.wait(max(0.0, wake - time.time())):
+            # wake at the close, or earlier to renew the leases (a third of their time to live)
+            renew_at = time.time() + self.params.live_score.lease_seconds / 3
+            if self._stop.wait(max(0.0, min(wake, renew_at) - time.time())):
                 break
             if end is not None and time.time() >= end and wake >= end:
                 break
+            if time.time() < wake:
+                self.symbols()  # renews when due
+                continue
             try:
                 report = self.step()
             except TerminalError as exc:
@@ -272,7 +299,14 @@ class LiveWorker:
         if self.on_step:
             self.on_step(report)
 
-    def close(self) -> None:
+    def close(self, release: bool = True) -> None:
+        """Disconnect; give back the leases (`release` = False leaves them to expire, as a
+        killed worker would)."""
+        if release:
+            try:
+                self.store.release_symbols(self.holder)
+            except Exception:  # noqa: BLE001 — they expire anyway
+                log.exception("live worker %s: releasing leases failed", self.holder)
         self.client.shutdown()
         self.bus.close()
 

@@ -33,7 +33,7 @@ import gc
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -278,9 +278,12 @@ class LiveScorer:
         return not parts or (len(bars) > 0 and int(bars.time[0]) <= min(p.lo for p in parts))
 
     # ----------------------------------------------------------------- the cycle
-    def cycle(self, fault: Callable[[str], None] | None = None) -> CycleReport:
-        """Score every newly closed bar any tenant needs; write it all in one transaction.
-        `fault(stage)` is a test hook called at "scored" and inside the write."""
+    def cycle(
+        self, fault: Callable[[str], None] | None = None, symbols: Collection[str] | None = None
+    ) -> CycleReport:
+        """Score every newly closed bar any tenant needs (of `symbols` only, when given: a
+        live worker's leased share); write it all in one transaction. `fault(stage)` is a
+        test hook called at "scored" and inside the write."""
         report = CycleReport()
         if self._cycles == 1 and self.freeze_gc:
             # everything alive after the first cycle (libraries, models, cached bars) is
@@ -292,6 +295,8 @@ class LiveScorer:
         t0 = time.perf_counter()
         directory = self._directory()
         needs = self._needs(directory, report)
+        if symbols is not None:
+            needs = [n for n in needs if n.symbol in symbols]
         watermarks = self.store.watermarks()
         series: dict[tuple[str, str], list[_Need]] = defaultdict(list)
         for need in needs:

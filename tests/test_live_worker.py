@@ -150,3 +150,44 @@ def test_each_bar_close_is_scored_once_across_restart_and_outage(world):
     assert events and sum(e["scores"] for e in events) == len(got)
     assert got.event_id.is_monotonic_increasing and got.event_id.is_unique
     assert (got.bar_closed_at - got.bar_time >= timedelta(0)).all()
+
+
+def test_two_workers_share_the_symbols_and_one_takes_over_when_the_other_dies(world):
+    """Leases: two workers split the symbols; one is killed (it never gives its leases back)
+    and the other takes its symbol over once the lease expires; no bar is missed or scored
+    twice throughout."""
+    params = world["params"]
+    live = params.live_score.model_copy(update={"lease_seconds": 1.0, "directory_seconds": 0.2})
+    params = params.model_copy(update={"live_score": live})
+    store = world["store"]
+    held: dict[str, list[tuple[float, tuple[str, ...]]]] = {"a": [], "b": []}
+
+    def recorder(name):
+        return lambda st: held[name].append(
+            (time.monotonic(), tuple(sorted({k[0] for c in st.cycles for k in c.scored})))
+        )
+
+    a = LiveWorker(params, store, registry=world["registry"], on_step=recorder("a"))
+    b = LiveWorker(params, store, registry=world["registry"], on_step=recorder("b"))
+    threads = [threading.Thread(target=w.run, kwargs={"seconds": 7.0}, daemon=True) for w in (a, b)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    time.sleep(3.0)
+    assert sorted(a.symbols() + b.symbols()) == SYMBOLS and len(a.symbols()) == 1  # one each
+    a.stop()  # killed: its lease is left to expire
+    threads[0].join(timeout=5)
+    a.close(release=False)
+    killed = time.monotonic()
+    threads[1].join(timeout=10)
+    b.close()
+    both = [t for t, symbols in held["b"] if t > killed and len(symbols) == 2]
+    assert both and both[0] - killed < 3.0  # taken over within seconds (lease 1 s)
+    assert all(len(symbols) <= 1 for t, symbols in held["a"] if t > started + 2.0)
+    got = _results(world)
+    stored = BarStore(params.data.root)
+    for symbol in SYMBOLS:
+        mine = got[got.symbol == symbol]
+        times = stored.read(SeriesKey("bars", symbol, "M5")).time
+        live_bars = times[times >= pd.Timestamp(HISTORY_END, tz="UTC")]
+        assert mine.bar_time.tolist() == list(live_bars), symbol  # none missed, none twice

@@ -31,7 +31,16 @@ def store(request, tmp_path):
     s.migrate()
     yield s
     with s.admin_engine.begin() as conn:  # the database is shared by the session's tests
-        for table in ("scores", "subscriptions", "pins", "audit", "tenants", "score_watermarks"):
+        for table in (
+            "scores",
+            "subscriptions",
+            "pins",
+            "audit",
+            "tenants",
+            "score_watermarks",
+            "series_leases",
+            "worker_heartbeats",
+        ):
             conn.execute(sa.text(f"DELETE FROM {table}"))
     s.close()
 
@@ -299,7 +308,7 @@ def test_store_migrations_share_a_database_with_other_alembic_users(tmp_path):
         assert (
             conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "someone_elses_head"
         )
-        assert conn.execute(sa.text("SELECT version_num FROM mt5prob_store_version")).scalar() == "0003"
+        assert conn.execute(sa.text("SELECT version_num FROM mt5prob_store_version")).scalar() == "0004"
     store.close()
 
 
@@ -372,3 +381,18 @@ def test_upgrade_moves_per_tenant_rows_to_scores(backend, request, tmp_path):
     with store.admin_engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM scores")).scalar() == 3
     store.close()
+
+
+def test_live_workers_share_symbols_through_leases(store):
+    symbols = ["EURUSD", "GBPUSD", "USDJPY", "XAUUSD"]
+    assert store.claim_symbols("w1", symbols, 60) == symbols  # alone: all of them
+    assert store.claim_symbols("w2", symbols, 60) == []  # all held, none expired
+    assert len(store.claim_symbols("w1", symbols, 60)) == 2  # two live workers: gives half back
+    assert store.claim_symbols("w2", symbols, 60) == ["USDJPY", "XAUUSD"]
+    assert store.claim_symbols("w1", symbols, 60) == ["EURUSD", "GBPUSD"]  # stable
+    with store.engine.begin() as conn:  # w1 dies: its heartbeat and leases age past their time
+        conn.execute(sa.text("UPDATE series_leases SET expires_at = :t WHERE holder = 'w1'"), {"t": T0})
+        conn.execute(sa.text("UPDATE worker_heartbeats SET seen_at = :t WHERE holder = 'w1'"), {"t": T0})
+    assert store.claim_symbols("w2", symbols, 60) == symbols  # takes everything over
+    store.release_symbols("w2")
+    assert store.claim_symbols("w3", symbols, 60) == symbols

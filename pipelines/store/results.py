@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -42,10 +42,12 @@ from pipelines.store.schema import (
     TENANT_SETTING,
     audit,
     scores,
+    series_leases,
     subscriptions,
     tenant_results,
     tenants,
     watermarks,
+    worker_heartbeats,
 )
 from pipelines.store.schema import pins as pin_table
 
@@ -472,6 +474,57 @@ class ResultsStore:
         """Set scoring watermarks (last scored bar open time per series, UTC) without scores."""
         self.write_scores([], watermark)
 
+    def claim_symbols(self, holder: str, symbols: Sequence[str], ttl_seconds: float) -> list[str]:
+        """The live worker `holder`'s share of `symbols`: it heartbeats, keeps the leases it
+        holds, takes free or expired ones and gives back any beyond its fair share
+        (ceil(symbols / live workers), a worker being live when it heartbeated within
+        `ttl_seconds`); every lease it holds then runs `ttl_seconds` from now. Claims are
+        serialised (an advisory lock on PostgreSQL; SQLite's single writer), so no symbol
+        is ever held by two live workers. Returns the symbols held, sorted."""
+        now = _now()
+        until = now + timedelta(seconds=ttl_seconds)
+        wanted = sorted(set(symbols))
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": LEASE_LOCK})
+            _upsert(conn, worker_heartbeats, [{"holder": holder, "seen_at": now}], ("holder",))
+            live = conn.execute(
+                sa.select(sa.func.count()).select_from(worker_heartbeats).where(
+                    worker_heartbeats.c.seen_at > now - timedelta(seconds=ttl_seconds)
+                )
+            ).scalar_one()
+            share = -(-len(wanted) // max(1, live))
+            held = {
+                r.symbol: (r.holder, _utc(r.expires_at))
+                for r in conn.execute(sa.select(series_leases).where(series_leases.c.symbol.in_(wanted)))
+            }
+            mine = [s for s in wanted if s in held and held[s][0] == holder]
+            free = [s for s in wanted if s not in held or (held[s][0] != holder and held[s][1] <= now)]
+            keep = mine[:share]
+            take = free[: max(0, share - len(keep))]
+            give = [s for s in mine if s not in keep]
+            if give:
+                conn.execute(
+                    series_leases.delete().where(
+                        series_leases.c.holder == holder, series_leases.c.symbol.in_(give)
+                    )
+                )
+            owned = sorted(keep + take)
+            if owned:
+                _upsert(
+                    conn,
+                    series_leases,
+                    [{"symbol": s, "holder": holder, "expires_at": until} for s in owned],
+                    ("symbol",),
+                )
+            return owned
+
+    def release_symbols(self, holder: str) -> None:
+        """Give back every lease of `holder` and forget its heartbeat (a clean stop)."""
+        with self.engine.begin() as conn:
+            conn.execute(series_leases.delete().where(series_leases.c.holder == holder))
+            conn.execute(worker_heartbeats.delete().where(worker_heartbeats.c.holder == holder))
+
     def watermarks(self) -> dict[tuple[str, str], datetime]:
         """Last scored bar open time (UTC) per (symbol, timeframe)."""
         with self.engine.connect() as conn:
@@ -560,6 +613,7 @@ _SQLITE_INSERT = (
 # writers of scores take this transaction-level lock before inserting, so ids become visible
 # in commit order: a reader that has seen id N never later finds a committed id below N
 SCORE_WRITE_LOCK = 0x6D7435  # "mt5"
+LEASE_LOCK = 0x6D7436  # claims of live-worker leases, one at a time
 
 
 def _sqlite_time(value: datetime) -> str:

@@ -166,3 +166,18 @@ watermarks = sa.Table(
     sa.Column("last_bar_time", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+# Live workers and the symbols each holds (pipelines/live.py); no tenant data, so no RLS.
+worker_heartbeats = sa.Table(
+    "worker_heartbeats",
+    metadata,
+    sa.Column("holder", sa.String(64), primary_key=True),
+    sa.Column("seen_at", sa.DateTime(timezone=True), nullable=False),
+)
+series_leases = sa.Table(
+    "series_leases",
+    metadata,
+    sa.Column("symbol", sa.String(32), primary_key=True),
+    sa.Column("holder", sa.String(64), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
