@@ -115,6 +115,19 @@ _LATENCY = bentoml.metrics.Histogram(
     labelnames=["endpoint", "model", "version"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+_LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0)
+_COMMIT_LAG = bentoml.metrics.Histogram(
+    name="mt5prob_result_commit_lag_seconds",
+    documentation="Bar close → score committed, per result pushed on /stream, by timeframe (seconds)",
+    labelnames=["timeframe"],
+    buckets=_LAG_BUCKETS,
+)
+_DELIVERY_LAG = bentoml.metrics.Histogram(
+    name="mt5prob_result_delivery_lag_seconds",
+    documentation="Bar close → result handed to a /stream client, by timeframe (seconds)",
+    labelnames=["timeframe"],
+    buckets=_LAG_BUCKETS,
+)
 _BATCH = bentoml.metrics.Histogram(
     name="mt5prob_batch_requests",
     documentation="Requests scored together in one model call (adaptive batching), by model and version",
@@ -236,6 +249,11 @@ class ScoringService:
         )
         self._document = (key, doc)
         return doc
+
+    def observe_delivery(self, timeframe: str, closed: datetime, committed: datetime, sent: datetime) -> None:
+        """Record a pushed result's lags (bar close → committed, → handed to the client)."""
+        _COMMIT_LAG.labels(timeframe=timeframe).observe(max(0.0, (committed - closed).total_seconds()))
+        _DELIVERY_LAG.labels(timeframe=timeframe).observe(max(0.0, (sent - closed).total_seconds()))
 
     def __is_ready__(self) -> bool:
         return all(self.models.aliases(n).get(self.settings.alias) for n in self.models.names)

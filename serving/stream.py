@@ -16,7 +16,9 @@ Limits: a client that does not take an event within ``stream_send_timeout_second
 dropped (its socket buffer is all it may hold: the next rows are read only when the previous
 ones were sent); at most ``stream_max_per_tenant`` streams per tenant per replica (429 beyond);
 401 without a valid key; 503 when the store cannot be reached. A comment line every
-``stream_heartbeat_seconds`` keeps proxies from closing an idle stream.
+``stream_heartbeat_seconds`` keeps proxies from closing an idle stream. Each result pushed is
+recorded in the service's Prometheus histograms (``/metrics``): bar close → committed and bar
+close → handed to the client, by timeframe.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import json
 import logging
 import threading
 from collections import Counter
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
@@ -220,6 +223,7 @@ def stream_app(service: Any) -> Any:
                 for row in rows:
                     await put(_event(row))
                     cursor = int(row.event_id)
+                    svc.observe_delivery(row.timeframe, row.bar_closed_at, row.scored_at, datetime.now(UTC))
                 if len(rows) == BATCH:
                     continue
                 if rows:

@@ -440,6 +440,10 @@ def test_stream_pushes_results_resumes_and_isolates_tenants(env):
     again.close()
     beta.close()
     bus.close()
+    metrics = httpx.get(env["url"] + "/metrics", timeout=5).text
+    for name in ("mt5prob_result_commit_lag_seconds", "mt5prob_result_delivery_lag_seconds"):
+        line = next(x for x in metrics.splitlines() if x.startswith(f'{name}_count{{timeframe="M5"}}'))
+        assert float(line.split()[-1]) >= 6  # every result pushed above (acme 5, beta 1)
     # bad requests: no key, a cursor that is not an event id, too many streams
     r = httpx.get(env["url"] + "/stream", timeout=5)
     assert r.status_code == 401 and "API key" in r.json()["error"]
