@@ -107,7 +107,9 @@ def live_score_flow(
     return out
 
 
-def live_score_deployment(params_path: str = "params.yaml", profile: str | None = None) -> Any:
+def live_score_deployment(
+    params_path: str = "params.yaml", profile: str | None = None, paused: bool = False
+) -> Any:
     """The ``live-score`` deployment: one cycle at each base-timeframe close (or every
     ``live_score.interval_seconds``). Serve it with ``flows/serve.py``."""
     params = load_params(params_path, profile)
@@ -117,5 +119,6 @@ def live_score_deployment(params_path: str = "params.yaml", profile: str | None 
         interval=timedelta(seconds=seconds),
         tags=["scoring", "live"],
         parameters={"params_path": params_path, "profile": profile, "cycles": 1},
+        paused=paused,
         description="Score newly closed bars for every tenant, once per base-timeframe close.",
     )

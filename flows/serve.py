@@ -17,6 +17,10 @@ retraining on ``schedules.retrain_cron``; the others run on demand.
 | promote/promote | promote (gate the challenger again) | on demand |
 | rollback/rollback | rollback | on demand |
 | live-score/live-score | live-score (one cycle) | every base-timeframe close |
+| live-worker/live-worker | live-worker (each bar close, for an hour) | every minute, one at a time |
+
+``schedules.live_worker`` chooses the live path: false (default) runs the ingest-live and
+live-score timers and pauses live-worker; true runs live-worker and pauses the two timers.
 | monitor/monitor | monitor (drift, live calibration) | ``monitor_cron`` (hourly) |
 """
 
@@ -27,6 +31,7 @@ from datetime import timedelta
 from typing import Any
 
 from flows.ingest import ingest_history_flow, ingest_live_flow
+from flows.live import live_worker_deployment
 from flows.live_score import live_score_deployment
 from flows.monitor import monitor_flow
 from flows.registry import promote_flow, rollback_flow
@@ -52,6 +57,7 @@ def deployments(params_path: str = "params.yaml", profile: str | None = None) ->
             parameters={**common, "polls": 1},
             tags=["ingest", "live"],
             interval=timedelta(seconds=poll),
+            paused=params.schedules.live_worker,  # the live worker ingests instead
             description="One poll for newly closed bars at each base-timeframe close.",
         ),
         featurize_flow.to_deployment(
@@ -73,7 +79,8 @@ def deployments(params_path: str = "params.yaml", profile: str | None = None) ->
             tags=["registry"],
             description="Champion back to the previous one, with a reason.",
         ),
-        live_score_deployment(params_path, profile),
+        live_score_deployment(params_path, profile, paused=params.schedules.live_worker),
+        live_worker_deployment(params_path, profile, paused=not params.schedules.live_worker),
         monitor_flow.to_deployment(
             name="monitor",
             parameters=common,

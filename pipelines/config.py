@@ -397,6 +397,9 @@ class SchedulesParams(_Frozen):
     """The ``schedules:`` section: when the Prefect deployments run (flows/serve.py). Times UTC."""
 
     ingest_live_seconds: float | None = Field(None, gt=0)  # None: the base timeframe's length
+    # True: the live worker (bar-close driven) runs and the ingest-live and live-score timers
+    # are paused; False: the timers run and live-worker is paused (start it from the UI)
+    live_worker: bool = False
     retrain_cron: str = "0 3 * * 6"  # weekly retraining (Saturday 03:00 UTC, markets closed)
     monitor_cron: str = "15 * * * *"  # hourly monitoring
 

@@ -27,6 +27,7 @@ NAMES = {
     "promote",
     "rollback",
     "live-score",
+    "live-worker",
     "monitor",
 }
 
@@ -49,6 +50,21 @@ def test_deployments_are_declared_with_schedules():
     assert found["train"].schedules[0].schedule.cron == "0 3 * * 6"
     schema = found["train"]._parameter_openapi_schema.properties
     assert schema["horizon"]["anyOf"][0]["type"] == "integer" and "trials" in schema
+    # the bar-close driven worker or the two timers, never both
+    worker = found["live-worker"]
+    assert worker.schedules[0].schedule.interval == timedelta(minutes=1) and worker.paused
+    assert worker.concurrency_limit == 1 or worker.concurrency_limit.limit == 1
+    assert not found["live-score"].paused and not found["ingest-live"].paused
+
+
+def test_live_worker_switch_pauses_the_timers(tmp_path):
+    from flows.serve import deployments
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"schedules": {"live_worker": True}}))
+    found = {d.name: d for d in deployments(str(params))}
+    assert not found["live-worker"].paused
+    assert found["live-score"].paused and found["ingest-live"].paused
 
 
 def test_every_deployment_parameter_is_described_and_every_deployment_tagged_by_room():

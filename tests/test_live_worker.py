@@ -90,7 +90,26 @@ def world(tmp_path_factory, contract):
     # starting on a series never scored would begin at its newest bar)
     last = datetime.fromisoformat(HISTORY_END).replace(tzinfo=UTC) - timedelta(minutes=5)
     store.move_watermarks({(s, "M5"): last for s in SYMBOLS})
-    yield {"params": live, "registry": registry, "store": store, "tenant": tenant}
+    live_overrides = overrides | {
+        "data": overrides["data"]
+        | {
+            "simulator": {
+                "end": None,
+                "live": True,
+                "live_start": HISTORY_END,
+                "speed": SPEED,
+                "live_anchor": anchor.isoformat(),
+            }
+        },
+    }
+    yield {
+        "params": live,
+        "registry": registry,
+        "store": store,
+        "tenant": tenant,
+        "overrides": live_overrides,
+        "root": root,
+    }
     store.close()
 
 
@@ -191,3 +210,27 @@ def test_two_workers_share_the_symbols_and_one_takes_over_when_the_other_dies(wo
         times = stored.read(SeriesKey("bars", symbol, "M5")).time
         live_bars = times[times >= pd.Timestamp(HISTORY_END, tz="UTC")]
         assert mine.bar_time.tolist() == list(live_bars), symbol  # none missed, none twice
+
+
+def test_live_worker_flow_runs_and_reports_heartbeats(world, prefect_harness):
+    """The Prefect flow the live-worker deployment runs: it follows the terminal for its
+    `seconds`, and publishes heartbeats as a ``live-worker`` artifact."""
+    import asyncio
+
+    import yaml
+    from prefect.client.orchestration import get_client
+
+    from flows.live import live_worker_flow
+
+    params_file = world["root"] / "live-params.yaml"
+    params_file.write_text(yaml.safe_dump(world["overrides"] | {"events": {"url": None}}))
+    out = live_worker_flow(params_path=str(params_file), seconds=3.0, report_every=2)
+    assert out["steps"] >= 3 and out["new_scores"] > 0 and out["errors"] == 0
+    assert out["committed_p50_ms"] is not None and out["committed_p50_ms"] >= 0
+
+    async def artifacts():
+        async with get_client() as client:
+            return await client.read_artifacts()
+
+    beats = [a for a in asyncio.run(artifacts()) if a.key == "live-worker"]
+    assert beats and "committed_p50_ms" in str(beats[-1].data)
