@@ -143,6 +143,7 @@ class LiveScorer:
         self._aliases: tuple[float, dict[str, str | None]] | None = None
         self._groups: tuple[list[Tenant], dict[tuple, tuple[str, ...]]] | None = None
         self._names: set[str] = set()
+        self._marks: dict[SeriesKey, int | None] = {}
         self.freeze_gc = freeze_gc
         self._cycles = 0
         self._bars: dict[tuple[str, str], tuple[int, Bars]] = {}  # (symbol, tf) → (covered from, bars)
@@ -208,7 +209,7 @@ class LiveScorer:
         cfg = self.params.live_score
         base_tf = spec.base_timeframe
         base_sec = timeframe_seconds(base_tf)
-        last = self.bars.watermark(SeriesKey("bars", symbol, base_tf))
+        last = self._watermark(SeriesKey("bars", symbol, base_tf))
         if last is None:
             raise LiveScoreError(
                 f"no stored {symbol} {base_tf} bars under {self.bars.root}: ingest it first "
@@ -249,7 +250,7 @@ class LiveScorer:
         else:
             have = cached[1]
             last = int(have.time[-1]) if len(have) else start - 1
-            stored = self.bars.watermark(key)
+            stored = self._watermark(key)
             if stored is not None and stored > last:
                 fresh = self._checked(
                     symbol, tf, Bars.from_frame(self.bars.read(key, start=last + 1), sec, have.point)
@@ -260,6 +261,13 @@ class LiveScorer:
         self._bars[(symbol, tf)] = cached
         b = cached[1]
         return b.slice(int(np.searchsorted(b.time, start)))
+
+    def _watermark(self, key: SeriesKey) -> int | None:
+        """The bar store's watermark of `key`, listed once per cycle (several specs and
+        timeframes of a symbol ask for the same series)."""
+        if key not in self._marks:
+            self._marks[key] = self.bars.watermark(key)
+        return self._marks[key]
 
     @staticmethod
     def _checked(symbol: str, tf: str, bars: Bars) -> Bars:
@@ -292,6 +300,7 @@ class LiveScorer:
             gc.collect()
             gc.freeze()
         self._cycles += 1
+        self._marks = {}  # bar-store watermarks, listed afresh each cycle
         t0 = time.perf_counter()
         directory = self._directory()
         needs = self._needs(directory, report)

@@ -454,20 +454,12 @@ class ResultsStore:
                 raise StoreError(f"{r[0]} {r[1]} {r[2]:%Y-%m-%d %H:%M}: probability {r[7]} outside [0, 1]")
         with self.engine.begin() as conn:
             now = _now()
-            for (symbol, timeframe), last in (watermark or {}).items():
-                _upsert(
-                    conn,
-                    watermarks,
-                    [
-                        {
-                            "symbol": symbol,
-                            "timeframe": timeframe,
-                            "last_bar_time": _utc(last),
-                            "updated_at": now,
-                        }
-                    ],
-                    ("symbol", "timeframe"),
-                )
+            marks = [
+                {"symbol": symbol, "timeframe": timeframe, "last_bar_time": _utc(last), "updated_at": now}
+                for (symbol, timeframe), last in sorted((watermark or {}).items())
+            ]
+            if marks:  # one statement for every series
+                _upsert(conn, watermarks, marks, ("symbol", "timeframe"))
             return _insert_scores(conn, rows, _now(), fault)
 
     def move_watermarks(self, watermark: Mapping[tuple[str, str], datetime]) -> None:
