@@ -325,9 +325,21 @@ class BarStore:
             table = pa.Table.from_pandas(good[key.schema.names], schema=key.schema, preserve_index=False)
             self._write_atomic(table, self.series_dir(key) / name)
             self._fault("data_committed")
+            self._extend_tail(key, good)
             if len(self.parts(key)) > self.max_parts:
-                self._compact(key)
+                # merge the parts after the oldest (history stays as it is): a live series
+                # appending one bar per close rewrites a few recent rows, not its whole past
+                self._compact(key, keep_oldest=self.max_parts >= 2)
             return len(good)
+
+    def _extend_tail(self, key: SeriesKey, rows: pd.DataFrame) -> None:
+        """Add rows just committed to the kept tail (see `tail`), when one is kept."""
+        cached = self._tails.get(key)
+        if cached is None or not len(rows):
+            return
+        n, _, frame = cached
+        merged = pd.concat([frame, rows[key.schema.names]], ignore_index=True).tail(n).reset_index(drop=True)
+        self._tails[key] = (n, int(frame_times(merged, key.unit)[-1]), merged)
 
     @staticmethod
     def _first_time(good: pd.DataFrame, bad: pd.DataFrame | None, key: SeriesKey, through: int) -> int:
@@ -344,19 +356,31 @@ class BarStore:
         with self._locked(key):
             self._compact(key)
 
-    def _compact(self, key: SeriesKey) -> None:
+    def _compact(self, key: SeriesKey, keep_oldest: bool = False) -> None:
         parts = self.parts(key)
+        if keep_oldest:
+            parts = parts[1:]
         if not parts:
             return
-        frame = self.read(key)
+        frame = self.read(key, start=parts[0].lo)
         merged = self.series_dir(key) / self._part_name(key, parts[0].lo, parts[-1].hi)
         table = pa.Table.from_pandas(frame[key.schema.names], schema=key.schema, preserve_index=False)
         self._write_atomic(table, merged)
         self._fault("compacted")
+        replaced = {p.path for p in parts}
         for path in self.series_dir(key).glob("part-*.parquet"):
-            if path != merged:
+            # every part the merged one covers (crash leftovers included), never the kept oldest
+            if path != merged and (not keep_oldest or path in replaced or self._covered(path, key, merged)):
                 path.unlink()
         self._sweep_temporaries(key)
+
+    def _covered(self, path: Path, key: SeriesKey, merged: Path) -> bool:
+        """Whether part `path`'s range lies inside part `merged`'s (a leftover it replaces)."""
+        a, b = _PART.fullmatch(path.name), _PART.fullmatch(merged.name)
+        if not a or not b:
+            return False
+        lo, hi = parse_instant(a.group(1), key.unit), parse_instant(a.group(2), key.unit)
+        return parse_instant(b.group(1), key.unit) <= lo and hi <= parse_instant(b.group(2), key.unit)
 
     def _sweep_temporaries(self, key: SeriesKey) -> None:
         """Delete temporaries a crashed writer left in the series' data and quarantine folders.

@@ -240,11 +240,10 @@ class DataContract:
         missing = [c for c in columns if c not in frame.columns]
         if missing:
             raise ContractError(f"{key}: batch lacks column(s) {missing}; expected {columns}")
-        batch = pd.concat([frame[columns].reset_index(drop=True), derived.reset_index(drop=True)], axis=1)
         bad_rules: dict[int, list[str]] = {}
         counts: dict[str, int] = {}
         if self.engine == "numpy":
-            view = _Columns(batch)
+            view = _Columns(frame, derived, columns)
             for name, expectation in self._expectations(kind):
                 rows = _unexpected_rows(key, name, expectation, view)
                 if rows.size:
@@ -252,6 +251,7 @@ class DataContract:
                     for row in rows.tolist():
                         bad_rules.setdefault(row, []).append(name)
         else:
+            batch = pd.concat([frame[columns].reset_index(drop=True), derived.reset_index(drop=True)], axis=1)
             definition, expectations = self._definition(kind)
             result = definition.run(
                 batch_parameters={"dataframe": batch}, result_format={"result_format": "COMPLETE"}
@@ -374,18 +374,19 @@ class DataContract:
 
 
 class _Columns:
-    """A batch's columns as float arrays and null masks, converted once per batch."""
+    """The batch GX would see — `frame`'s `columns`, then the `derived` ones — as float arrays
+    and null masks, converted once per column (no concatenated frame is built)."""
 
-    def __init__(self, batch: pd.DataFrame) -> None:
-        self.names = list(batch.columns)
-        self.dtypes = {c: str(t) for c, t in batch.dtypes.items()}
-        self._batch = batch
+    def __init__(self, frame: pd.DataFrame, derived: pd.DataFrame, columns: list[str]) -> None:
+        self.names = list(columns) + list(derived.columns)
+        self._frames = {c: frame for c in columns} | {c: derived for c in derived.columns}
+        self.dtypes = {c: str(self._frames[c][c].dtype) for c in self.names}
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def __call__(self, column: str) -> tuple[np.ndarray, np.ndarray]:
         """(values as float64 with NaN for nulls, null mask) of `column`."""
         if column not in self._cache:
-            series = self._batch[column]
+            series = self._frames[column][column]
             null = series.isna().to_numpy()
             values = series.to_numpy(dtype=float, na_value=np.nan)
             self._cache[column] = (values, null)

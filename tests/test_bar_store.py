@@ -74,6 +74,23 @@ def test_compaction_merges_parts_and_keeps_rows(tmp_path, h1):
     pd.testing.assert_frame_equal(store.read(KEY), h1.reset_index(drop=True))
 
 
+def test_live_appends_compact_recent_parts_and_keep_the_tail_current(tmp_path, h1):
+    """One bar per append, as the live worker does: compaction merges the parts after the
+    oldest (history is not rewritten on every 32nd bar) and the tail kept in memory always
+    equals what a fresh store reads from disk."""
+    store = BarStore(tmp_path, max_parts=4)
+    store.append(KEY, h1.iloc[:100], _epoch(h1["time"].iloc[99]))
+    oldest = store.parts(KEY)[0].path
+    written = oldest.stat().st_mtime_ns
+    for i in range(100, 140):
+        store.append(KEY, h1.iloc[i : i + 1], _epoch(h1["time"].iloc[i]))
+        fresh = BarStore(tmp_path).tail(KEY, 15)
+        pd.testing.assert_frame_equal(store.tail(KEY, 15), fresh)
+    parts = store.parts(KEY)
+    assert len(parts) <= 4 and parts[0].path == oldest and oldest.stat().st_mtime_ns == written
+    pd.testing.assert_frame_equal(store.read(KEY), h1.iloc[:140].reset_index(drop=True))
+
+
 def test_leftovers_of_a_crash_are_ignored(tmp_path, h1):
     store = BarStore(tmp_path, max_parts=100)
     for i in range(0, 60, 20):
