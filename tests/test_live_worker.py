@@ -64,25 +64,12 @@ def world(tmp_path_factory, contract):
     meta = {"feature_spec": dataclasses.asdict(spec)}
     registry.log_and_register(name, learner, m.columns, example, {}, {}, {}, [], meta=meta)
     registry.set_champion(name, "1", reason="test", actor="test")
-    live = load_params(
-        "params.yaml",
-        None,
-        overrides
-        | {
-            "data": overrides["data"]
-            | {
-                "simulator": {
-                    "end": None,
-                    "live": True,
-                    "live_start": HISTORY_END,
-                    "speed": SPEED,
-                }
-            },
-        },
-    )
     anchor = datetime.now(UTC)  # the live clock reads HISTORY_END now, for every worker
-    sim = live.data.simulator.model_copy(update={"live_anchor": anchor})
-    live = live.model_copy(update={"data": live.data.model_copy(update={"simulator": sim})})
+    simulator = {"end": None, "live": True, "live_start": HISTORY_END, "speed": SPEED}
+    live_overrides = overrides | {
+        "data": overrides["data"] | {"simulator": simulator | {"live_anchor": anchor.isoformat()}}
+    }
+    live = load_params("params.yaml", None, live_overrides)
     store = ResultsStore(live.store.url)
     store.migrate()
     tenant, _ = store.add_tenant("a", [Subscription(s, "M5", 12) for s in SYMBOLS])
@@ -90,18 +77,6 @@ def world(tmp_path_factory, contract):
     # starting on a series never scored would begin at its newest bar)
     last = datetime.fromisoformat(HISTORY_END).replace(tzinfo=UTC) - timedelta(minutes=5)
     store.move_watermarks({(s, "M5"): last for s in SYMBOLS})
-    live_overrides = overrides | {
-        "data": overrides["data"]
-        | {
-            "simulator": {
-                "end": None,
-                "live": True,
-                "live_start": HISTORY_END,
-                "speed": SPEED,
-                "live_anchor": anchor.isoformat(),
-            }
-        },
-    }
     yield {
         "params": live,
         "registry": registry,
