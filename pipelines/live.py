@@ -17,6 +17,11 @@ One long-running process (`LiveWorker.run`):
 4. publishes an event (pipelines.events) so the service's replicas push the new results to
    their stream clients.
 
+Several workers (processes or machines) share the followed symbols through leases in the
+results store (`ResultsStore.claim_symbols`, renewed every third of ``live_score.lease_seconds``):
+each takes a fair share, and a killed worker's symbols pass to the others once its leases
+expire.
+
 Restarts and outages: the bar store's and the scores' watermarks say where each series stands,
 so the first step after a restart or a terminal outage fetches every missed bar and scores
 each exactly once (scores are unique; a replay after a crash between commit and event only
