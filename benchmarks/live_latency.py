@@ -82,7 +82,10 @@ class Sse(threading.Thread):
 
 
 def q(values: list[float], p: float) -> float:
-    return float(np.quantile(values, p) * 1e3) if values else float("nan")
+    from pipelines.live_score import quantile_ms
+
+    ms = quantile_ms(values, p)
+    return float("nan") if ms is None else ms
 
 
 def main() -> None:

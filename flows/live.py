@@ -14,18 +14,14 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import numpy as np
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
 from pipelines.config import load_params
 from pipelines.live import LiveWorker, StepReport
+from pipelines.live_score import quantile_ms
 from pipelines.store import ResultsStore
-
-
-def _ms(values: list[float], q: float) -> float | None:
-    return round(float(np.quantile(values, q)) * 1e3, 1) if values else None
 
 
 @flow(name="live-worker", log_prints=True)
@@ -61,8 +57,8 @@ def live_worker_flow(
             "steps": len(window),
             "bars": sum(r.bars_written for r in window),
             "new_scores": sum(r.new_scores for r in window),
-            "committed_p50_ms": _ms(lag, 0.5),
-            "committed_p99_ms": _ms(lag, 0.99),
+            "committed_p50_ms": quantile_ms(lag, 0.5),
+            "committed_p99_ms": quantile_ms(lag, 0.99),
             "symbols": ",".join(worker.symbols()),
         }
         rows.append(row)

@@ -49,7 +49,7 @@ from pipelines.bar_store import BarStore
 from pipelines.config import Params
 from pipelines.events import NullBus, RedisBus, open_bus
 from pipelines.ingest import TerminalError, connect, ingest_history, make_contract
-from pipelines.live_score import CycleReport, LiveScorer
+from pipelines.live_score import CycleReport, LiveScorer, quantile_ms
 from pipelines.mt5.bars import bar_close_times, bar_open_times
 from pipelines.mt5.client import Mt5Client
 from pipelines.registry import Registry
@@ -99,7 +99,7 @@ class WorkerStats:
     lag: list[float] = field(default_factory=list)  # every new score's bar close → committed, s
 
     def lag_ms(self, q: float) -> float | None:
-        return float(np.quantile(self.lag, q) * 1e3) if self.lag else None
+        return quantile_ms(self.lag, q)
 
 
 class LiveWorker:

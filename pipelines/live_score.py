@@ -58,6 +58,11 @@ class LiveScoreError(RuntimeError):
     """A cycle cannot run (for example: no bars stored for a followed series)."""
 
 
+def quantile_ms(seconds: Sequence[float], q: float) -> float | None:
+    """Quantile `q` of durations given in seconds, in milliseconds (None when there are none)."""
+    return float(np.quantile(seconds, q) * 1e3) if len(seconds) else None
+
+
 @dataclass
 class CycleReport:
     """What a cycle did. Seconds are wall time per phase."""
@@ -90,7 +95,7 @@ class CycleReport:
 
     def lag_ms(self, q: float) -> float | None:
         """Quantile `q` of bar close → committed over this cycle's new scores, milliseconds."""
-        return float(np.quantile(self.lag, q) * 1e3) if self.lag else None
+        return quantile_ms(self.lag, q)
 
 
 @dataclass(frozen=True)

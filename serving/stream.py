@@ -47,14 +47,12 @@ class StreamHub:
         self._waiters: set[asyncio.Event] = set()
         self._lock = threading.Lock()
         self.open: Counter[str] = Counter()  # tenant id → open streams
-        self.events = 0
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
     def notify(self, _event: Any = None) -> None:
         """Wake every waiting stream (callable from any thread: the bus's)."""
-        self.events += 1
         loop = self._loop
         if loop is None:
             return
