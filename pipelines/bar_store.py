@@ -174,6 +174,7 @@ class BarStore:
         self._fault = fault_hook or (lambda stage: None)
         # series → (rows kept, newest time kept, the tail): see `tail`
         self._tails: dict[SeriesKey, tuple[int, int, pd.DataFrame]] = {}
+        self._swept: set[SeriesKey] = set()  # series whose crash leftovers this process removed
 
     # --- paths and listing -------------------------------------------------------------------------
     def series_dir(self, key: SeriesKey, quarantine: bool = False) -> Path:
@@ -260,6 +261,8 @@ class BarStore:
         if cached is not None and (cached[0] < n or not parts or parts[0].lo > cached[1]):
             cached = None  # too short, or the series was rewritten under us: read afresh
         newer = [p for p in parts if cached is None or p.hi > cached[1]]
+        if cached is not None and not newer:  # nothing committed since: the kept rows as they are
+            return cached[2].iloc[-n:].reset_index(drop=True).copy() if n else cached[2].iloc[:0].copy()
         chunks: list[pd.DataFrame] = [] if cached is None else [cached[2]]
         total = 0 if cached is None else len(cached[2])
         fresh: list[pd.DataFrame] = []
@@ -275,10 +278,11 @@ class BarStore:
         frame = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
         if key.kind == "bars":
             frame = frame.drop_duplicates("time", keep="last")
-        frame = frame.sort_values("time", kind="stable").tail(n).reset_index(drop=True)
+        keep = max(n, cached[0]) if cached is not None else n  # a short read never shrinks it
+        frame = frame.sort_values("time", kind="stable").tail(keep).reset_index(drop=True)
         if len(frame):
-            self._tails[key] = (n, int(frame_times(frame, key.unit)[-1]), frame)
-        return frame.copy()
+            self._tails[key] = (keep, int(frame_times(frame, key.unit)[-1]), frame)
+        return (frame.tail(n).reset_index(drop=True) if keep > n else frame).copy()
 
     # --- writing ---------------------------------------------------------------------------------------
     @contextmanager
@@ -308,8 +312,11 @@ class BarStore:
         is harmless. Returns the number of good rows written.
         """
         with self._locked(key):
-            self._sweep_temporaries(key)
-            mark = self.watermark(key)
+            if key not in self._swept:  # leftovers of a crashed writer: once per process is enough
+                self._sweep_temporaries(key)  # (readers ignore them; compaction sweeps too)
+                self._swept.add(key)
+            parts = self.parts(key)
+            mark = max(p.hi for p in parts) if parts else None
             if mark is not None and through <= mark:
                 return 0
             lo = mark + 1 if mark is not None else self._first_time(good, quarantined, key, through)
@@ -326,7 +333,7 @@ class BarStore:
             self._write_atomic(table, self.series_dir(key) / name)
             self._fault("data_committed")
             self._extend_tail(key, good)
-            if len(self.parts(key)) > self.max_parts:
+            if len(parts) + 1 > self.max_parts:
                 # merge the parts after the oldest (history stays as it is): a live series
                 # appending one bar per close rewrites a few recent rows, not its whole past
                 self._compact(key, keep_oldest=self.max_parts >= 2)
@@ -338,7 +345,9 @@ class BarStore:
         if cached is None or not len(rows):
             return
         n, _, frame = cached
-        merged = pd.concat([frame, rows[key.schema.names]], ignore_index=True).tail(n).reset_index(drop=True)
+        drop = max(0, len(frame) + len(rows) - n)  # rows that fall out of the kept n
+        merged = pd.concat([frame.iloc[drop:], rows[key.schema.names]], ignore_index=True)
+        merged = merged.iloc[-n:].reset_index(drop=True)
         self._tails[key] = (n, int(frame_times(merged, key.unit)[-1]), merged)
 
     @staticmethod

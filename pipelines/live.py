@@ -140,7 +140,8 @@ class LiveWorker:
         self._checked: set[str] = set()  # symbols the terminal confirmed since connecting
         self._due: dict[str, int] = {}  # timeframe → next bar close, server epoch seconds
         self._followed: list[str] = []
-        self._followed_read = -np.inf
+        self._followed_from: object = None  # the directory snapshot `_followed` was read from
+        self._refresh_cost = 0.0  # seconds the last directory re-read took
         self._owned: list[str] = []  # the symbols this worker holds leases on
         self._renewed = -np.inf
         self.holder = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -171,11 +172,11 @@ class LiveWorker:
     # ----------------------------------------------------------------- what to follow
     def followed(self) -> list[str]:
         """Symbols any tenant follows (re-read every ``live_score.directory_seconds``)."""
-        now = time.monotonic()
-        if now - self._followed_read >= self.params.live_score.directory_seconds:
-            followed = {s.symbol for t in self.store.directory() for s in t.follows}
+        tenants = self.scorer.directory()  # the scorer's snapshot: one directory read for both
+        if tenants is not self._followed_from:
+            followed = {s.symbol for t in tenants for s in t.follows}
             self._followed = sorted(followed & set(self.params.data.symbols))
-            self._followed_read = now
+            self._followed_from = tenants
         return self._followed
 
     def symbols(self, renew: bool = False) -> list[str]:
@@ -204,7 +205,7 @@ class LiveWorker:
             connect(self.client, **self._init_kwargs)
             self._connected = True
             self._checked = set()
-        symbols = self.symbols(renew=True)
+        symbols = self.symbols()
         server_now = self._server_now()
         timeframes = list(self.params.data.timeframes)
         due = [tf for tf in timeframes if self._due.get(tf, -1) <= server_now]
@@ -253,6 +254,7 @@ class LiveWorker:
             wake = self.next_wake()
             if end is not None:
                 wake = min(wake, end)
+            self._maintain(wake)
             # wake at the close, or earlier to renew the leases (a third of their time to live)
             renew_at = time.time() + self.params.live_score.lease_seconds / 3
             if self._stop.wait(max(0.0, min(wake, renew_at) - time.time())):
@@ -260,7 +262,6 @@ class LiveWorker:
             if end is not None and time.time() >= end and wake >= end:
                 break
             if time.time() < wake:
-                self.symbols()  # renews when due
                 continue
             try:
                 report = self.step()
@@ -282,6 +283,22 @@ class LiveWorker:
             self._record(report)
         self.stats.rss_end_mb = rss_mb()
         return self.stats
+
+    def _maintain(self, wake: float) -> None:
+        """Between bar closes: renew the leases when due, and re-read the tenant directory and
+        the aliases once they are half as old as ``live_score.directory_seconds`` allows — if
+        that fits before the close at wall time `wake`, so that no close waits for it (a step
+        re-reads them itself only when they went stale without a quiet moment)."""
+        if not self._connected:
+            return  # the first step connects, claims and reads everything
+        try:
+            self.symbols()  # renews when due
+            if wake - time.time() > 2 * self._refresh_cost + 0.01:
+                t0 = time.perf_counter()
+                if self.scorer.refresh(older_than=self.params.live_score.directory_seconds / 2):
+                    self._refresh_cost = time.perf_counter() - t0
+        except Exception:  # noqa: BLE001 — the step retries and reports it
+            log.exception("live worker %s: refreshing leases or the directory failed", self.holder)
 
     def _record(self, report: StepReport) -> None:
         s = self.stats

@@ -44,7 +44,7 @@ from features.bars import Bars
 from features.matrix import feature_columns
 from features.spec import FeatureSpec
 from features.window import BarCheckError, bar_fields, check_bars, trailing_window
-from pipelines.bar_store import BarStore, SeriesKey
+from pipelines.bar_store import BarStore, SeriesKey, frame_times
 from pipelines.config import Params
 from pipelines.model_cache import LoadedModel, ModelCache
 from pipelines.mt5.constants import timeframe_seconds
@@ -158,14 +158,27 @@ class LiveScorer:
         """A registered version from the shared model cache (loaded on first use)."""
         return self.models.get(name, version)
 
-    def _directory(self) -> list[Tenant]:
+    def directory(self) -> list[Tenant]:
         """The tenant directory, re-read when older than `refresh_seconds` (0: every cycle)."""
         now = time.monotonic()
         if self._tenants is None or now - self._tenants[0] >= self.refresh_seconds:
             self._tenants = (now, self.store.directory())
         return self._tenants[1]
 
-    def _needs(self, tenants: Sequence[Tenant], report: CycleReport) -> list[_Need]:
+    def refresh(self, older_than: float = 0.0) -> bool:
+        """Re-read the directory and the aliases now if they are older than `older_than`
+        seconds; True when they were. A live worker calls this between bar closes, so that no
+        bar close waits for a directory read (a cycle re-reads only what went stale anyway)."""
+        now = time.monotonic()
+        if self._tenants is not None and now - self._tenants[0] < older_than:
+            return False
+        self._tenants = (now, self.store.directory())
+        self._needs(self._tenants[1], CycleReport(), fresh_aliases=True)
+        return True
+
+    def _needs(
+        self, tenants: Sequence[Tenant], report: CycleReport, fresh_aliases: bool = False
+    ) -> list[_Need]:
         """What to score: per followed (series, horizon, label kind), the version ``serving.alias``
         points at for the tenants without a pin, and each pinned version for the tenants pinned
         to it (aliases re-read every `refresh_seconds`, every cycle by default, so a promotion
@@ -188,7 +201,7 @@ class LiveScorer:
             self._groups = (tenants, {k: tuple(v) for k, v in groups.items()})
             self._names = set(names.values())
             self._aliases = None
-        if self._aliases is None or now - self._aliases[0] >= self.refresh_seconds:
+        if fresh_aliases or self._aliases is None or now - self._aliases[0] >= self.refresh_seconds:
             self.models.follow(self._names)
             self.models.refresh(default_only=True)
             self._aliases = (now, {name: self.models.aliases(name).get(alias) for name in self._names})
@@ -257,15 +270,26 @@ class LiveScorer:
             last = int(have.time[-1]) if len(have) else start - 1
             stored = self._watermark(key)
             if stored is not None and stored > last:
-                fresh = self._checked(
-                    symbol, tf, Bars.from_frame(self.bars.read(key, start=last + 1), sec, have.point)
-                )
+                newer = Bars.from_frame(self._newer(key, last, stored), sec, have.point)
+                fresh = self._checked(symbol, tf, newer)
                 merged = have.append(fresh)
                 keep = max(0, len(merged) - self.max_cached_bars)
                 cached = (int(merged.time[keep]) if keep else cached[0], merged.slice(keep))
         self._bars[(symbol, tf)] = cached
         b = cached[1]
         return b.slice(int(np.searchsorted(b.time, start)))
+
+    def _newer(self, key: SeriesKey, last: int, stored: int) -> Any:
+        """Stored rows of `key` with open time after `last` (the bar store's watermark being
+        `stored`). There are at most (stored − last) / bar length of them, so the store's last
+        that many rows hold them all: a few, kept in memory by the bar store that appended them
+        (the live worker's), are taken from there instead of reading Parquet parts; a long gap
+        (a weekend, a backlog) reads from disk."""
+        most = (stored - last) // timeframe_seconds(key.timeframe or "M1") + 1
+        if most > 64:
+            return self.bars.read(key, start=last + 1)
+        rows = self.bars.tail(key, int(most))
+        return rows[frame_times(rows, key.unit) > last].reset_index(drop=True) if len(rows) else rows
 
     def _watermark(self, key: SeriesKey) -> int | None:
         """The bar store's watermark of `key`, listed once per cycle (several specs and
@@ -307,7 +331,7 @@ class LiveScorer:
         self._cycles += 1
         self._marks = {}  # bar-store watermarks, listed afresh each cycle
         t0 = time.perf_counter()
-        directory = self._directory()
+        directory = self.directory()
         needs = self._needs(directory, report)
         if symbols is not None:
             needs = [n for n in needs if n.symbol in symbols]

@@ -235,7 +235,12 @@ class DataContract:
         return self._definitions[kind]
 
     def _run(
-        self, kind: str, key: SeriesKey, frame: pd.DataFrame, derived: pd.DataFrame, columns: list[str]
+        self,
+        kind: str,
+        key: SeriesKey,
+        frame: pd.DataFrame,
+        derived: dict[str, np.ndarray],
+        columns: list[str],
     ) -> ValidationResult:
         missing = [c for c in columns if c not in frame.columns]
         if missing:
@@ -251,7 +256,9 @@ class DataContract:
                     for row in rows.tolist():
                         bad_rules.setdefault(row, []).append(name)
         else:
-            batch = pd.concat([frame[columns].reset_index(drop=True), derived.reset_index(drop=True)], axis=1)
+            batch = pd.concat(
+                [frame[columns].reset_index(drop=True), pd.DataFrame(derived)], axis=1
+            )
             definition, expectations = self._definition(kind)
             result = definition.run(
                 batch_parameters={"dataframe": batch}, result_format={"result_format": "COMPLETE"}
@@ -271,8 +278,13 @@ class DataContract:
                 counts[name] = len(rows)
                 for row in rows:
                     bad_rules.setdefault(int(row), []).append(name)
+        out = frame if list(frame.columns) == columns else frame[columns]
+        if not isinstance(out.index, pd.RangeIndex) or out.index.start != 0 or out.index.step != 1:
+            out = out.reset_index(drop=True)
+        if not bad_rules:  # the usual case (a live close): no row copies, no frame surgery
+            empty = out.iloc[:0].assign(rules=pd.Series([], dtype=str))
+            return ValidationResult(key, out, empty, counts)
         bad_idx = np.array(sorted(bad_rules), dtype=np.int64)
-        out = frame[columns].reset_index(drop=True)
         quarantined = out.iloc[bad_idx].copy()
         order = {name: i for i, (name, _) in enumerate(self._expectations(kind))}  # the suite's order
         quarantined["rules"] = [";".join(sorted(bad_rules[i], key=order.__getitem__)) for i in bad_idx]
@@ -369,7 +381,7 @@ class DataContract:
         has_context = context is not None and len(context)
         prev = float(_epoch(context, "ms").max()) if has_context else -np.inf
         before = np.maximum.accumulate(np.r_[prev, t[:-1]])
-        derived = pd.DataFrame({"advance_ms": np.where(np.isfinite(before), t - before, np.nan)})
+        derived = {"advance_ms": np.where(np.isfinite(before), t - before, np.nan)}
         return self._run("ticks", key, frame, derived, TICK_COLUMNS)
 
 
@@ -377,18 +389,31 @@ class _Columns:
     """The batch GX would see — `frame`'s `columns`, then the `derived` ones — as float arrays
     and null masks, converted once per column (no concatenated frame is built)."""
 
-    def __init__(self, frame: pd.DataFrame, derived: pd.DataFrame, columns: list[str]) -> None:
-        self.names = list(columns) + list(derived.columns)
-        self._frames = {c: frame for c in columns} | {c: derived for c in derived.columns}
-        self.dtypes = {c: str(self._frames[c][c].dtype) for c in self.names}
+    def __init__(self, frame: pd.DataFrame, derived: dict[str, np.ndarray], columns: list[str]) -> None:
+        self.names = list(columns) + list(derived)
+        dtypes = frame.dtypes
+        self.dtypes = {c: str(dtypes[c]) for c in columns} | {c: str(v.dtype) for c, v in derived.items()}
+        self._frame = frame
+        self._derived = derived
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def __call__(self, column: str) -> tuple[np.ndarray, np.ndarray]:
         """(values as float64 with NaN for nulls, null mask) of `column`."""
         if column not in self._cache:
-            series = self._frames[column][column]
-            null = series.isna().to_numpy()
-            values = series.to_numpy(dtype=float, na_value=np.nan)
+            if column in self._derived:
+                values = np.asarray(self._derived[column], dtype=float)
+                null = np.isnan(values)
+            else:
+                series = self._frame[column]
+                if series.dtype.kind in "iu":  # numpy integers cannot be null
+                    values = series.to_numpy(dtype=float)
+                    null = np.zeros(values.shape, dtype=bool)
+                elif series.dtype.kind == "f":
+                    values = series.to_numpy(dtype=float)
+                    null = np.isnan(values)
+                else:
+                    null = series.isna().to_numpy()
+                    values = series.to_numpy(dtype=float, na_value=np.nan)
             self._cache[column] = (values, null)
         return self._cache[column]
 
@@ -448,18 +473,24 @@ def bar_checks(
     clock: ServerClock,
     rules: ValidationRules,
     context: pd.DataFrame | None = None,
-) -> pd.DataFrame:
-    """Derived per-row quantities the bar suite checks (all causal: earlier rows only).
+) -> dict[str, np.ndarray]:
+    """Derived per-row quantities the bar suite checks (all causal: earlier rows only), one
+    float array per quantity, aligned with `frame`'s rows.
 
     ``advance_s``: seconds since the latest earlier bar (must be ≥ 1); ``grid_offset_s``:
     seconds off the timeframe grid in server time (must be 0); ``range_atr`` and ``gap_atr``:
     range and opening gap as fractions of the allowed spike size (must be ≤ 1).
     """
     n_ctx = 0 if context is None else len(context)
-    both = frame if not n_ctx else pd.concat([context[BAR_COLUMNS], frame[BAR_COLUMNS]], ignore_index=True)
-    t = _epoch(both, "s")
-    high, low = both["high"].to_numpy(float), both["low"].to_numpy(float)
-    open_, close = both["open"].to_numpy(float), both["close"].to_numpy(float)
+    parts = [frame] if not n_ctx else [context, frame]
+
+    def col(name: str) -> np.ndarray:
+        arrays = [p[name].to_numpy(float) for p in parts]
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+    times = [_epoch(p, "s") for p in parts]
+    t = times[0] if len(times) == 1 else np.concatenate(times)
+    high, low, open_, close = col("high"), col("low"), col("open"), col("close")
     prev_close = np.r_[np.nan, close[:-1]]
     true_range = np.fmax(high, prev_close) - np.fmin(low, prev_close)
     atr = (
@@ -477,12 +508,10 @@ def bar_checks(
     limit = rules.spike_atr_multiple * atr
     limit = np.where(limit > 0, limit, np.nan)  # flat history: no basis for a spike check
     server = clock.to_server(t)
-    derived = pd.DataFrame(
-        {
-            "advance_s": np.where(np.isfinite(before), tf_float - before, np.nan),
-            "grid_offset_s": (server - bar_open_times(server, tf)).astype(float),
-            "range_atr": (high - low) / limit,
-            "gap_atr": np.abs(open_ - prev_close) / (limit * np.sqrt(elapsed_bars)),
-        }
-    )
-    return derived.iloc[n_ctx:].reset_index(drop=True)
+    derived = {
+        "advance_s": np.where(np.isfinite(before), tf_float - before, np.nan),
+        "grid_offset_s": (server - bar_open_times(server, tf)).astype(float),
+        "range_atr": (high - low) / limit,
+        "gap_atr": np.abs(open_ - prev_close) / (limit * np.sqrt(elapsed_bars)),
+    }
+    return {name: values[n_ctx:] for name, values in derived.items()}

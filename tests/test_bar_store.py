@@ -91,6 +91,38 @@ def test_live_appends_compact_recent_parts_and_keep_the_tail_current(tmp_path, h
     pd.testing.assert_frame_equal(store.read(KEY), h1.iloc[:140].reset_index(drop=True))
 
 
+def test_tails_of_mixed_lengths_stay_exact_and_read_each_new_part_once(tmp_path, h1, monkeypatch):
+    """The live worker asks a series for its last 15 rows (validation context) and for its
+    last few (the scorer's new bars), in any order: every answer equals a fresh store's, and a
+    short request does not shrink what is kept — a reader whose series another store appends
+    to reads each new one-bar part once, not the last 15 parts again (a regression here did
+    that on every close)."""
+    import pyarrow.parquet as pq
+
+    writer = BarStore(tmp_path, max_parts=64)  # no compaction (it reads parts on purpose)
+    reader = BarStore(tmp_path)
+    writer.append(KEY, h1.iloc[:60], _epoch(h1["time"].iloc[59]))
+    reader.tail(KEY, 15)
+    reads: list[object] = []
+    real_read_table = pq.read_table
+
+    def counting(*args, **kwargs):
+        reads.append(args[0])
+        return real_read_table(*args, **kwargs)
+
+    appended = 0
+    for i, n in zip(range(60, 90), [2, 15, 1, 3, 15, 0] * 5, strict=True):
+        writer.append(KEY, h1.iloc[i : i + 1], _epoch(h1["time"].iloc[i]))
+        appended += 1
+        for length in (n, 15):
+            monkeypatch.setattr(pq, "read_table", counting)
+            got = reader.tail(KEY, length)
+            monkeypatch.setattr(pq, "read_table", real_read_table)
+            pd.testing.assert_frame_equal(got, BarStore(tmp_path).tail(KEY, length))
+            pd.testing.assert_frame_equal(got, writer.read(KEY).tail(length).reset_index(drop=True))
+    assert len(reads) == appended, f"{len(reads)} part reads for {appended} new parts"
+
+
 def test_leftovers_of_a_crash_are_ignored(tmp_path, h1):
     store = BarStore(tmp_path, max_parts=100)
     for i in range(0, 60, 20):

@@ -20,6 +20,7 @@ key are stored. Keys are compared in constant time and never logged. Times are U
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -172,13 +173,20 @@ def _key_id(key: str) -> str | None:
     return parts[1]
 
 
+@functools.lru_cache(maxsize=65_536)
+def _subscription(symbol: str, timeframe: str, horizon: int, label_kind: str = "direction") -> Subscription:
+    """One (immutable) Subscription per distinct value: a directory of many tenants following
+    the same series builds each once, not once per tenant."""
+    return Subscription(symbol, timeframe, horizon, label_kind)
+
+
 def _tenant_from_row(row: Any) -> Tenant:
     follows = row.follows if not isinstance(row.follows, str) else json.loads(row.follows)
     pins = row.pins if not isinstance(row.pins, str) else json.loads(row.pins)
     return Tenant(
         tenant_id=row.tenant_id,
         name=row.name,
-        follows=tuple(Subscription(**f) for f in follows),
+        follows=tuple(_subscription(**f) for f in follows),
         long_above=row.long_above,
         short_below=row.short_below,
         pins={str(k): str(v) for k, v in (pins or {}).items()},
