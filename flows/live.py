@@ -6,11 +6,13 @@ artifact every ``report_every`` steps (bars, new scores, bar close → committed
 deployment starts a run every minute with at most one running (further starts are cancelled),
 so a worker that fails — or a machine that restarts — is running again within a minute, and
 resumes from the watermarks: nothing missed, nothing scored twice. Several deployments (or
-machines) running it share the symbols through leases.
+machines) running it share the symbols through leases. With ``webhooks.enabled`` the run also
+delivers tenants' webhooks (pipelines.webhooks) on a thread beside the worker.
 """
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -19,9 +21,11 @@ from prefect.artifacts import create_table_artifact
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
 from pipelines.config import load_params
+from pipelines.events import open_bus
 from pipelines.live import LiveWorker, StepReport
 from pipelines.live_score import quantile_ms
 from pipelines.store import ResultsStore
+from pipelines.webhooks import WebhookDispatcher
 
 
 @flow(name="live-worker", log_prints=True)
@@ -73,10 +77,19 @@ def live_worker_flow(
 
     worker = LiveWorker(params, store, on_step=on_step)
     logger.info("live worker %s starting for %.0f s", worker.holder, seconds)
+    dispatcher, delivering = None, None
+    if params.webhooks.enabled:
+        dispatcher = WebhookDispatcher(store, params.webhooks, open_bus(params.events.url))
+        delivering = threading.Thread(target=dispatcher.run, name="mt5prob-webhooks", daemon=True)
+        delivering.start()
     try:
         stats = worker.run(seconds)
     finally:
         worker.close()
+        if dispatcher is not None and delivering is not None:
+            dispatcher.stop()
+            delivering.join(timeout=params.webhooks.timeout_seconds + 5)
+            dispatcher.close()
         store.close()
     summary = {
         "steps": stats.steps,
@@ -88,6 +101,9 @@ def live_worker_flow(
         "reconnects": stats.reconnects,
         "rss_mb": [round(stats.rss_start_mb), round(stats.rss_end_mb)],
     }
+    if dispatcher is not None:
+        summary["webhook_events_delivered"] = dispatcher.stats.delivered_events
+        summary["webhook_failed_attempts"] = dispatcher.stats.failures
     logger.info("live worker done: %s", summary)
     return summary
 

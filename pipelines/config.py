@@ -383,6 +383,20 @@ class EventsParams(_Frozen):
     reread_seconds: float = Field(2.0, gt=0)  # a stream's fallback re-read when no event comes
 
 
+class WebhooksParams(_Frozen):
+    """The ``webhooks:`` section (pipelines/webhooks.py): delivery of tenants' webhooks. The
+    dispatcher runs with the live worker (``enabled``) or alone (python -m pipelines.webhooks)."""
+
+    enabled: bool = False  # the live-worker flow also runs the dispatcher
+    timeout_seconds: float = Field(5.0, gt=0, le=60)  # one POST, connect to last byte
+    max_events: int = Field(500, ge=1, le=10_000)  # events per POST
+    concurrency: int = Field(16, ge=1, le=256)  # deliveries in flight at once
+    backoff_initial_seconds: float = Field(1.0, gt=0)  # after the first failure; doubles per failure
+    backoff_max_seconds: float = Field(300.0, gt=0)  # the longest wait between attempts
+    poll_seconds: float = Field(1.0, gt=0)  # re-check for due deliveries when no event comes
+    max_due: int = Field(10_000, ge=1)  # due webhooks looked at per pass
+
+
 class MonitorParams(_Frozen):
     """The ``monitor:`` section (pipelines/monitor.py, flow monitor)."""
 
@@ -438,6 +452,7 @@ class Params(BaseModel):
     store: StoreParams = StoreParams()
     serving: ServingParams = ServingParams()
     events: EventsParams = EventsParams()
+    webhooks: WebhooksParams = WebhooksParams()
     live_score: LiveScoreParams = LiveScoreParams()
     schedules: SchedulesParams = SchedulesParams()
     monitor: MonitorParams = MonitorParams()

@@ -9,10 +9,13 @@
     python -m pipelines.tenants rotate-key TENANT
     python -m pipelines.tenants remove TENANT --yes
     python -m pipelines.tenants export TENANT --out FILE.parquet|FILE.csv
+    python -m pipelines.tenants webhook TENANT URL | --status | --remove
 
 TENANT is an id or a name. ``add`` and ``rotate-key`` print the API key once; only its hash
 is stored. ``remove`` deletes the tenant's results and audit trail (right to be forgotten);
-``export`` writes all of its results (portability) atomically. The store is ``store:`` in
+``export`` writes all of its results (portability) atomically. ``webhook`` sets the tenant's
+webhook (pipelines/webhooks.py: its results POSTed as they are committed, HMAC-signed with the
+secret it prints once), shows its delivery state, or removes it. The store is ``store:`` in
 params.yaml (``--params``, ``--profile``).
 """
 
@@ -56,6 +59,24 @@ def export_results(store: ResultsStore, ref: str, out: Path) -> int:
     return len(frame)
 
 
+def _webhook_command(store: ResultsStore, args: object) -> str:
+    tenant, url = args.tenant, args.url  # type: ignore[attr-defined]
+    if args.remove:  # type: ignore[attr-defined]
+        return f"webhook of {tenant} removed" if store.remove_webhook(tenant) else f"{tenant} has no webhook"
+    if args.status or not url:  # type: ignore[attr-defined]
+        hook = store.webhook(tenant)
+        if hook is None:
+            return f"{tenant} has no webhook (set one: webhook {tenant} https://...)"
+        state = {k: v for k, v in vars(hook).items() if k != "secret"}
+        return json.dumps(state, default=str)
+    secret = store.set_webhook(tenant, url)
+    return (
+        f"webhook of {tenant} → {url}; signing secret (shown once, store it now): {secret}\n"
+        "bodies are signed: X-Mt5prob-Signature = sha256=HMAC-SHA256(secret, "
+        "X-Mt5prob-Timestamp + '.' + body)"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from pipelines.config import cli_parser, load_params
 
@@ -80,6 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     export = sub.add_parser("export", help="write a tenant's results to Parquet or CSV")
     export.add_argument("tenant")
     export.add_argument("--out", type=Path, required=True)
+    hook = sub.add_parser("webhook", help="set, show or remove a tenant's webhook")
+    hook.add_argument("tenant")
+    hook.add_argument("url", nargs="?", help="http(s) URL that receives the tenant's results")
+    hook.add_argument("--status", action="store_true", help="show the delivery state")
+    hook.add_argument("--remove", action="store_true", help="stop the webhook")
     args = parser.parse_args(argv)
 
     params = load_params(args.params, args.profile)
@@ -119,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise StoreError("remove deletes the tenant and all of its results: add --yes to confirm")
             n = store.remove_tenant(args.tenant)
             print(f"removed {args.tenant}: its settings, history and audit trail ({n} results unreadable)")
+        elif args.command == "webhook":
+            print(_webhook_command(store, args))
         elif args.command == "export":
             print(f"wrote {export_results(store, args.tenant, args.out)} rows to {args.out}")
         return 0

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
+from pipelines.store import event_payload
 from serving.errors import ApiError
 
 log = logging.getLogger("mt5prob.stream")
@@ -76,20 +77,7 @@ class StreamHub:
 
 
 def _event(row: Any) -> bytes:
-    data = {
-        "symbol": row.symbol,
-        "timeframe": row.timeframe,
-        "bar_time": row.bar_time.isoformat(),
-        "horizon": int(row.horizon),
-        "label_kind": row.label_kind,
-        "probability": float(row.probability),
-        "signal": row.signal,
-        "model_name": row.model_name,
-        "model_version": str(row.model_version),
-        "bar_closed_at": row.bar_closed_at.isoformat(),
-        "committed_at": row.scored_at.isoformat(),
-        "event_id": int(row.event_id),
-    }
+    data = event_payload(row)
     return f"id: {int(row.event_id)}\nevent: result\ndata: {json.dumps(data)}\n\n".encode()
 
 

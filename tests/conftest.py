@@ -119,3 +119,37 @@ def small_features(*extra_families: str) -> dict:
         "htf_families": ["returns", "atr"],
         "windows": {"return_lags": [1, 4], "volatility": [16], "atr": 14, "rsi": 14},
     }
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store(request, tmp_path):
+    """A migrated results store, once on SQLite and once on PostgreSQL (the session's shared
+    database, emptied after each test)."""
+    import sqlalchemy as sa
+
+    from pipelines.store import ResultsStore, app_url
+
+    if request.param == "sqlite":
+        s = ResultsStore(f"sqlite:///{tmp_path / 'results.db'}")
+        s.migrate()
+        yield s
+        s.close()
+        return
+    admin = request.getfixturevalue("pg_admin_url")
+    s = ResultsStore(app_url(admin), admin)
+    s.migrate()
+    yield s
+    with s.admin_engine.begin() as conn:  # the database is shared by the session's tests
+        for table in (
+            "scores",
+            "subscriptions",
+            "pins",
+            "audit",
+            "tenants",
+            "score_watermarks",
+            "series_leases",
+            "worker_heartbeats",
+            "webhooks",
+        ):
+            conn.execute(sa.text(f"DELETE FROM {table}"))
+    s.close()

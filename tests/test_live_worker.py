@@ -189,19 +189,33 @@ def test_two_workers_share_the_symbols_and_one_takes_over_when_the_other_dies(wo
 
 def test_live_worker_flow_runs_and_reports_heartbeats(world, prefect_harness):
     """The Prefect flow the live-worker deployment runs: it follows the terminal for its
-    `seconds`, and publishes heartbeats as a ``live-worker`` artifact."""
+    `seconds`, publishes heartbeats as a ``live-worker`` artifact and, with webhooks enabled,
+    POSTs the tenant's new results to its webhook (a real HTTP endpoint here), signed."""
     import asyncio
+    import json
 
     import yaml
     from prefect.client.orchestration import get_client
+    from test_webhooks import Receiver
 
     from flows.live import live_worker_flow
+    from pipelines.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 
+    receiver = Receiver()
+    secret = world["store"].set_webhook("a", receiver.url + "/ok")
     params_file = world["root"] / "live-params.yaml"
-    params_file.write_text(yaml.safe_dump(world["overrides"] | {"events": {"url": None}}))
-    out = live_worker_flow(params_path=str(params_file), seconds=3.0, report_every=2)
+    hooks = {"enabled": True, "poll_seconds": 0.1}
+    params_file.write_text(yaml.safe_dump(world["overrides"] | {"events": {"url": None}, "webhooks": hooks}))
+    try:
+        out = live_worker_flow(params_path=str(params_file), seconds=3.0, report_every=2)
+    finally:
+        world["store"].remove_webhook("a")
+        receiver.close()
     assert out["steps"] >= 3 and out["new_scores"] > 0 and out["errors"] == 0
     assert out["committed_p50_ms"] is not None and out["committed_p50_ms"] >= 0
+    posts = [(h, b) for p, h, b, _ in receiver.got if p == "/ok"]
+    assert posts and out["webhook_events_delivered"] == sum(len(json.loads(b)["events"]) for _, b in posts)
+    assert all(verify(secret, h[TIMESTAMP_HEADER], b, h[SIGNATURE_HEADER]) for h, b in posts)
 
     async def artifacts():
         async with get_client() as client:

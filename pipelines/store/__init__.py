@@ -8,7 +8,9 @@ from pipelines.store.results import (
     Tenant,
     TenantIsolationError,
     TenantSession,
+    Webhook,
     app_url,
+    event_payload,
 )
 
 __all__ = [
@@ -19,5 +21,7 @@ __all__ = [
     "Tenant",
     "TenantIsolationError",
     "TenantSession",
+    "Webhook",
     "app_url",
+    "event_payload",
 ]

@@ -51,6 +51,7 @@ from pipelines.store.schema import (
     worker_heartbeats,
 )
 from pipelines.store.schema import pins as pin_table
+from pipelines.store.schema import webhooks as webhook_table
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 KEY_PREFIX = "mt5p"
@@ -58,6 +59,43 @@ SIGNALS = ("long", "short", "flat")
 # a score as written: the ``scores`` table's columns between the id and committed_at, in order
 SCORE_FIELDS = tuple(c.name for c in scores.columns)[1:-1]
 RESULT_COLUMNS = tuple(c.name for c in tenant_results.columns)[1:]  # what a tenant reads back
+
+
+def event_payload(row: Any) -> dict[str, Any]:
+    """One result as a tenant receives it, on its stream and in its webhooks (a row of
+    `TenantSession.events`): JSON-ready, times ISO 8601 UTC (``bar_time`` the bar's open)."""
+    return {
+        "symbol": row.symbol,
+        "timeframe": row.timeframe,
+        "bar_time": row.bar_time.isoformat(),
+        "horizon": int(row.horizon),
+        "label_kind": row.label_kind,
+        "probability": float(row.probability),
+        "signal": row.signal,
+        "model_name": row.model_name,
+        "model_version": str(row.model_version),
+        "bar_closed_at": row.bar_closed_at.isoformat(),
+        "committed_at": row.scored_at.isoformat(),
+        "event_id": int(row.event_id),
+    }
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """A tenant's webhook and where its delivery stands (`ResultsStore.webhooks_due`). Event
+    ids: every id ≤ `delivered_through` was acknowledged; (`delivered_through`,
+    `pending_through`] is the batch in flight (None: none)."""
+
+    tenant_id: str
+    url: str
+    secret: str
+    delivered_through: int
+    pending_through: int | None
+    attempts: int
+    next_attempt_at: datetime
+    last_attempt_at: datetime | None
+    last_status: str | None
+    delivered: int
 
 
 class ScoreRow(NamedTuple):
@@ -191,6 +229,21 @@ def _tenant_from_row(row: Any) -> Tenant:
         short_below=row.short_below,
         pins={str(k): str(v) for k, v in (pins or {}).items()},
         created_at=_utc(row.created_at),
+    )
+
+
+def _webhook_from_row(row: Any) -> Webhook:
+    return Webhook(
+        tenant_id=row.tenant_id,
+        url=row.url,
+        secret=row.secret,
+        delivered_through=int(row.delivered_through),
+        pending_through=None if row.pending_through is None else int(row.pending_through),
+        attempts=int(row.attempts),
+        next_attempt_at=_utc(row.next_attempt_at),
+        last_attempt_at=None if row.last_attempt_at is None else _utc(row.last_attempt_at),
+        last_status=row.last_status,
+        delivered=int(row.delivered),
     )
 
 
@@ -375,9 +428,135 @@ class ResultsStore:
                 .select_from(tenant_results)
                 .where(tenant_results.c.tenant_id == tenant.tenant_id)
             ).scalar_one()
-            for table in (subscriptions, pin_table, audit, tenants):
+            for table in (subscriptions, pin_table, webhook_table, audit, tenants):
                 conn.execute(table.delete().where(table.c.tenant_id == tenant.tenant_id))
         return int(n)
+
+    # ---------------------------------------------------------------- webhooks
+    def set_webhook(self, ref: str, url: str, actor: str = "admin") -> str:
+        """Give the tenant a webhook at `url` (http or https), replacing any it had; returns
+        the new signing secret (shown once). Delivery starts after the tenant's newest result
+        now: a new webhook is not flooded with history (the stream's ?after= replays that)."""
+        from urllib.parse import urlsplit
+
+        if len(url) > 2000:
+            raise StoreError("webhook url is longer than 2000 characters")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise StoreError(f"webhook url {url[:200]!r}: expected http(s)://host[:port]/path")
+        tenant = self.find_tenant(ref)
+        with self.tenant(tenant.tenant_id, actor) as session:
+            start = session.last_event_id()
+        secret = secrets.token_hex(32)
+        now = _now()
+        row = {
+            "tenant_id": tenant.tenant_id,
+            "url": url,
+            "secret": secret,
+            "delivered_through": start,
+            "pending_through": None,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "last_attempt_at": None,
+            "last_status": None,
+            "delivered": 0,
+            "created_at": now,
+        }
+        with self.admin_engine.begin() as conn:
+            _upsert(conn, webhook_table, [row], ("tenant_id",))
+            _audit(conn, tenant.tenant_id, actor, "webhook.set", {"url": url, "after": start})
+        return secret
+
+    def remove_webhook(self, ref: str, actor: str = "admin") -> bool:
+        """Stop the tenant's webhook (undelivered events stay readable on its stream)."""
+        tenant = self.find_tenant(ref)
+        with self.admin_engine.begin() as conn:
+            gone = webhook_table.delete().where(webhook_table.c.tenant_id == tenant.tenant_id)
+            n = conn.execute(gone).rowcount
+            if n:
+                _audit(conn, tenant.tenant_id, actor, "webhook.remove", {})
+        return bool(n)
+
+    def webhook(self, ref: str) -> Webhook | None:
+        """The tenant's webhook and its delivery state (admin), or None."""
+        tenant = self.find_tenant(ref)
+        with self.admin_engine.connect() as conn:
+            row = conn.execute(
+                sa.select(webhook_table).where(webhook_table.c.tenant_id == tenant.tenant_id)
+            ).first()
+        return None if row is None else _webhook_from_row(row)
+
+    def last_score_id(self) -> int:
+        """The newest score id (0 when none): changes exactly when scores are committed."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.max(scores.c.id))).scalar() or 0)
+
+    def webhooks_due(self, now: datetime | None = None, limit: int = 1000) -> list[Webhook]:
+        """Webhooks whose next attempt is due at `now`, most overdue first (admin connection:
+        the dispatcher serves every tenant)."""
+        now = now or _now()
+        w = webhook_table.c
+        with self.admin_engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(webhook_table)
+                .where(w.next_attempt_at <= now)
+                .order_by(w.next_attempt_at)
+                .limit(limit)
+            ).all()
+        return [_webhook_from_row(r) for r in rows]
+
+    def webhook_batch(self, hook: Webhook, max_events: int) -> tuple[list[dict[str, Any]], int] | None:
+        """The events to send to `hook` now and the last id among them, or None when nothing
+        is waiting: the pending batch again (the same events, so the same body and
+        idempotency key), else the next up to `max_events` after ``delivered_through`` —
+        recorded as pending *before* it is sent, so a dispatcher that dies mid-send sends
+        exactly it again. Events are read through the tenant's own session (its RLS)."""
+        with self.tenant(hook.tenant_id, actor="webhook") as session:
+            if hook.pending_through is not None:
+                pending = hook.pending_through - hook.delivered_through
+                frame = session.events(hook.delivered_through, limit=pending, through=hook.pending_through)
+            else:
+                frame = session.events(after=hook.delivered_through, limit=max_events)
+        if frame.empty:
+            return None
+        events = [event_payload(r) for r in frame.itertuples(index=False)]
+        last = int(events[-1]["event_id"])
+        if hook.pending_through is None:
+            w = webhook_table.c
+            with self.admin_engine.begin() as conn:
+                conn.execute(
+                    webhook_table.update()
+                    .where(w.tenant_id == hook.tenant_id, w.delivered_through == hook.delivered_through)
+                    .values(pending_through=last)
+                )
+        return events, last
+
+    def webhook_attempted(
+        self, hook: Webhook, through: int, ok: bool, status: str, next_attempt_at: datetime, events: int = 0
+    ) -> None:
+        """Record one delivery attempt of the batch ending at event `through`: acknowledged
+        (`ok`: the cursor moves past it, attempts reset) or failed (attempts counted, next
+        attempt at `next_attempt_at`). Only moves a cursor still where the attempt found it,
+        so two dispatchers cannot move it twice."""
+        w = webhook_table.c
+        now = _now()
+        values: dict[str, Any] = {
+            "last_attempt_at": now,
+            "last_status": status[:300],
+            "next_attempt_at": next_attempt_at,
+        }
+        if ok:
+            values.update(
+                delivered_through=through, pending_through=None, attempts=0, delivered=w.delivered + events
+            )
+        else:
+            values.update(attempts=w.attempts + 1)
+        with self.admin_engine.begin() as conn:
+            conn.execute(
+                webhook_table.update()
+                .where(w.tenant_id == hook.tenant_id, w.delivered_through == hook.delivered_through)
+                .values(**values)
+            )
 
     # ---------------------------------------------------------------- auth
     def authenticate(self, api_key: str | None) -> Tenant | None:
@@ -738,11 +917,12 @@ class TenantSession:
         self.audit("results.read_latest", {"symbol": symbol, "timeframe": timeframe, "rows": len(frame)})
         return frame
 
-    def events(self, after: int = 0, limit: int = 1000) -> pd.DataFrame:
-        """This tenant's results with event id above `after`, oldest first, at most `limit`:
-        the stream cursor. Ids grow in commit order, so resuming from the last id seen misses
-        nothing and repeats nothing. Not audited per call (a stream reads on every bar close;
-        the stream's connection is audited where it is opened)."""
+    def events(self, after: int = 0, limit: int = 1000, through: int | None = None) -> pd.DataFrame:
+        """This tenant's results with event id above `after` (and at most `through`, when
+        given), oldest first, at most `limit`: the stream cursor. Ids grow in commit order,
+        so resuming from the last id seen misses nothing and repeats nothing. Not audited per
+        call (a stream reads on every bar close; the stream's connection is audited where it
+        is opened)."""
         p = tenant_results.c
         q = (
             sa.select(*[p[c] for c in RESULT_COLUMNS])
@@ -750,6 +930,8 @@ class TenantSession:
             .order_by(p.event_id)
             .limit(limit)
         )
+        if through is not None:
+            q = q.where(p.event_id <= through)
         return _frame(self.conn.execute(q))
 
     def last_event_id(self) -> int:

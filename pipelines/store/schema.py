@@ -21,7 +21,7 @@ APP_ROLE = "mt5prob_app"
 # Per-transaction setting that names the tenant (set_config(..., true)); RLS compares to it.
 TENANT_SETTING = "app.tenant_id"
 # Tables whose rows belong to one tenant: RLS on each.
-TENANT_TABLES = ("tenants", "subscriptions", "pins", "audit")
+TENANT_TABLES = ("tenants", "subscriptions", "pins", "audit", "webhooks")
 
 tenants = sa.Table(
     "tenants",
@@ -180,4 +180,23 @@ series_leases = sa.Table(
     sa.Column("symbol", sa.String(32), primary_key=True),
     sa.Column("holder", sa.String(64), nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# A tenant's webhook and its delivery cursor over the tenant's event stream (migration 0005):
+# every event id ≤ delivered_through was acknowledged; (delivered_through, pending_through] is
+# the batch in flight, re-sent as it is until acknowledged.
+webhooks = sa.Table(
+    "webhooks",
+    metadata,
+    sa.Column("tenant_id", sa.String(32), primary_key=True),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("secret", sa.String(64), nullable=False),  # HMAC-SHA256 key (hex)
+    sa.Column("delivered_through", sa.BigInteger, nullable=False),
+    sa.Column("pending_through", sa.BigInteger, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False),  # failed attempts of the pending batch
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_attempt_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("last_status", sa.String(300), nullable=True),
+    sa.Column("delivered", sa.BigInteger, nullable=False),  # events acknowledged, all time
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
