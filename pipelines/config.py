@@ -77,6 +77,8 @@ class SimulatorParams(_Frozen):
     speed: float = Field(60.0, gt=0)
     live_start: datetime | None = None
     live_anchor: datetime | None = None  # wall-clock moment the live clock reads live_start
+    # live mode: terminal outages to simulate, [wall seconds after live_anchor, seconds down]
+    outages: tuple[tuple[float, float], ...] = ()
 
     _v = field_validator("start", "end", "live_start", "live_anchor", mode="before")(_utc)
 

@@ -26,6 +26,7 @@ def open_terminal(params: DataParams) -> Mt5Client:
                 speed=sim.speed,
                 live_start=sim.live_start,
                 live_anchor=sim.live_anchor,
+                outages=tuple(tuple(o) for o in sim.outages),
                 clock=params.server_time.clock(),
             )
         )

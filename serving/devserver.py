@@ -23,6 +23,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` now (from /proc; empty where there is none)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 @dataclass(frozen=True)
 class RunningService:
     url: str  # http://127.0.0.1:PORT
@@ -69,6 +94,7 @@ def running_service(
             time.sleep(0.3)
         yield RunningService(url, proc.pid)
     finally:
+        tree = _descendants(proc.pid)  # bentoml's workers run in sessions of their own
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -77,5 +103,12 @@ def running_service(
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        deadline = time.monotonic() + 10
+        while tree and time.monotonic() < deadline:  # workers end after the arbiter; make sure
+            tree = [pid for pid in tree if _alive(pid)]
+            time.sleep(0.1)
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         if log:
             out.close()

@@ -48,9 +48,35 @@ class StreamHub:
         self._waiters: set[asyncio.Event] = set()
         self._lock = threading.Lock()
         self.open: Counter[str] = Counter()  # tenant id → open streams
+        self.closing = False  # the replica is shutting down: streams end, clients reconnect
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is None and threading.current_thread() is threading.main_thread():
+            self._drain_on_exit()
         self._loop = loop
+
+    def _drain_on_exit(self) -> None:
+        """End every open stream when this process is told to stop (SIGTERM/SIGINT), before
+        the server's own handler runs: the server waits for open connections before it exits,
+        and a stream never ends by itself, so without this a restart or a rolling deploy
+        would hang on its streams while their clients kept talking to a replica on its way
+        out. Clients reconnect (``retry:``) with their last event id to a live replica."""
+        import signal
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(signum)
+
+            def handler(sig: int, frame: Any, previous: Any = previous) -> None:
+                self.close_all()
+                if callable(previous):
+                    previous(sig, frame)
+
+            signal.signal(signum, handler)
+
+    def close_all(self) -> None:
+        """Mark the replica as closing and wake every stream so it ends (any thread)."""
+        self.closing = True
+        self.notify()
 
     def notify(self, _event: Any = None) -> None:
         """Wake every waiting stream (callable from any thread: the bus's)."""
@@ -144,6 +170,9 @@ def stream_app(service: Any) -> Any:
             log.exception("stream: authentication failed")
             await respond(send, 503, "the results store is unavailable; retry shortly")
             return
+        if hub.closing:
+            await respond(send, 503, "this replica is shutting down; reconnect with your last event id")
+            return
         if hub.open[tenant.tenant_id] >= settings.stream_max_per_tenant:
             await respond(send, 429, f"at most {settings.stream_max_per_tenant} open streams per tenant")
             return
@@ -198,7 +227,7 @@ def stream_app(service: Any) -> Any:
             )
             await put(f": stream of {tenant.name} after event {cursor}\nretry: 1000\n\n".encode())
             idle = 0.0
-            while not disconnected.is_set():
+            while not disconnected.is_set() and not hub.closing:
                 try:
                     rows = await run_in_threadpool(read, cursor)
                 except Exception:  # noqa: BLE001 — store blip: tell the client, keep the stream
@@ -217,6 +246,8 @@ def stream_app(service: Any) -> Any:
                 elif idle >= settings.stream_heartbeat_seconds:
                     await put(b": heartbeat\n\n")
                     idle = 0.0
+                if hub.closing:
+                    break
                 started = asyncio.get_running_loop().time()
                 await hub.wait(events_cfg.reread_seconds)
                 idle += asyncio.get_running_loop().time() - started

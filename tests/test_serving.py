@@ -462,6 +462,60 @@ def test_stream_pushes_results_resumes_and_isolates_tenants(env):
             h.close()
 
 
+def test_streams_end_when_a_replica_stops_and_resume_on_its_successor(env):
+    """A restart: the stopping replica ends its open streams at once (it does not wait on
+    them, and its clients do not keep talking to a replica on its way out); the client
+    reconnects to the new one with its last event id and gets exactly what it missed."""
+    from pipelines.events import RedisBus
+    from serving.devserver import free_port
+
+    store = env["store"]
+    t0 = datetime(2024, 6, 3, 10, tzinfo=UTC)
+
+    def scores(k0, n):
+        rows = []
+        for k in range(k0, k0 + n):
+            t = t0 + timedelta(minutes=5 * k)
+            rows.append(ScoreRow("EURUSD", "M5", t, 12, "direction", NAME, "2", 0.5, True, t))
+        return rows
+
+    bus = RedisBus("redis://127.0.0.1:6379/0")
+    port = free_port()
+    first = running_service(env["params"], port=port, log=env["root"] / "restart-1.log")
+    service = first.__enter__()
+    try:
+        client = SseClient({**env, "url": service.url}, params={"after": 0})
+        time.sleep(0.5)  # subscribed
+        store.write_scores(scores(0, 2))
+        bus.publish({"scores": 2})
+        deadline = time.monotonic() + 10
+        while not any(d["bar_time"] == (t0 + timedelta(minutes=5)).isoformat() for _, d in client.events):
+            assert time.monotonic() < deadline, "the stream did not deliver"
+            time.sleep(0.05)
+        got = client.events
+        assert got and got[-1][1]["bar_time"] == (t0 + timedelta(minutes=5)).isoformat()
+        last = got[-1][0]
+    finally:
+        stopping = time.monotonic()
+        first.__exit__(None, None, None)
+    stopped_in = time.monotonic() - stopping
+    client._thread.join(timeout=5)
+    assert not client._thread.is_alive(), "the stream outlived its replica"
+    assert stopped_in < 15, f"the replica took {stopped_in:.0f} s to stop with a stream open"
+    client.close()
+    store.write_scores(scores(2, 3))  # while no replica runs
+    with running_service(env["params"], port=port, log=env["root"] / "restart-2.log") as again:
+        resumed = SseClient({**env, "url": again.url}, headers={"Last-Event-ID": str(last)})
+        resumed.wait(3, timeout=10.0)
+        time.sleep(0.3)
+        resumed.close()
+    bus.close()
+    assert [d["bar_time"] for _, d in resumed.events] == [
+        (t0 + timedelta(minutes=5 * k)).isoformat() for k in (2, 3, 4)
+    ]
+    assert all(i > last for i, _ in resumed.events)
+
+
 def test_rollback_and_promotion_under_load_without_failures(env):
     X = env["X"][-1:].tolist()
     seen: list[str] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import UTC, datetime
 
@@ -184,3 +185,20 @@ def test_zero_strength_is_a_random_walk():
     gap = p["p_up"][valid] - p["p_down"][valid]
     assert np.abs(gap).max() < 0.01 and abs(gap.mean()) < 0.002
     assert np.all(np.isnan(p["p_up"][-2:]))
+
+
+def test_scheduled_outages_follow_the_shared_live_clock():
+    """`outages` (wall seconds after the live anchor, duration): every process attached to the
+    same anchor loses the terminal at the same moment, and it comes back by itself."""
+    anchor = datetime.now(UTC)
+    cfg = SimulatorConfig(end=None, live=True, live_start=utc(2024, 1, 24), speed=60.0, live_anchor=anchor)
+    a = MarketSimulator(dataclasses.replace(cfg, outages=((0.2, 0.3),)))
+    b = MarketSimulator(dataclasses.replace(cfg, outages=((0.2, 0.3),)))
+    assert a.initialize() and b.initialize()
+    time.sleep(max(0.0, anchor.timestamp() + 0.25 - time.time()))
+    for sim in (a, b):
+        assert sim.symbol_info_tick("EURUSD") is None
+        assert sim.last_error()[0] == C.RES_E_INTERNAL_FAIL_CONNECT
+        assert not sim.initialize()
+    time.sleep(max(0.0, anchor.timestamp() + 0.55 - time.time()))
+    assert a.initialize() and a.symbol_info_tick("EURUSD") is not None

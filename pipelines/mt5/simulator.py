@@ -143,6 +143,9 @@ class SimulatorConfig:
     speed: float = 1.0
     live_start: datetime | None = None
     live_anchor: datetime | None = None
+    # live mode: scheduled terminal outages, (wall seconds after the anchor, duration seconds);
+    # during one every call and `initialize` fail, as when the terminal stops responding
+    outages: tuple[tuple[float, float], ...] = ()
     clock: ServerClock = field(default_factory=ServerClock)
 
     def __post_init__(self) -> None:
@@ -237,13 +240,22 @@ class MarketSimulator(LocalTerminal):
         self._down_until = time.monotonic() + seconds
         self._initialized = False
 
-    def _connect(self, path: str | None, **kwargs: object) -> tuple[int, str] | None:
+    def _down(self) -> bool:
+        """Whether the terminal is unreachable now (`simulate_outage` or a scheduled outage)."""
         if time.monotonic() < self._down_until:
+            return True
+        if self.config.live and self.config.outages:
+            since = time.time() - self._wall0
+            return any(start <= since < start + length for start, length in self.config.outages)
+        return False
+
+    def _connect(self, path: str | None, **kwargs: object) -> tuple[int, str] | None:
+        if self._down():
             return (RES_E_INTERNAL_FAIL_INIT, "IPC initialize failed: terminal not responding")
         return None
 
     def _check(self, symbol: str | None = None, timeframe: int | None = None) -> bool:
-        if time.monotonic() < self._down_until:
+        if self._down():
             self._initialized = False
             self._fail(RES_E_INTERNAL_FAIL_CONNECT, "No IPC connection")
             return False
