@@ -25,7 +25,9 @@ expire.
 Restarts and outages: the bar store's and the scores' watermarks say where each series stands,
 so the first step after a restart or a terminal outage fetches every missed bar and scores
 each exactly once (scores are unique; a replay after a crash between commit and event only
-re-publishes). Terminal errors back off and reconnect (``data.live`` backoff settings).
+re-publishes). Terminal errors back off and reconnect, results-store outages back off and
+retry (``data.live`` backoff settings); after ``max_attempts`` failures in a row the worker
+stops with the error (its deployment starts it again).
 
     python -m pipelines.live [--params params.yaml] [--profile fast] [--seconds N]
 """
@@ -44,6 +46,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
+import sqlalchemy as sa
 
 from pipelines.bar_store import BarStore
 from pipelines.config import Params
@@ -56,6 +59,11 @@ from pipelines.registry import Registry
 from pipelines.store import ResultsStore
 
 log = logging.getLogger("mt5prob.live")
+
+# The results store unreachable (connection refused or dropped, database not accepting
+# connections): retried with the terminal's back-off, nothing lost (scores and watermarks are
+# one transaction; the next step scores from the watermarks)
+STORE_DOWN = (sa.exc.OperationalError, sa.exc.InterfaceError)
 
 
 def rss_mb() -> float:
@@ -94,6 +102,7 @@ class WorkerStats:
     new_scores: int = 0
     errors: int = 0
     reconnects: int = 0
+    store_outages: int = 0  # steps that failed on the results store and were retried
     rss_start_mb: float = 0.0
     rss_end_mb: float = 0.0
     lag: list[float] = field(default_factory=list)  # every new score's bar close → committed, s
@@ -265,17 +274,26 @@ class LiveWorker:
                 continue
             try:
                 report = self.step()
-            except TerminalError as exc:
+            except (TerminalError, *STORE_DOWN) as exc:
                 failures += 1
                 self.stats.errors += 1
                 if failures >= cfg.max_attempts:
                     raise
+                terminal = isinstance(exc, TerminalError)
                 log.warning(
-                    "live worker: %s; reconnecting in %.1fs (%d/%d)", exc, backoff, failures, cfg.max_attempts
+                    "live worker: %s unavailable (%s); retrying in %.1fs (%d/%d)",
+                    "the terminal" if terminal else "the results store",
+                    str(exc).splitlines()[0][:200],
+                    backoff,
+                    failures,
+                    cfg.max_attempts,
                 )
-                self.client.shutdown()
-                self._connected = False
-                self.stats.reconnects += 1
+                if terminal:
+                    self.client.shutdown()
+                    self._connected = False
+                    self.stats.reconnects += 1
+                else:
+                    self.stats.store_outages += 1
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, cfg.backoff_max_seconds)
                 continue

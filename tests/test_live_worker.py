@@ -187,6 +187,50 @@ def test_two_workers_share_the_symbols_and_one_takes_over_when_the_other_dies(wo
         assert mine.bar_time.tolist() == list(live_bars), symbol  # none missed, none twice
 
 
+@pytest.mark.postgres
+def test_a_results_store_outage_is_waited_out_and_loses_nothing(world, pg_server, pg_database):
+    """PostgreSQL stops accepting connections (and drops the worker's) for two seconds: the
+    worker backs off and retries instead of dying, and every bar that closed meanwhile
+    reaches the tenant exactly once when the store is back."""
+    import sqlalchemy as sa
+
+    from pipelines.store import app_url
+
+    admin = pg_database("outage")
+    name = sa.make_url(admin).database
+    store = ResultsStore(app_url(admin), admin)
+    store.migrate()
+    tenant, _ = store.add_tenant("a", [Subscription(s, "M5", 12) for s in SYMBOLS])
+    bars = BarStore(world["params"].data.root)
+    start = {s: bars.watermark(SeriesKey("bars", s, "M5")) for s in SYMBOLS}
+    store.move_watermarks({(s, "M5"): datetime.fromtimestamp(t, UTC) for s, t in start.items()})
+    worker = LiveWorker(world["params"], store, registry=world["registry"])
+    runner = threading.Thread(target=lambda: worker.run(seconds=6.0), daemon=True)
+    runner.start()
+    time.sleep(1.5)
+    with pg_server.connect() as conn:
+        conn.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+        conn.execute(
+            sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"), {"d": name}
+        )
+    time.sleep(2.0)
+    with pg_server.connect() as conn:
+        conn.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+    runner.join(timeout=20)
+    assert not runner.is_alive()
+    worker.close()
+    stats = worker.stats
+    assert stats.store_outages >= 1 and stats.errors == stats.store_outages, stats
+    with store.tenant(tenant.tenant_id, "test") as s:
+        got = s.events(after=0, limit=100_000)
+    store.close()
+    for symbol in SYMBOLS:
+        times = bars.read(SeriesKey("bars", symbol, "M5")).time
+        new = times[times > pd.Timestamp(start[symbol], unit="s", tz="UTC")]
+        assert len(new) >= 8  # ~6 s at 600×: bars closed before, during and after the outage
+        assert got[got.symbol == symbol].bar_time.tolist() == list(new), symbol  # each once
+
+
 def test_live_worker_flow_runs_and_reports_heartbeats(world, prefect_harness):
     """The Prefect flow the live-worker deployment runs: it follows the terminal for its
     `seconds`, publishes heartbeats as a ``live-worker`` artifact and, with webhooks enabled,
