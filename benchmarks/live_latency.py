@@ -329,7 +329,8 @@ def main() -> None:
             service_cm.__exit__(None, None, None)
             service_cm = running_service(params_file, port=port, log=work / "serve2.log")
             service_cm.__enter__()
-            events.append(("scoring service restart", r0, time.time(), False))
+            # results committed just before the stop are in flight to streams that drop
+            events.append(("scoring service restart", r0 - RECOVERY_SECONDS, time.time(), False))
             for p in procs:
                 if p is not victim:
                     p.wait()
@@ -392,6 +393,7 @@ def main() -> None:
     missed = want - have
     live_ids = {r.id for r in live_rows}
     received = [now - closed for c in clients for i, closed, now in c.got if not disrupted(closed)]
+    late = [now - closed for c in clients for i, closed, now in c.got if disrupted(closed)]
     dup_stream = sum(len(c.got) - len({i for i, _, _ in c.got}) for c in clients)
     complete_streams = [live_ids <= {i for i, _, _ in c.got} for c in clients]
 
@@ -427,7 +429,8 @@ def main() -> None:
     print(
         f"  SSE ({len(clients)} clients, reconnects {[c.reconnects for c in clients]}, "
         f"events {[len(c.got) for c in clients]} of {len(live_ids)}): steady-state bar close → received "
-        f"p50 {q(received, 0.5):.0f} ms, p99 {q(received, 0.99):.0f} ms"
+        f"p50 {q(received, 0.5):.0f} ms, p99 {q(received, 0.99):.0f} ms; during faults "
+        f"{len(late):,} events, max {q(late, 1.0) / 1e3:.1f} s"
     )
     drops = [f"+{t - t_b:.0f} s {why}" for t, why in clients[0].drops] if clients else []
     print(f"  stream 0 connection drops: {drops}")
