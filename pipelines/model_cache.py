@@ -13,6 +13,7 @@ rollback. The device is ``serving.device`` and the followed alias ``serving.alia
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -27,6 +28,40 @@ from models.device import place, resolve_device
 from pipelines.registry import Registry, feature_spec_from_meta
 
 log = logging.getLogger("mt5prob.models")
+
+
+_ALIAS = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
+MAX_VERSION_DIGITS = 9
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """`text` quoted for an error message, cut at `limit` characters (a caller's input is
+    never echoed back whole)."""
+    return repr(text[:limit]) + ("…" if len(text) > limit else "")
+
+
+class BadVersion(ValueError):
+    """A version reference that is neither a version number nor an alias name (the message
+    says which spellings are accepted, quoting at most 40 characters of the input)."""
+
+
+def canonical_ref(ref: str) -> str:
+    """The one spelling of a version reference, decided before any authorisation or loading:
+    ASCII digits → the version number without leading zeros (``"02"`` → ``"2"``); an alias
+    name (a letter or ``_`` then up to 63 letters, digits, ``_`` or ``-``) → itself. Anything
+    else — spaces, signs, full-width or other scripts' digits, over 9 digits — raises
+    `BadVersion`, so no second spelling can reach a version by a different cache key or
+    slip past a comparison with a pinned version."""
+    if isinstance(ref, str) and ref.isascii():
+        if ref.isdigit() and len(ref) <= MAX_VERSION_DIGITS:
+            return str(int(ref))
+        if _ALIAS.fullmatch(ref):
+            return ref
+    shown = _shown(ref) if isinstance(ref, str) else type(ref).__name__
+    raise BadVersion(
+        f"version {shown}: expected a version number (ASCII digits, at most {MAX_VERSION_DIGITS}) "
+        "or an alias such as champion"
+    )
 
 
 class UnknownModel(LookupError):
@@ -102,8 +137,8 @@ class ModelCache:
             raise UnknownModel("no model is served")
         name = name or names[0]
         if name not in names:
-            raise UnknownModel(f"model {name!r} is not served here (served: {names})")
-        ref = (ref or self.default_alias).strip()
+            raise UnknownModel(f"model {_shown(name, 100)} is not served here (served: {names})")
+        ref = canonical_ref(ref or self.default_alias)  # BadVersion for any other spelling
         if ref.isdigit():
             with self._lock:
                 if (name, ref) in self._loaded:

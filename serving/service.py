@@ -264,8 +264,12 @@ class ScoringService:
 
     def _resolve(self, tenant: Any, model: str | None, version: str | None) -> tuple[Any, str | None]:
         """The loaded model for this tenant's request, and the alias it came through."""
-        from pipelines.model_cache import UnknownModel
+        from pipelines.model_cache import BadVersion, UnknownModel, canonical_ref
 
+        try:
+            version = canonical_ref(version) if version is not None else None
+        except BadVersion as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST, str(exc)) from None
         try:
             name = model or self.models.names[0]
             pinned = tenant.pins.get(name)
@@ -289,8 +293,13 @@ class ScoringService:
     def _pinned_by_other(self, tenant: Any, name: str, version: str) -> bool:
         try:
             others = self.store.pinned_versions(name)
-        except Exception:  # noqa: BLE001 - store unavailable: do not leak, do not block
-            return False
+        except Exception:  # noqa: BLE001 - store unavailable: the pin rule cannot be checked
+            log.exception("pinned versions of %s: results store unavailable", name)
+            raise ApiError(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"cannot check who version {version} of {name} is pinned to: the results store is "
+                "unavailable; retry shortly, or ask for an alias",
+            ) from None
         return any(v == version and t != tenant.tenant_id for t, v in others)
 
     def _batcher(self, loaded: Any) -> Any:

@@ -83,8 +83,33 @@ def world(tmp_path_factory):
     store.close()
 
 
-def test_same_bars_same_probability_through_every_path(world, monkeypatch):
+@pytest.fixture(scope="module")
+def client(world, tmp_path_factory):
+    """The scoring service in this process (one per process: its metrics register globally),
+    on the world's params with API keys cached for a minute."""
     from starlette.testclient import TestClient
+
+    raw = yaml.safe_load(world["path"].read_text())
+    raw["serving"]["auth_cache_seconds"] = 60
+    path = tmp_path_factory.mktemp("client") / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    saved = {k: os.environ.get(k) for k in ("MT5PROB_PARAMS", "MT5PROB_PROFILE")}
+    os.environ["MT5PROB_PARAMS"] = str(path)
+    os.environ.pop("MT5PROB_PROFILE", None)
+    from serving.service import ScoringService
+
+    try:
+        with TestClient(app=ScoringService.to_asgi()) as c:
+            yield c
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_same_bars_same_probability_through_every_path(world, client):
 
     store, spec, full = world["store"], world["spec"], world["full"]
     report = LiveScorer(world["params"], store).cycle()  # no watermark yet: the newest bar
@@ -105,14 +130,9 @@ def test_same_bars_same_probability_through_every_path(world, monkeypatch):
     assert int(times[0]) == int(live.bar_time.timestamp())
     row = [None if not np.isfinite(v) else float(v) for v in X[0]]
 
-    monkeypatch.setenv("MT5PROB_PARAMS", str(world["path"]))
-    monkeypatch.delenv("MT5PROB_PROFILE", raising=False)
-    from serving.service import ScoringService
-
     headers = {"X-API-Key": world["key"]}
-    with TestClient(app=ScoringService.to_asgi()) as client:
-        by_bars = client.post("/score_bars", json=body, headers=headers)
-        by_rows = client.post("/score", json={"rows": [row]}, headers=headers)
+    by_bars = client.post("/score_bars", json=body, headers=headers)
+    by_rows = client.post("/score", json={"rows": [row]}, headers=headers)
     assert by_bars.status_code == 200, by_bars.text
     assert by_rows.status_code == 200, by_rows.text
     assert by_bars.json()["version"] == by_rows.json()["version"] == live.model_version == world["version"]
@@ -171,3 +191,42 @@ def test_service_module_imports_without_params(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )
     assert r.returncode == 0 and r.stdout.strip() == "mt5prob", r.stderr[-2000:]
+
+
+def test_version_references_have_one_spelling():
+    from pipelines.model_cache import BadVersion, canonical_ref
+
+    assert [canonical_ref(r) for r in ("2", "02", "000000002", "champion", "previous_champion")] == [
+        "2",
+        "2",
+        "2",
+        "champion",
+        "previous_champion",
+    ]
+    for bad in (" 2", "2 ", "\t2", "２", "٢", "+2", "2.0", "", "1234567890", "a b", "é", "x" * 65):
+        with pytest.raises(BadVersion, match="expected a version number"):
+            canonical_ref(bad)
+    with pytest.raises(BadVersion) as info:
+        canonical_ref("y" * 10_000)
+    assert len(str(info.value)) < 200
+
+
+def test_the_pin_rule_fails_closed_when_the_store_cannot_answer(world, client):
+    """Asking for a version number that no alias names needs the store (is it another
+    tenant's pin?). With the store unable to answer, the service says 503 — it used to
+    assume "not pinned" and serve it."""
+    import sqlalchemy as sa
+
+    headers = {"X-API-Key": world["key"]}
+    rows = {"rows": [[0.0] * world["matrix"].values.shape[1]]}
+    store = world["store"]
+    assert client.post("/score", json=rows, headers=headers).status_code == 200  # the key is cached
+    with store.admin_engine.begin() as conn:  # the tenants table unreadable: the store fails
+        conn.execute(sa.text("ALTER TABLE tenants RENAME TO tenants_away"))
+    try:
+        r = client.post("/score", json=rows | {"version": "99"}, headers=headers)
+    finally:
+        with store.admin_engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE tenants_away RENAME TO tenants"))
+    assert r.status_code == 503 and "pinned" in r.json()["error"], r.text
+    assert client.post("/score", json=rows | {"version": "99"}, headers=headers).status_code == 404

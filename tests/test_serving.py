@@ -259,6 +259,25 @@ def test_auth(env):
     assert env["keys"]["acme"] not in env["log"].read_text()
 
 
+@pytest.mark.parametrize("spelling", ["03", "003"])
+def test_other_digit_strings_of_a_pinned_version_are_the_same_version(env, spelling):
+    """ "03" is version 3 (canonical before the pin rule), so gamma's pin refuses it too."""
+    r = post(env, "/score", {"rows": env["X"][-1:].tolist(), "version": spelling})
+    assert r.status_code == 403 and "version 3 of" in r.text
+
+
+NOT_CANONICAL = [" 3", "3 ", "\t3", "３", "٣", "+3", "3.0", "-3", "3\x00", "x" * 100_000]
+
+
+@pytest.mark.parametrize("spelling", NOT_CANONICAL, ids=[f"spelling{i}" for i in range(len(NOT_CANONICAL))])
+def test_version_spellings_that_are_not_canonical_are_refused_before_any_loading(env, spelling):
+    """Spaces, signs, full-width or Arabic-Indic digits, NUL, a huge string: 400, naming the
+    accepted spellings, with at most 40 characters of the input quoted back."""
+    r = post(env, "/score", {"rows": env["X"][-1:].tolist(), "version": spelling})
+    assert r.status_code == 400, r.text[:200]
+    assert "expected a version number" in r.json()["error"] and len(r.content) < 600
+
+
 @pytest.mark.parametrize(
     "body, status, message",
     [
