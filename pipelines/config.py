@@ -430,6 +430,8 @@ class ServingParams(_Frozen):
     reload_interval_seconds: float = Field(2.0, gt=0, le=60)  # alias changes picked up this fast
     max_batch_rows: int = Field(10_000, ge=1)  # rows per request on /score
     max_bars: int = Field(20_000, ge=1)  # bars per timeframe on /score_bars
+    # a request body past this is refused unread (413); must hold max_batch_rows rows as JSON
+    max_body_bytes: int = Field(32 * 2**20, ge=1024)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     workers: int = Field(1, ge=1)
     gpus: int = Field(0, ge=0)  # BentoML resources: GPUs to request (0 = none required)

@@ -38,6 +38,7 @@ from pydantic import Field
 
 from serving.docs import docs_app
 from serving.errors import ApiError
+from serving.guard import RequestGuard
 from serving.inputs import as_utc, feature_matrix, features_from_bars, result_rows
 from serving.schemas import (
     ROWS_EXAMPLE,
@@ -260,7 +261,12 @@ class ScoringService:
 
     # ------------------------------------------------------------------ helpers
     def _tenant(self, ctx: bentoml.Context) -> Any:
-        return self.auth.tenant(ctx.request.headers)
+        """The caller's tenant: the one `serving.guard.RequestGuard` authenticated off the
+        event loop before the body was read (a look-up here only when it did not run)."""
+        from serving.guard import TENANT_STATE
+
+        tenant = ctx.request.scope.get("state", {}).get(TENANT_STATE)
+        return tenant if tenant is not None else self.auth.tenant(ctx.request.headers)
 
     def _resolve(self, tenant: Any, model: str | None, version: str | None) -> tuple[Any, str | None]:
         """The loaded model for this tenant's request, and the alias it came through."""
@@ -533,5 +539,7 @@ class ScoringService:
         return await asyncio.get_running_loop().run_in_executor(None, run)
 
 
+# the key, then the body size, before any endpoint work (serving/guard.py)
+ScoringService.add_asgi_middleware(RequestGuard, service=lambda: _SERVICE.get("instance"))
 # GET /stream: server-sent events of the caller's results (serving/stream.py)
 ScoringService.add_asgi_middleware(StreamRoute, handler=stream_app(lambda: _SERVICE.get("instance")))

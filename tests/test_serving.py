@@ -116,6 +116,7 @@ def env(tmp_path_factory):
                     "auth_cache_seconds": 0,
                     "max_loaded_versions": 2,
                     "stream_max_per_tenant": 3,
+                    "max_body_bytes": 2**20,
                 },
                 # streams must be woken by the bus: the fallback re-read is far off
                 "events": {"reread_seconds": 30},
@@ -257,6 +258,65 @@ def test_auth(env):
     r = post(env, "/results/latest", {"tenant": "beta"})
     assert r.status_code == 403
     assert env["keys"]["acme"] not in env["log"].read_text()
+
+
+def _raw_post(env, path: str, headers: dict[str, str], body: bytes = b"", timeout: float = 5.0):
+    """POST over a bare socket — headers (which may declare a Content-Length the body never
+    reaches) then `body` — and read the answer: (status, body, seconds until it came)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(env["url"])
+    lines = [f"POST {path} HTTP/1.1", f"Host: {url.hostname}", *(f"{k}: {v}" for k, v in headers.items())]
+    head = "\r\n".join(lines) + "\r\n"
+    started = time.monotonic()
+    with socket.create_connection((url.hostname, url.port), timeout=timeout) as sock:
+        sock.sendall(head.encode() + b"\r\n" + body)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < _length(data):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, data.split(b"\r\n\r\n", 1)[1], time.monotonic() - started
+
+
+def _length(data: bytes) -> int:
+    for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":")[1])
+    return 0
+
+
+def test_the_key_and_the_body_size_are_checked_before_the_body_is_read(env):
+    """A caller declaring a 100 MB body gets its answer at once, with nothing read: 401
+    without a valid key, 413 with one; a chunked body past the limit is cut off at the limit;
+    a normal request passes the guard and the endpoint reuses its key look-up."""
+    big = {"Content-Type": "application/json", "Content-Length": str(100 * 2**20)}
+    status, body, took = _raw_post(env, "/score", big)
+    assert status == 401 and b"API key" in body and took < 2.0
+    status, body, took = _raw_post(env, "/score", big | {"X-API-Key": "mt5p_nope_nope"})
+    assert status == 401 and b"unknown API key" in body and took < 2.0
+    status, body, took = _raw_post(env, "/score", big | {"X-API-Key": env["keys"]["acme"]})
+    assert status == 413 and b"over the limit" in body and took < 2.0
+    status, body, _ = _raw_post(env, "/score", {"Content-Length": "12x", "X-API-Key": env["keys"]["acme"]})
+    assert status == 400
+    limit = 2**20  # the env's serving.max_body_bytes
+    chunk = b"x" * 65536
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(limit // len(chunk) + 2))
+    chunked = {
+        "Transfer-Encoding": "chunked",
+        "Content-Type": "application/json",
+        "X-API-Key": env["keys"]["acme"],
+    }
+    status, body, _ = _raw_post(env, "/score", chunked, chunks + b"0\r\n\r\n")
+    assert status == 413 and b"over the limit" in body
+    small = json.dumps({"rows": env["X"][-1:].tolist()}).encode()
+    one = b"%x\r\n%s\r\n0\r\n\r\n" % (len(small), small)
+    status, body, _ = _raw_post(env, "/score", chunked, one)
+    assert status == 200 and "probabilities" in json.loads(body)
+    assert post(env, "/models", {}).status_code == 200 and httpx.get(env["url"] + "/livez").status_code == 200
 
 
 @pytest.mark.parametrize("spelling", ["03", "003"])
