@@ -315,8 +315,12 @@ class LiveWorker:
                 t0 = time.perf_counter()
                 if self.scorer.refresh(older_than=self.params.live_score.directory_seconds / 2):
                     self._refresh_cost = time.perf_counter() - t0
-        except Exception:  # noqa: BLE001 — the step retries and reports it
-            log.exception("live worker %s: refreshing leases or the directory failed", self.holder)
+        except Exception as exc:  # noqa: BLE001 — the step retries, backs off and reports it
+            log.warning(
+                "live worker %s: refreshing leases or the directory failed: %s",
+                self.holder,
+                str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
+            )
 
     def _record(self, report: StepReport) -> None:
         s = self.stats
