@@ -40,6 +40,7 @@ from pipelines.mt5.constants import (
     timeframe_value,
 )
 from pipelines.mt5.server_time import ServerClock
+from pipelines.retry import retry_after
 from pipelines.validate import ContractError, DataContract, Engine, ValidationResult, ValidationRules
 
 log = logging.getLogger(__name__)
@@ -281,7 +282,7 @@ def ingest_live(
     cfg = params.live
     stats = LiveStats()
     started = time.monotonic()
-    failures, backoff, connected = 0, cfg.backoff_initial_seconds, False
+    failures, connected = 0, False
     while True:
         if polls is not None and stats.polls >= polls:
             break
@@ -297,6 +298,7 @@ def ingest_live(
             stats.errors += 1
             if failures >= cfg.max_attempts:
                 raise
+            backoff = retry_after(failures, cfg.backoff_initial_seconds, cfg.backoff_max_seconds)
             log.warning(
                 "live ingest: %s; reconnecting in %.1fs (attempt %d/%d)",
                 exc,
@@ -308,9 +310,8 @@ def ingest_live(
             connected = False
             stats.reconnects += 1
             sleep(backoff)
-            backoff = min(backoff * 2, cfg.backoff_max_seconds)
             continue
-        failures, backoff = 0, cfg.backoff_initial_seconds
+        failures = 0
         stats.polls += 1
         stats.written += sum(r.written for r in reports)
         stats.quarantined += sum(r.quarantined for r in reports)

@@ -56,6 +56,7 @@ from pipelines.live_score import CycleReport, LiveScorer, quantile_ms
 from pipelines.mt5.bars import bar_close_times, bar_open_times
 from pipelines.mt5.client import Mt5Client
 from pipelines.registry import Registry
+from pipelines.retry import retry_after
 from pipelines.store import ResultsStore
 
 log = logging.getLogger("mt5prob.live")
@@ -258,7 +259,7 @@ class LiveWorker:
         back off (``data.live``) and reconnect; after ``max_attempts`` in a row they raise."""
         cfg = self.params.data.live
         end = None if seconds is None else time.time() + seconds
-        failures, backoff = 0, cfg.backoff_initial_seconds
+        failures = 0
         while not self._stop.is_set() and (end is None or time.time() < end):
             wake = self.next_wake()
             if end is not None:
@@ -280,6 +281,7 @@ class LiveWorker:
                 if failures >= cfg.max_attempts:
                     raise
                 terminal = isinstance(exc, TerminalError)
+                backoff = retry_after(failures, cfg.backoff_initial_seconds, cfg.backoff_max_seconds)
                 log.warning(
                     "live worker: %s unavailable (%s); retrying in %.1fs (%d/%d)",
                     "the terminal" if terminal else "the results store",
@@ -295,9 +297,8 @@ class LiveWorker:
                 else:
                     self.stats.store_outages += 1
                 self._stop.wait(backoff)
-                backoff = min(backoff * 2, cfg.backoff_max_seconds)
                 continue
-            failures, backoff = 0, cfg.backoff_initial_seconds
+            failures = 0
             self._record(report)
         self.stats.rss_end_mb = rss_mb()
         return self.stats

@@ -45,6 +45,7 @@ from typing import Any
 
 from pipelines.config import WebhooksParams
 from pipelines.events import NullBus, RedisBus
+from pipelines.retry import retry_after
 from pipelines.store import ResultsStore, Webhook
 
 log = logging.getLogger("mt5prob.webhooks")
@@ -79,12 +80,6 @@ def body_of(tenant_id: str, events: Sequence[dict[str, Any]]) -> bytes:
     return json.dumps(
         {"tenant_id": tenant_id, "events": list(events)}, sort_keys=True, separators=(",", ":")
     ).encode()
-
-
-def retry_after(attempts: int, initial: float, maximum: float) -> float:
-    """Seconds before the next attempt after `attempts` failed ones in a row: `initial`
-    doubling per failure, capped at `maximum`."""
-    return min(maximum, initial * 2 ** max(0, attempts - 1))
 
 
 @dataclass
