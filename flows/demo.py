@@ -68,7 +68,7 @@ def demo_tenants(params_path: str) -> dict[str, str]:
     from pipelines.store import ResultsStore, Subscription
 
     params = load_params(params_path)
-    store = ResultsStore(params.store.url, params.store.admin_url)
+    store = ResultsStore.from_params(params.store)
     store.migrate()
     try:
         return {

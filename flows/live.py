@@ -46,7 +46,7 @@ def live_worker_flow(
     """
     logger = get_run_logger()
     params = load_params(params_path, profile)
-    store = ResultsStore(params.store.url, params.store.admin_url)
+    store = ResultsStore.from_params(params.store)
     if store.dialect == "sqlite":
         store.migrate()
     window: list[StepReport] = []

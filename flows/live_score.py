@@ -68,7 +68,7 @@ def live_score_flow(
         replay: re-score the newest N closed bars, one per cycle, as if each had just closed.
     """
     params = load_params(params_path, profile)
-    store = ResultsStore(params.store.url, params.store.admin_url)
+    store = ResultsStore.from_params(params.store)
     if store.dialect == "sqlite":
         store.migrate()
     if replay:

@@ -24,7 +24,7 @@ class MonitorBreach(RuntimeError):
 
 @task(cache_policy=NO_CACHE)
 def check_task(params: Params) -> MonitorReport:
-    results = ResultsStore(params.store.url, params.store.admin_url)
+    results = ResultsStore.from_params(params.store)
     try:
         return check(params, results)
     finally:

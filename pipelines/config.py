@@ -364,6 +364,8 @@ class StoreParams(_Frozen):
 
     url: str = "sqlite:///results.db"
     admin_url: str | None = None
+    statement_timeout_ms: int = Field(5000, ge=0)  # a query running longer is cancelled (0 = none)
+    connect_timeout_seconds: float = Field(5.0, gt=0)  # connecting, or waiting for a pooled connection
 
 
 class LiveScoreParams(_Frozen):
@@ -420,6 +422,32 @@ class SchedulesParams(_Frozen):
     monitor_cron: str = "15 * * * *"  # hourly monitoring
 
 
+class LimitsParams(_Frozen):
+    """``serving.limits``: what one caller may cost the service (serving/guard.py). Rates are
+    token buckets per service worker (a replica with N workers allows N times as much); 0 turns
+    a limit off. Beyond a limit: 429 with ``Retry-After``."""
+
+    per_address_rps: float = Field(500.0, ge=0)  # requests/s from one client address, any key
+    per_address_burst: int = Field(1000, ge=1)
+    failed_keys_per_minute: float = Field(30.0, ge=0)  # missing/unknown keys from one address
+    failed_keys_burst: int = Field(10, ge=1)  # then 429 before any key look-up
+    per_tenant_rps: float = Field(200.0, ge=0)  # requests/s per tenant (all its keys and addresses)
+    per_tenant_burst: int = Field(400, ge=1)
+    tenant_concurrency: int = Field(8, ge=0)  # requests of one tenant in progress at once
+    request_timeout_seconds: float = Field(30.0, gt=0)  # 503 past this (the work is bounded too)
+    max_json_depth: int = Field(8, ge=3, le=100)  # nesting of a JSON body (this API's need 3)
+
+
+class EndpointsParams(_Frozen):
+    """``serving.endpoints``: switch parts of the API off (404 naming the switch)."""
+
+    score: bool = True  # POST /score
+    score_bars: bool = True  # POST /score_bars
+    models: bool = True  # POST /models
+    results: bool = True  # POST /results/latest and /results/range
+    stream: bool = True  # GET /stream
+
+
 class ServingParams(_Frozen):
     """The ``serving:`` section (serving/): which registered models the BentoML service serves
     and how. An empty `models` list means the one model this params file trains."""
@@ -440,6 +468,12 @@ class ServingParams(_Frozen):
     stream_max_per_tenant: int = Field(8, ge=1)  # open GET /stream connections per tenant per replica
     stream_send_timeout_seconds: float = Field(30.0, gt=0)  # a client not reading this long is dropped
     stream_heartbeat_seconds: float = Field(15.0, gt=0)  # comment line on an idle stream
+    limits: LimitsParams = LimitsParams()
+    endpoints: EndpointsParams = EndpointsParams()
+    health_interval_seconds: float = Field(1.0, gt=0, le=30)  # /readyz re-checks its dependencies this often
+    broken_version_seconds: float = Field(60.0, ge=0)  # a version that failed to load is not retried for this
+    ssl_certfile: str | None = None  # TLS: PEM certificate (chain) for bentoml serve; None: plain HTTP
+    ssl_keyfile: str | None = None  # TLS: its private key (PEM)
 
 
 class Params(BaseModel):

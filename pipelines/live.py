@@ -364,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params = load_params(args.params, args.profile)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    store = ResultsStore(params.store.url, params.store.admin_url)
+    store = ResultsStore.from_params(params.store)
     if store.dialect == "sqlite":
         store.migrate()
     worker = LiveWorker(params, store)

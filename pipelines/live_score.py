@@ -443,7 +443,8 @@ def _idle_reason(
     if not needs:
         return "nothing followed can be scored: " + "; ".join(report.skipped)
     scored = ", ".join(
-        f"{s} {tf} {t:%Y-%m-%d %H:%M}" for (s, tf), t in sorted(watermarks.items())
+        f"{s} {tf} {t:%Y-%m-%d %H:%M}"
+        for (s, tf), t in sorted(watermarks.items())
         if (s, tf) in {(n.symbol, n.timeframe) for n in needs}
     )
     return (
@@ -489,7 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     params = load_params(args.params, args.profile)
-    store = ResultsStore(params.store.url, params.store.admin_url)
+    store = ResultsStore.from_params(params.store)
     if store.dialect == "sqlite":
         store.migrate()
     interval = params.live_score.interval_seconds or timeframe_seconds(params.features.base_timeframe)

@@ -68,6 +68,12 @@ class UnknownModel(LookupError):
     """A model name or version (or alias) that is not served."""
 
 
+class ModelUnavailable(RuntimeError):
+    """A version that exists but cannot be served now: its artifact failed to load (it is
+    marked broken and not retried for ``broken_seconds``) or the registry cannot be reached.
+    The message names the model and version and says when the next attempt is."""
+
+
 @dataclass
 class LoadedModel:
     """One registered version in memory: the unwrapped predictor and what it expects."""
@@ -102,9 +108,13 @@ class ModelCache:
         max_loaded: int = 4,
         device: str = "auto",
         default_alias: str = "champion",
+        broken_seconds: float = 60.0,
     ) -> None:
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
         self.max_loaded = max_loaded
+        self.broken_seconds = broken_seconds
+        self._broken: dict[tuple[str, str], tuple[float, str]] = {}  # → (retry after, monotonic; why)
+        self.registry_error: str | None = None  # why the last `refresh` could not read MLflow
         self.device = resolve_device(device)
         self.default_alias = default_alias
         self._aliases: dict[str, dict[str, str]] = {n: {} for n in dict.fromkeys(names)}
@@ -147,6 +157,11 @@ class ModelCache:
                 self.registry.require_version(name, ref)
             except ValueError as exc:
                 raise UnknownModel(str(exc)) from exc
+            except Exception as exc:  # noqa: BLE001 - MLflow unreachable: not the caller's fault
+                raise ModelUnavailable(
+                    f"cannot look up version {ref} of {name}: the model registry is unavailable "
+                    f"({type(exc).__name__})"
+                ) from exc
             return name, ref
         version = self.aliases(name).get(ref)
         if version is None:
@@ -165,8 +180,34 @@ class ModelCache:
         with load_lock:  # one load per version, however many callers ask at once
             with self._lock:
                 model = self._loaded.get(key)
+                broken = self._broken.get(key)
+            if model is None and broken is not None:
+                wait = broken[0] - time.monotonic()
+                if wait > 0:
+                    raise ModelUnavailable(
+                        f"version {version} of {name} cannot be loaded ({broken[1]}); "
+                        f"next attempt in {wait:.0f} s"
+                    )
             if model is None:
-                model = self._load(name, version)
+                try:
+                    model = self._load(name, version)
+                except Exception as exc:  # noqa: BLE001 - a corrupt or unreadable artifact
+                    why = f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+                    with self._lock:
+                        self._broken[key] = (time.monotonic() + self.broken_seconds, why)
+                    log.warning(
+                        "version %s of %s failed to load, not retried for %.0f s: %s",
+                        version,
+                        name,
+                        self.broken_seconds,
+                        why,
+                    )
+                    raise ModelUnavailable(
+                        f"version {version} of {name} cannot be loaded ({why}); "
+                        f"next attempt in {self.broken_seconds:.0f} s"
+                    ) from None
+                with self._lock:
+                    self._broken.pop(key, None)
             with self._lock:
                 self._loaded[key] = model
                 self._loaded.move_to_end(key)
@@ -199,6 +240,16 @@ class ModelCache:
         with self._lock:
             return list(self._loaded)
 
+    def is_loaded(self, name: str, version: str) -> bool:
+        with self._lock:
+            return (name, version) in self._loaded
+
+    def broken(self) -> dict[tuple[str, str], str]:
+        """Versions that failed to load and are waiting out their back-off → why."""
+        now = time.monotonic()
+        with self._lock:
+            return {k: why for k, (until, why) in self._broken.items() if until > now}
+
     # ------------------------------------------------------------ following MLflow
     def refresh(self, default_only: bool = False) -> list[tuple[str, str, str | None, str | None]]:
         """Read every followed model's aliases; load a newly pointed-to default-alias version,
@@ -208,6 +259,7 @@ class ModelCache:
         of the whole registered model with every version — 5.7 vs 15 ms here): what live
         scoring needs each cycle; the other aliases keep their last read values."""
         changes = []
+        errors = []
         for name in self.names:
             current = self.aliases(name)
             try:
@@ -219,13 +271,17 @@ class ModelCache:
                 else:
                     fresh = self.registry.aliases(name)
             except Exception as exc:  # noqa: BLE001 - MLflow down: keep serving what we have
-                log.warning("could not read aliases of %s: %s", name, exc)
+                errors.append(f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}")
+                log.warning("could not read aliases of %s: %s", name, errors[-1])
                 continue
             if fresh == current:
                 continue
             target = fresh.get(self.default_alias)
             if target is not None and target != current.get(self.default_alias):
-                self.get(name, target)  # warm before switching: nobody waits on the load
+                try:
+                    self.get(name, target)  # warm before switching: nobody waits on the load
+                except ModelUnavailable:
+                    pass  # marked broken: requests for it answer 503 naming it until it loads
             with self._lock:
                 self._aliases[name] = fresh
             for alias in sorted(set(fresh) | set(current)):
@@ -235,4 +291,5 @@ class ModelCache:
                         (time.time(), name, alias, current.get(alias), fresh.get(alias) or "")
                     )
                     log.info("%s: alias %s %s -> %s", name, alias, current.get(alias), fresh.get(alias))
+        self.registry_error = errors[0] if errors else None
         return changes

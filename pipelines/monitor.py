@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipelines.config import params_from_cli
 
     params = params_from_cli("python -m pipelines.monitor", __doc__, argv)
-    results = ResultsStore(params.store.url, params.store.admin_url)
+    results = ResultsStore.from_params(params.store)
     report = check(params, results)
     for row in report.drift:
         print(

@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     params = load_params(args.params, args.profile)
-    store = ResultsStore(params.store.url, params.store.admin_url)
+    store = ResultsStore.from_params(params.store)
     try:
         if args.command == "migrate":
             store.migrate()

@@ -29,7 +29,15 @@ ERRORS = {
     "400": "bad input: the message names the field and the problem",
     "401": "no API key, or an unknown one (send it in the key header or as a bearer token)",
     "403": "another tenant's results or pinned version",
-    "404": "unknown model, version or alias",
+    "404": "unknown model, version or alias; or this endpoint is switched off (serving.endpoints)",
+    "413": "the body is over serving.max_body_bytes",
+    "415": "the body is not application/json",
+    "429": "over a rate or concurrency limit (serving.limits); wait Retry-After seconds",
+    "503": "a dependency (results store, registry, model artifact) is unavailable, or the request "
+    "timed out; the message names it; retry later",
+}
+RETRY_AFTER = {
+    "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}
 }
 EXAMPLE_END = datetime(2024, 6, 3, 12, 0, tzinfo=UTC)  # the examples' newest base bar closes here
 
@@ -121,13 +129,48 @@ def api_document(
                     "description": text,
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
                 }
+                if code == "429":
+                    operation["responses"][code]["headers"] = RETRY_AFTER
+            operation["responses"].pop("500", None)  # never answered on purpose: a bug if seen
             body = (examples or {}).get(path)
             if body is not None:
                 media = operation.get("requestBody", {}).get("content", {}).get("application/json")
                 if media is not None:
                     media.pop("examples", None)
                     media["example"] = body
-    return doc
+    return openapi30(doc)
+
+
+def openapi30(node: Any) -> Any:
+    """Pydantic's JSON Schema (2020-12) spellings as OpenAPI 3.0, which the document declares:
+    ``anyOf [X, {type: null}]`` → X with ``nullable``; a field whose default is null →
+    ``nullable``; a numeric ``exclusiveMinimum``/``exclusiveMaximum`` → the bound with a
+    boolean flag; ``examples`` inside a schema → ``example``. Returns a new structure."""
+    if isinstance(node, list):
+        return [openapi30(x) for x in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: openapi30(v) for k, v in node.items()}
+    options = out.get("anyOf")
+    if isinstance(options, list) and {"type": "null"} in options:
+        rest = [o for o in options if o != {"type": "null"}]
+        out.pop("anyOf")
+        if len(rest) == 1:
+            out = {**rest[0], **out}
+        else:
+            out["anyOf"] = rest
+        out["nullable"] = True
+    if "default" in out and out["default"] is None and ("type" in out or "$ref" in out or "anyOf" in out):
+        out["nullable"] = True
+    for bound, flag in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(out.get(bound), int | float) and not isinstance(out.get(bound), bool):
+            out[flag] = out[bound]
+            out[bound] = True
+    if isinstance(out.get("examples"), list) and ("type" in out or "items" in out):
+        examples = out.pop("examples")
+        if examples:
+            out["example"] = examples[0]
+    return out
 
 
 PAGE = """<!DOCTYPE html>

@@ -1,33 +1,126 @@
-"""Limits before work for the keyed API routes (issue 14): ASGI middleware in front of the
-BentoML app.
+"""The service's front door (issue 14): ASGI middleware in front of the BentoML app that
+decides, before any endpoint work, whether a request may cost the service anything.
 
-For ``/score``, ``/score_bars``, ``/models`` and ``/results/*`` a request is, in this order:
+For the keyed routes (``/score``, ``/score_bars``, ``/models``, ``/results/*``), in order:
 
-1. authenticated from its headers alone — off the event loop (the key look-up may query the
-   results store) — so a caller without a valid key gets its 401 before a byte of its body is
-   read (a 100 MB body with no key used to be parsed first, stalling every other request);
-   the tenant found rides in the request scope, so the endpoint does not look it up again;
-2. held to ``serving.max_body_bytes``: a declared ``Content-Length`` over it answers 413 at
-   once, unread; a body without one (chunked) is read up to the limit and refused past it.
+1. **switched off?** ``serving.endpoints`` → 404 naming the switch;
+2. **per-address rate** (``serving.limits.per_address_rps``), and an address whose recent
+   keys failed more than ``failed_keys_burst`` times (refilled at ``failed_keys_per_minute``)
+   gets 429 *before* any key look-up — a bad-key flood costs no database query;
+3. **the key**, checked from the headers alone, off the event loop (the look-up may query the
+   results store); a store that cannot answer is a 503, never a 500; the tenant found rides in
+   the request scope (``TENANT_STATE``) so the endpoint does not look it up again;
+4. **per-tenant rate and concurrency** (``per_tenant_rps``, ``tenant_concurrency``): one
+   tenant cannot take every worker thread from the others;
+5. **the body**: JSON only (415 otherwise), ``serving.max_body_bytes`` (a declared length over
+   it answers 413 unread; a chunked body is read up to the limit). Its parsing, off the loop
+   and with a nesting bound, is `serving.bodies`.
 
-A results store that cannot answer the key look-up is a 503 naming it, never a 500.
+Every 4xx/5xx a keyed route answers — ours, the endpoint's or BentoML's own validation — leaves
+with one body shape, ``{"error": "<one line, at most 300 characters>"}`` (BentoML's list of
+pydantic errors becomes ``"rows.0.3: Input should be a valid number (and 2 more)"``), and one
+log line (no traceback; the client's address and tenant id, never its key). Limits are per
+service worker process. `readiness` answers ``/readyz`` with the reasons it is not ready.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("mt5prob.serving")
 
 KEYED = frozenset({"/score", "/score_bars", "/models", "/results/latest", "/results/range"})
+SWITCHES = {
+    "/score": "score",
+    "/score_bars": "score_bars",
+    "/models": "models",
+    "/results/latest": "results",
+    "/results/range": "results",
+    "/stream": "stream",
+}
 TENANT_STATE = "mt5prob_tenant"  # scope["state"] key of the tenant the guard authenticated
+from serving.errors import MAX_MESSAGE  # noqa: E402 - characters of a message sent back or logged
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE) -> str:
+    """`message` on one line, at most `limit` characters."""
+    line = " ".join(str(message).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+class TokenBuckets:
+    """Token buckets by key: each holds up to `burst` tokens and refills at `rate` per second.
+    Memory is bounded: past `max_keys` the least recently used key is forgotten (it starts
+    full again, which only errs towards letting a caller through). Not thread-safe: used on
+    the event loop only."""
+
+    def __init__(
+        self, rate: float, burst: int, max_keys: int = 100_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.max_keys = max_keys
+        self.clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0
+
+    def _level(self, key: str, now: float) -> float:
+        tokens, stamp = self._buckets.get(key, (self.burst, now))
+        return min(self.burst, tokens + (now - stamp) * self.rate)
+
+    def wait(self, key: str) -> float:
+        """Seconds until `key` has a token (0.0: it has one now). Takes nothing."""
+        if not self.enabled:
+            return 0.0
+        level = self._level(key, self.clock())
+        return 0.0 if level >= 1.0 else (1.0 - level) / self.rate
+
+    def take(self, key: str) -> float:
+        """Take a token: 0.0 when there was one, else the seconds until there will be (and
+        nothing is taken)."""
+        if not self.enabled:
+            return 0.0
+        now = self.clock()
+        level = self._level(key, now)
+        if level < 1.0:
+            self._buckets[key] = (level, now)
+            self._buckets.move_to_end(key)
+            return (1.0 - level) / self.rate
+        self._buckets[key] = (level - 1.0, now)
+        self._buckets.move_to_end(key)
+        if len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+        return 0.0
+
+
+def validation_message(body: Any) -> str:
+    """One line from an error body: ours (``{"error": ...}``), BentoML's pydantic list
+    (``{"error": "1 validation error for Input", "detail": [...]}``), or BentoML's
+    ``[{"error": ...}]``."""
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        body = body[0]
+    if not isinstance(body, dict):
+        return "bad request"
+    detail = body.get("detail")
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        first = detail[0]
+        where = ".".join(str(p)[:40] for p in first.get("loc", ()))
+        more = f" (and {len(detail) - 1} more)" if len(detail) > 1 else ""
+        return f"{where or 'body'}: {first.get('msg', 'invalid')}{more}"
+    return str(body.get("error", "bad request"))
 
 
 async def _respond(send: Any, status: int, message: str, headers: list | None = None) -> None:
-    body = json.dumps({"error": message}).encode()
+    body = json.dumps({"error": bounded(message)}).encode()
     await send(
         {
             "type": "http.response.start",
@@ -35,7 +128,6 @@ async def _respond(send: Any, status: int, message: str, headers: list | None = 
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
                 *(headers or []),
             ],
         }
@@ -43,48 +135,119 @@ async def _respond(send: Any, status: int, message: str, headers: list | None = 
     await send({"type": "http.response.body", "body": body})
 
 
+def _retry_after(seconds: float) -> list[tuple[bytes, bytes]]:
+    return [(b"retry-after", str(max(1, math.ceil(seconds))).encode())]
+
+
 class RequestGuard:
-    """ASGI middleware (see module docstring). `service()` returns the live ScoringService."""
+    """ASGI middleware (see module docstring). `service()` returns the live ScoringService
+    (None while it starts); limits are read from its ``settings`` on first use."""
 
     def __init__(self, app: Any, service: Callable[[], Any]) -> None:
         self.app = app
         self.service = service
+        self._limits: Any = None
+        self._in_flight: dict[str, int] = {}
+
+    def _setup(self, settings: Any) -> None:
+        lim = settings.limits
+        self.per_address = TokenBuckets(lim.per_address_rps, lim.per_address_burst)
+        self.failed_keys = TokenBuckets(lim.failed_keys_per_minute / 60.0, lim.failed_keys_burst)
+        self.per_tenant = TokenBuckets(lim.per_tenant_rps, lim.per_tenant_burst)
+        self._limits = lim
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"].rstrip("/") not in KEYED:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = scope["path"].rstrip("/") or "/"
+        if path == "/readyz":
+            await self._readyz(send)
+            return
+        if path not in KEYED:
+            await self.app(scope, receive, send)
+            return
+        svc = self.service()
+        if svc is None:
+            await _respond(send, 503, "the service is starting; retry shortly")
+            return
+        if self._limits is None:
+            self._setup(svc.settings)
+        address = (scope.get("client") or ("?", 0))[0]
+        reject = _Rejections(scope, send, address)
+        await self._keyed(scope, receive, reject, svc, path, address)
+
+    async def _keyed(
+        self, scope: dict, receive: Any, reject: _Rejections, svc: Any, path: str, address: str
+    ) -> None:
         from starlette.concurrency import run_in_threadpool
         from starlette.datastructures import Headers
 
         from serving.errors import ApiError
 
-        svc = self.service()
-        if svc is None:
-            await _respond(send, 503, "the service is starting; retry shortly")
+        switch = SWITCHES[path]
+        if not getattr(svc.settings.endpoints, switch):
+            await reject(404, f"{path} is switched off on this service (serving.endpoints.{switch})")
+            return
+        wait = self.per_address.take(address)
+        if wait:
+            await reject(429, f"too many requests from {address}; retry in {math.ceil(wait)} s", wait)
+            return
+        wait = self.failed_keys.wait(address)
+        if wait:
+            await reject(429, f"too many failed API keys from {address}; retry in {math.ceil(wait)} s", wait)
             return
         headers = Headers(scope=scope)
         try:
             tenant = await run_in_threadpool(svc.auth.tenant, headers)
         except ApiError as exc:
-            extra = [(b"www-authenticate", b'ApiKey header="X-API-Key"')] if int(exc.status) == 401 else []
-            await _respond(send, int(exc.status), exc.message, extra)
+            if int(exc.status) == 401:
+                self.failed_keys.take(address)
+                await reject(401, exc.message, extra=[(b"www-authenticate", b'ApiKey header="X-API-Key"')])
+            else:
+                await reject(int(exc.status), exc.message)
             return
         except Exception as exc:  # noqa: BLE001 — the store is down: not the caller's fault
-            log.warning("key look-up failed: %s", str(exc).splitlines()[0][:200])
-            await _respond(send, 503, "the results store is unavailable; retry shortly")
+            svc.health.store_failed(exc)
+            await reject(503, "the results store is unavailable (API keys cannot be checked); retry shortly")
+            return
+        reject.tenant = tenant.tenant_id
+        wait = self.per_tenant.take(tenant.tenant_id)
+        if wait:
+            await reject(429, f"too many requests for this tenant; retry in {math.ceil(wait)} s", wait)
+            return
+        limit = self._limits.tenant_concurrency
+        running = self._in_flight.get(tenant.tenant_id, 0)
+        if limit and running >= limit:
+            await reject(
+                429, f"{running} requests of this tenant are in progress (limit {limit}); retry shortly", 1.0
+            )
+            return
+        media = headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if scope["method"] == "POST" and media not in ("application/json", ""):
+            await reject(415, f"send the body as application/json (got {media[:60]!r})")
             return
         scope.setdefault("state", {})[TENANT_STATE] = tenant
-        limit = svc.settings.max_body_bytes
+        self._in_flight[tenant.tenant_id] = running + 1
+        try:
+            await self._body(scope, receive, reject, svc.settings.max_body_bytes, headers)
+        finally:
+            left = self._in_flight.get(tenant.tenant_id, 1) - 1
+            if left > 0:
+                self._in_flight[tenant.tenant_id] = left
+            else:
+                self._in_flight.pop(tenant.tenant_id, None)
+
+    async def _body(self, scope: dict, receive: Any, reject: _Rejections, limit: int, headers: Any) -> None:
         declared = headers.get("content-length")
         if declared is not None:
             if not (declared.isascii() and declared.isdigit()):
-                await _respond(send, 400, "Content-Length must be a number of bytes")
+                await reject(400, "Content-Length must be a number of bytes")
                 return
             if int(declared) > limit:
-                await _respond(send, 413, f"body of {int(declared):,} bytes is over the limit of {limit:,}")
+                await reject(413, f"body of {int(declared):,} bytes is over the limit of {limit:,}")
                 return
-            await self.app(scope, receive, send)  # the server reads no more than declared
+            await self.app(scope, receive, reject.send)  # the server reads no more than declared
             return
         chunks, size = [], 0
         while True:  # no declared length: read up to the limit, then replay to the app
@@ -94,7 +257,7 @@ class RequestGuard:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > limit:
-                await _respond(send, 413, f"body is over the limit of {limit:,} bytes")
+                await reject(413, f"body is over the limit of {limit:,} bytes")
                 return
             if not message.get("more_body", False):
                 break
@@ -108,4 +271,105 @@ class RequestGuard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send)
+        await self.app(scope, replay, reject.send)
+
+    async def _readyz(self, send: Any) -> None:
+        svc = self.service()
+        reasons = ["the service is starting"] if svc is None else svc.health.reasons()
+        body = json.dumps({"ready": not reasons, "reasons": reasons}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503 if reasons else 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _Rejections:
+    """The `send` of one keyed request: error answers (status ≥ 400) — the guard's own and
+    the app's — are normalised to ``{"error": one bounded line}`` and logged once."""
+
+    def __init__(self, scope: dict, send: Any, address: str) -> None:
+        self.scope = scope
+        self._send = send
+        self.address = address
+        self.tenant: str | None = None
+        self._start: dict | None = None
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    async def __call__(
+        self, status: int, message: str, retry_after: float | None = None, extra: list | None = None
+    ) -> None:
+        self._log(status, message)
+        headers = (_retry_after(retry_after) if retry_after is not None else []) + (extra or [])
+        await _respond(self._send, status, message, headers)
+
+    def _log(self, status: int, message: str) -> None:
+        log.warning(
+            "rejected %s %s from %s%s: %d %s",
+            self.scope.get("method", "?"),
+            self.scope.get("path", "?")[:100],
+            self.address,
+            f" tenant {self.tenant}" if self.tenant else "",
+            status,
+            bounded(message),
+        )
+
+    async def send(self, message: dict) -> None:
+        if message["type"] == "http.response.start":
+            if message["status"] < 400:
+                await self._send(message)
+                return
+            self._start = message  # held until its body is complete
+            return
+        if self._start is None or message["type"] != "http.response.body":
+            await self._send(message)
+            return
+        if self._size < 65_536:
+            chunk = message.get("body", b"")
+            self._chunks.append(chunk[: 65_536 - self._size])
+            self._size += len(chunk)
+        if message.get("more_body", False):
+            return
+        status, start = self._start["status"], self._start
+        self._start = None
+        try:
+            text = validation_message(json.loads(b"".join(self._chunks)))
+        except ValueError:
+            text = "internal error; see the service log" if status >= 500 else "bad request"
+        if status < 500 or status == 503:
+            self._log(status, text)
+        keep = [
+            (k, v) for k, v in start.get("headers", []) if k.lower() in (b"retry-after", b"www-authenticate")
+        ]
+        await _respond(self._send, status, text, keep)
+
+
+class _ClientErrorTracebacks(logging.Filter):
+    """Drops BentoML's "Exception on /score [POST]" record, with its traceback, for a client
+    error (a body that fails validation, a 4xx raised while parsing): the guard logs one line
+    for it instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            return True
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError):
+            return False
+        code = getattr(getattr(exc, "error_code", None), "value", getattr(exc, "error_code", 500))
+        return not (isinstance(code, int) and 400 <= code < 500)
+
+
+def quiet_client_errors() -> None:
+    """Install `_ClientErrorTracebacks` on BentoML's request-error logger (idempotent)."""
+    logger = logging.getLogger("bentoml._internal.server.http_app")
+    if not any(isinstance(f, _ClientErrorTracebacks) for f in logger.filters):
+        logger.addFilter(_ClientErrorTracebacks())

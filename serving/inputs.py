@@ -49,15 +49,16 @@ def feature_matrix(
     rows: list[list[float | None]], columns: list[str] | None, expected: list[str]
 ) -> np.ndarray:
     """Rows as a float32 matrix in the model's column order, or ApiError naming the problem.
-    ``null`` is a missing value (NaN, imputed as in training); NaN or inf sent as numbers are
-    refused."""
+    ``None`` (JSON null) is a missing value (NaN, imputed as in training). The request schema
+    (`serving.schemas.Number`) already refused NaN and infinities sent as numbers; infinities
+    are refused here too, for callers in Python. Vectorised: a 10,000 × 143 batch of warm-up
+    nulls costs one conversion, not a Python step per cell."""
     width = len(expected)
-    bad = next((i for i, r in enumerate(rows) if len(r) != len(rows[0])), None)
+    first = len(rows[0])
+    bad = next((i for i, r in enumerate(rows) if len(r) != first), None)
     if bad is not None:
-        raise ApiError(
-            HTTPStatus.BAD_REQUEST, f"row {bad} has {len(rows[bad])} values, row 0 has {len(rows[0])}"
-        )
-    X = np.asarray(rows, dtype=np.float64)
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"row {bad} has {len(rows[bad])} values, row 0 has {first}")
+    X = np.array(rows, dtype=np.float64)  # None → NaN
     if columns is not None:
         if len(columns) != X.shape[1]:
             raise ApiError(
@@ -68,7 +69,8 @@ def feature_matrix(
         if missing or extra or len(set(columns)) != len(columns):
             raise ApiError(
                 HTTPStatus.BAD_REQUEST,
-                f"columns do not match the model's {width}: missing {missing[:5]}, unexpected {extra[:5]}"
+                f"columns do not match the model's {width}: missing {_names(missing)}, "
+                f"unexpected {_names(extra)}"
                 + (" (duplicates)" if len(set(columns)) != len(columns) else ""),
             )
         if columns != expected:
@@ -79,27 +81,21 @@ def feature_matrix(
             f"rows have {X.shape[1]} values; the model expects {width} columns (first: {expected[:3]}); "
             "send `columns` to check names",
         )
-    # numpy turned null into NaN; a NaN or inf that was not a null in the request is an error
-    bad = [
-        (r, c) for r, c in np.argwhere(~np.isfinite(X)) if _cell(rows, r, c, columns, expected) is not None
-    ]
-    if bad:
-        r, c = bad[0]
+    if np.isinf(X).any():
+        r, c = np.argwhere(np.isinf(X))[0]
         raise ApiError(
             HTTPStatus.BAD_REQUEST,
-            f"{len(bad)} non-finite values (NaN or inf; send null for a missing value), first at row {r} "
-            f"column {expected[c]!r}",
+            f"non-finite value at row {r} column {expected[c]!r}; send null for a missing value",
         )
     if np.nanmax(np.abs(X), initial=0.0) > np.finfo(np.float32).max:
         raise ApiError(HTTPStatus.BAD_REQUEST, "values beyond float32 range")
     return X.astype(np.float32)
 
 
-def _cell(
-    rows: list[list[float | None]], r: int, c: int, columns: list[str] | None, expected: list[str]
-) -> Any:
-    """The request's value behind matrix cell (r, c) (columns may have been reordered)."""
-    return rows[r][c if columns is None else columns.index(expected[c])]
+def _names(names: list[str], n: int = 5, width: int = 40) -> str:
+    """The first `n` of `names`, each cut at `width` characters (a caller's input is never
+    echoed whole)."""
+    return repr([c[:width] for c in names[:n]]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 def features_from_bars(

@@ -6,9 +6,38 @@ times are bar open times, UTC.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
+
+from pipelines.mt5.constants import TIMEFRAMES
+
+# Strict types for everything a caller sends (issue 14): a number is a JSON number — never
+# ``true`` or ``"0.5"`` — and finite (NaN, Infinity and overflowing literals are refused);
+# lists stop at their first bad item (``fail_fast``) so a 10 MB body of strings is one error,
+# not 1.4 million of them built on the event loop; every string has a bounded length.
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Row = Annotated[list[Number | None], Field(fail_fast=True, max_length=100_000)]
+Timeframe = Literal[tuple(TIMEFRAMES)]  # type: ignore[valid-type]
+Symbol = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9._#+&-]{1,32}$",
+        max_length=32,
+        description="MT5 symbol: 1-32 letters, digits or . _ # + & -",
+        examples=["EURUSD"],
+    ),
+]
+ModelName = Annotated[
+    str, Field(max_length=200, description="registered model name; default: the first served")
+]
+# spelling checked by `pipelines.model_cache.canonical_ref` (its message says what is accepted)
+VersionRef = Annotated[
+    str,
+    Field(max_length=64, description="alias (champion, challenger) or version number (ASCII digits)"),
+]
+# bar open times, UTC epoch seconds: from 1970 to 2100 (anything else is not a bar of ours)
+EpochSeconds = Annotated[int, Field(strict=True, ge=0, le=4_102_444_800)]
 
 
 class ScoreResponse(BaseModel):
@@ -22,13 +51,13 @@ class BarsInput(BaseModel):
     """Closed bars of one timeframe, oldest first; ``time`` is the bar open, UTC epoch seconds;
     ``spread`` in points."""
 
-    time: list[int]
-    open: list[float]
-    high: list[float]
-    low: list[float]
-    close: list[float]
-    tick_volume: list[float]
-    spread: list[float]
+    time: Annotated[list[EpochSeconds], Field(fail_fast=True, min_length=1)]
+    open: Annotated[list[Number], Field(fail_fast=True, min_length=1)]
+    high: Annotated[list[Number], Field(fail_fast=True, min_length=1)]
+    low: Annotated[list[Number], Field(fail_fast=True, min_length=1)]
+    close: Annotated[list[Number], Field(fail_fast=True, min_length=1)]
+    tick_volume: Annotated[list[Number], Field(fail_fast=True, min_length=1)]
+    spread: Annotated[list[Number], Field(fail_fast=True, min_length=1)]
 
 
 class BarsScoreResponse(BaseModel):
@@ -75,4 +104,6 @@ class ResultsResponse(BaseModel):
 
 
 ROWS_EXAMPLE = [[0.0001, -0.0002, 0.5]]
-OwnTenant = Annotated[str | None, Field(description="tenant id or name; only your own is allowed")]
+OwnTenant = Annotated[
+    str | None, Field(max_length=200, description="tenant id or name; only your own is allowed")
+]

@@ -45,10 +45,16 @@ from serving.schemas import (
     BarsInput,
     BarsScoreResponse,
     ModelInfo,
+    ModelName,
     ModelsResponse,
+    Number,
     OwnTenant,
     ResultsResponse,
+    Row,
     ScoreResponse,
+    Symbol,
+    Timeframe,
+    VersionRef,
 )
 from serving.stream import StreamRoute, stream_app
 
@@ -81,7 +87,18 @@ def _deployment_shape() -> dict[str, Any]:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     workers, gpus = serving.workers, serving.gpus
-    return {"workers": workers, "resources": {"gpu": gpus} if gpus else {"cpu": "1"}}
+    shape: dict[str, Any] = {"workers": workers, "resources": {"gpu": gpus} if gpus else {"cpu": "1"}}
+    if serving.ssl_certfile or serving.ssl_keyfile:
+        missing = [f for f in (serving.ssl_certfile, serving.ssl_keyfile) if not f or not Path(f).is_file()]
+        if missing:
+            print(
+                "error: serving.ssl_certfile and serving.ssl_keyfile must both name readable PEM files "
+                f"(not found: {missing})",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+        shape["ssl"] = {"enabled": True, "certfile": serving.ssl_certfile, "keyfile": serving.ssl_keyfile}
+    return shape
 
 
 _SHAPE = _deployment_shape()
@@ -163,11 +180,16 @@ class ScoringService:
         from pipelines.config import load_params
         from pipelines.model_cache import ModelCache
         from pipelines.store import ResultsStore
+        from serving import bodies
         from serving.auth import Authenticator
+        from serving.guard import quiet_client_errors
+        from serving.health import Health
 
         params = load_params(*params_location())
         self.settings = params.serving
-        self.store = ResultsStore(params.store.url, params.store.admin_url)
+        bodies.install(self.settings.limits.max_json_depth)  # JSON bodies parsed off the event loop
+        quiet_client_errors()  # a rejected request logs one line (serving.guard), no traceback
+        self.store = ResultsStore.from_params(params.store)
         if self.store.dialect == "sqlite":
             self.store.migrate()  # PostgreSQL: `python -m pipelines.tenants migrate` as the owner
         self.auth = Authenticator(self.store, self.settings.api_key_header, self.settings.auth_cache_seconds)
@@ -177,6 +199,7 @@ class ScoringService:
             max_loaded=self.settings.max_loaded_versions,
             device=self.settings.device,
             default_alias=self.settings.alias,
+            broken_seconds=self.settings.broken_version_seconds,
         )
         self.models.refresh()
         for name in self.models.names:
@@ -189,6 +212,10 @@ class ScoringService:
                 log.info(
                     "serving %s version %s (%s) on %s", name, version, self.settings.alias, self.models.device
                 )
+        self.health = Health(
+            self.store, self.models, self.settings.alias, self.settings.health_interval_seconds
+        )
+        self.health.start()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
         self._batchers: dict[tuple[str, str], Any] = {}
         self._stop = threading.Event()
@@ -217,6 +244,7 @@ class ScoringService:
     @bentoml.on_shutdown
     def shutdown(self) -> None:
         self._stop.set()
+        self.health.stop()
         self._executor.shutdown(wait=False)
         self.bus.close()
         self.store.close()
@@ -257,7 +285,9 @@ class ScoringService:
         _DELIVERY_LAG.labels(timeframe=timeframe).observe(max(0.0, (sent - closed).total_seconds()))
 
     def __is_ready__(self) -> bool:
-        return all(self.models.aliases(n).get(self.settings.alias) for n in self.models.names)
+        """Ready when `serving.health.Health` has no reason not to be (``/readyz`` itself is
+        answered by `serving.guard.RequestGuard`, with the reasons)."""
+        return not self.health.reasons()
 
     # ------------------------------------------------------------------ helpers
     def _tenant(self, ctx: bentoml.Context) -> Any:
@@ -270,7 +300,7 @@ class ScoringService:
 
     def _resolve(self, tenant: Any, model: str | None, version: str | None) -> tuple[Any, str | None]:
         """The loaded model for this tenant's request, and the alias it came through."""
-        from pipelines.model_cache import BadVersion, UnknownModel, canonical_ref
+        from pipelines.model_cache import BadVersion, ModelUnavailable, UnknownModel, canonical_ref
 
         try:
             version = canonical_ref(version) if version is not None else None
@@ -295,6 +325,24 @@ class ScoringService:
             return self.models.get(name, resolved), (None if ref.isdigit() else ref)
         except UnknownModel as exc:
             raise ApiError(HTTPStatus.NOT_FOUND, str(exc)) from exc
+        except ModelUnavailable as exc:
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from exc
+
+    async def _resolve_off_loop(
+        self, tenant: Any, model: str | None, version: str | None
+    ) -> tuple[Any, str | None]:
+        """`_resolve` — on the event loop only when it needs nothing but memory (an alias or a
+        tenant's pin to a loaded version); a version number may query the registry and the
+        store, and a first use loads the model: those run in a worker thread."""
+        from starlette.concurrency import run_in_threadpool
+
+        if version is None or not version.strip().isdigit():
+            name = model or (self.models.names or [""])[0]
+            ref = version or tenant.pins.get(name) or self.settings.alias
+            resolved = ref if ref.isdigit() else self.models.aliases(name).get(ref)
+            if resolved is not None and self.models.is_loaded(name, resolved):
+                return self._resolve(tenant, model, version)
+        return await run_in_threadpool(self._resolve, tenant, model, version)
 
     def _pinned_by_other(self, tenant: Any, name: str, version: str) -> bool:
         try:
@@ -326,6 +374,8 @@ class ScoringService:
     async def _guard(self, ctx: bentoml.Context, endpoint: str, handler: Any) -> Any:
         """Run `handler`; turn `ApiError` (and bad-input errors) into JSON with the right code,
         and record per-model-version request counts and latency."""
+        from sqlalchemy.exc import DBAPIError
+        from sqlalchemy.exc import TimeoutError as PoolTimeout
         from starlette.responses import JSONResponse
 
         from pipelines.store import StoreError
@@ -333,14 +383,28 @@ class ScoringService:
         started = time.perf_counter()
         labels = {"model": "", "version": ""}
         status = HTTPStatus.OK
+        timeout = self.settings.limits.request_timeout_seconds
         try:
-            result, found = await handler()
+            result, found = await asyncio.wait_for(handler(), timeout)
             labels.update(found)
             return result
         except ApiError as exc:
             status, message = exc.status, exc.message
         except StoreError as exc:
             status, message = HTTPStatus.BAD_REQUEST, str(exc)
+        except TimeoutError:
+            status = HTTPStatus.SERVICE_UNAVAILABLE
+            message = f"the request took longer than {timeout:g} s (serving.limits.request_timeout_seconds)"
+        except (PoolTimeout, DBAPIError) as exc:
+            if isinstance(exc, DBAPIError) and not _unavailable(exc):
+                log.exception("%s failed", endpoint)
+                status, message = HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the service log"
+            else:
+                self.health.store_failed(exc)
+                status, message = (
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    "the results store is unavailable; retry shortly",
+                )
         except Exception:  # noqa: BLE001 - a genuine server fault: say so, log it, no details out
             log.exception("%s failed", endpoint)
             status, message = HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the service log"
@@ -352,29 +416,32 @@ class ScoringService:
             {"WWW-Authenticate": 'ApiKey header="X-API-Key"'} if status == HTTPStatus.UNAUTHORIZED else None
         )
         return JSONResponse({"error": message}, status_code=int(status), headers=headers)
+
     # ------------------------------------------------------------------ endpoints
     @bentoml.api(route="/score")
     async def score(
         self,
         rows: Annotated[
-            list[list[float | None]],
+            list[Row],
             Field(
                 description="feature rows, one list per row, columns in the model's order; null marks "
-                "a missing value (a feature still in its warm-up), imputed as in training; NaN and "
-                "Infinity are rejected",
+                "a missing value (a feature still in its warm-up), imputed as in training; values are "
+                "JSON numbers (not strings or booleans); NaN and Infinity are rejected",
                 examples=[ROWS_EXAMPLE],
+                fail_fast=True,
+                min_length=1,
             ),
         ],
         columns: Annotated[
-            list[str] | None,
-            Field(description="column names of `rows` (checked against the model's; may be reordered)"),
+            list[Annotated[str, Field(max_length=200)]] | None,
+            Field(
+                description="column names of `rows` (checked against the model's; may be reordered)",
+                fail_fast=True,
+                max_length=100_000,
+            ),
         ] = None,
-        model: Annotated[
-            str | None, Field(description="registered model name; default: the first served")
-        ] = None,
-        version: Annotated[
-            str | None, Field(description="alias (champion, challenger) or version number")
-        ] = None,
+        model: ModelName | None = None,
+        version: VersionRef | None = None,
         ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> ScoreResponse:
         """P(up) for rows of features. Adaptive batching: concurrent calls for the same model
@@ -390,8 +457,13 @@ class ScoringService:
                     f"batch of {len(rows)} rows is over the limit of {self.settings.max_batch_rows}: "
                     "split it",
                 )
-            loaded, alias = self._resolve(tenant, model, version)
-            X = feature_matrix(rows, columns, loaded.columns)
+            loaded, alias = await self._resolve_off_loop(tenant, model, version)
+            if len(rows) * len(rows[0]) <= 4096:
+                X = feature_matrix(rows, columns, loaded.columns)
+            else:  # a big batch's conversion takes ~10 ms per 100,000 values: off the loop
+                X = await asyncio.get_running_loop().run_in_executor(
+                    None, feature_matrix, rows, columns, loaded.columns
+                )
             P = await self._batcher(loaded).submit(X)
             _ROWS.labels(model=loaded.name, version=loaded.version).inc(len(P))
             labels = {"model": loaded.name, "version": loaded.version}
@@ -404,19 +476,20 @@ class ScoringService:
     @bentoml.api(route="/score_bars")
     async def score_bars(
         self,
-        symbol: Annotated[str, Field(description="symbol the bars belong to, e.g. EURUSD")],
+        symbol: Symbol,
         bars: Annotated[
-            dict[str, BarsInput],
+            dict[Timeframe, BarsInput],
             Field(
                 description="timeframe (M5, M15, H1, ...) → its recent closed bars; the model's base "
-                "and every higher timeframe it uses, with enough history for the feature windows"
+                "and every higher timeframe it uses, with enough history for the feature windows",
+                min_length=1,
             ),
         ],
         point: Annotated[
-            float | None, Field(description="price of one point, > 0 (inferred when omitted)")
+            Number | None, Field(gt=0, description="price of one point, > 0 (inferred when omitted)")
         ] = None,
-        model: str | None = None,
-        version: str | None = None,
+        model: ModelName | None = None,
+        version: VersionRef | None = None,
         ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> BarsScoreResponse:
         """P(up) for the newest bar, features computed here with the training code (features/)."""
@@ -425,7 +498,7 @@ class ScoringService:
             tenant = self._tenant(ctx)
             if point is not None and not (np.isfinite(point) and point > 0):
                 raise ApiError(HTTPStatus.BAD_REQUEST, f"point must be a positive price step, got {point}")
-            loaded, alias = self._resolve(tenant, model, version)
+            loaded, alias = await self._resolve_off_loop(tenant, model, version)
             spec = loaded.feature_spec
             if spec is None:
                 raise ApiError(
@@ -482,8 +555,8 @@ class ScoringService:
     @bentoml.api(route="/results/latest")
     async def results_latest(
         self,
-        symbol: str | None = None,
-        timeframe: str | None = None,
+        symbol: Symbol | None = None,
+        timeframe: Timeframe | None = None,
         tenant: OwnTenant = None,
         ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> ResultsResponse:
@@ -501,8 +574,8 @@ class ScoringService:
         self,
         start: Annotated[datetime, Field(description="first bar open time (UTC, inclusive)")],
         end: Annotated[datetime, Field(description="last bar open time (UTC, exclusive)")],
-        symbol: str | None = None,
-        timeframe: str | None = None,
+        symbol: Symbol | None = None,
+        timeframe: Timeframe | None = None,
         limit: Annotated[int, Field(ge=1, le=100_000)] = 10_000,
         tenant: OwnTenant = None,
         ctx: bentoml.Context = None,  # type: ignore[assignment]
@@ -539,7 +612,18 @@ class ScoringService:
         return await asyncio.get_running_loop().run_in_executor(None, run)
 
 
-# the key, then the body size, before any endpoint work (serving/guard.py)
+def _unavailable(exc: Any) -> bool:
+    """Whether a database error means the store cannot answer now (connection lost or
+    refused, statement timeout, server shutting down) rather than a fault in our query."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    if getattr(exc, "connection_invalidated", False) or isinstance(exc, OperationalError | InterfaceError):
+        return True
+    code = getattr(getattr(exc, "orig", None), "sqlstate", None) or ""
+    return code.startswith(("08", "53", "57"))  # connection, resources, operator intervention
+
+
+# limits, the key, then the body, before any endpoint work; /readyz with reasons (serving/guard.py)
 ScoringService.add_asgi_middleware(RequestGuard, service=lambda: _SERVICE.get("instance"))
 # GET /stream: server-sent events of the caller's results (serving/stream.py)
 ScoringService.add_asgi_middleware(StreamRoute, handler=stream_app(lambda: _SERVICE.get("instance")))

@@ -254,7 +254,13 @@ def _validate_thresholds(long_above: float, short_below: float) -> None:
         raise StoreError(str(exc)) from None
 
 
-def _engine(url: str) -> sa.Engine:
+def _engine(url: str, statement_timeout_ms: int = 0, connect_timeout: float | None = None) -> sa.Engine:
+    """An engine for `url`. PostgreSQL: every statement is cancelled after
+    `statement_timeout_ms` (0: never) and connecting — or waiting for a pooled connection —
+    gives up after `connect_timeout` seconds, so a stalled or unreachable database turns into
+    an error the caller can answer (503) instead of a hung request. TLS is the URL's
+    ``sslmode`` (``?sslmode=verify-full&sslrootcert=…``), passed to libpq as written.
+    SQLite: a writer waits up to 30 s for the file lock."""
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": 30})
 
@@ -267,18 +273,47 @@ def _engine(url: str) -> sa.Engine:
             cur.close()
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True)
+    connect_args: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {}
+    if statement_timeout_ms:
+        connect_args["options"] = f"-c statement_timeout={int(statement_timeout_ms)}"
+    if connect_timeout is not None:
+        connect_args["connect_timeout"] = max(1, int(round(connect_timeout)))
+        kwargs["pool_timeout"] = connect_timeout
+    return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
 
 
 class ResultsStore:
     """Entry point to the store; cheap to share across threads (SQLAlchemy engines pool)."""
 
-    def __init__(self, url: str, admin_url: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        admin_url: str | None = None,
+        statement_timeout_ms: int = 0,
+        connect_timeout: float | None = None,
+    ) -> None:
+        """`statement_timeout_ms` and `connect_timeout` apply to `url`'s connections
+        (scoring, serving) on PostgreSQL; the admin connection (migrations, tenant
+        administration) is not cut short."""
         self.url = url
         self.admin_url = admin_url or url
-        self.engine = _engine(url)
-        self.admin_engine = self.engine if self.admin_url == url else _engine(self.admin_url)
+        self.engine = _engine(url, statement_timeout_ms, connect_timeout)
+        self.admin_engine = (
+            self.engine if self.admin_url == url else _engine(self.admin_url, 0, connect_timeout)
+        )
         self.dialect = self.engine.dialect.name
+
+    @classmethod
+    def from_params(cls, store: Any) -> ResultsStore:
+        """The store of a ``store:`` section (`pipelines.config.StoreParams`)."""
+        return cls(store.url, store.admin_url, store.statement_timeout_ms, store.connect_timeout_seconds)
+
+    def ping(self) -> None:
+        """Raise unless the store answers a trivial query (PostgreSQL: within the connect and
+        statement timeouts)."""
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -668,9 +703,9 @@ class ResultsStore:
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": LEASE_LOCK})
             _upsert(conn, worker_heartbeats, [{"holder": holder, "seen_at": now}], ("holder",))
             live = conn.execute(
-                sa.select(sa.func.count()).select_from(worker_heartbeats).where(
-                    worker_heartbeats.c.seen_at > now - timedelta(seconds=ttl_seconds)
-                )
+                sa.select(sa.func.count())
+                .select_from(worker_heartbeats)
+                .where(worker_heartbeats.c.seen_at > now - timedelta(seconds=ttl_seconds))
             ).scalar_one()
             share = -(-len(wanted) // max(1, live))
             held = {

@@ -1,0 +1,102 @@
+"""What the service depends on, checked in the background (issue 14): ``/readyz`` answers 503
+with the reasons while the results store, the model registry or a served model is
+unavailable, and 200 again by itself once they are back.
+
+A thread re-checks every ``serving.health_interval_seconds``: the store with ``SELECT 1``
+(PostgreSQL: bounded by ``store.connect_timeout_seconds`` and ``statement_timeout_ms``), the
+registry by whether the last alias refresh could read MLflow, and each served model by
+whether its default alias resolves to a version that is loaded (or loads now; a version whose
+artifact fails is backed off, `pipelines.model_cache.ModelUnavailable`). A request that meets
+a failing store reports it at once (`store_failed`), so readiness drops before the next check.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+log = logging.getLogger("mt5prob.serving")
+
+
+class Health:
+    def __init__(self, store: Any, models: Any, alias: str, interval: float) -> None:
+        self.store = store
+        self.models = models
+        self.alias = alias
+        self.interval = interval
+        self._store_error: str | None = None
+        self._model_errors: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------ reading
+    def reasons(self) -> list[str]:
+        """Why the service is not ready now (empty: ready). Cheap: no I/O."""
+        with self._lock:
+            out = [f"results store unavailable: {self._store_error}"] if self._store_error else []
+            registry = self.models.registry_error
+            if registry:
+                out.append(f"model registry unavailable: {registry}")
+            return out + list(self._model_errors)
+
+    def store_failed(self, exc: BaseException) -> None:
+        """A request found the store failing: not ready until the next check succeeds."""
+        with self._lock:
+            first = self._store_error is None
+            self._store_error = _one_line(exc)
+        if first:
+            log.warning("results store unavailable: %s", self._store_error)
+
+    # ------------------------------------------------------------ checking
+    def check(self) -> list[str]:
+        """One pass over every dependency; returns `reasons()`."""
+        try:
+            self.store.ping()
+        except Exception as exc:  # noqa: BLE001 - any failure to answer is "unavailable"
+            self.store_failed(exc)
+        else:
+            with self._lock:
+                was, self._store_error = self._store_error, None
+            if was:
+                log.warning("results store available again")
+        errors = []
+        for name in self.models.names:
+            version = self.models.aliases(name).get(self.alias)
+            if version is None:
+                errors.append(f"{name} has no {self.alias} version")
+                continue
+            try:
+                self.models.get(name, version)
+            except Exception as exc:  # noqa: BLE001 - ModelUnavailable names version and back-off
+                errors.append(_one_line(exc))
+        with self._lock:
+            self._model_errors = errors
+        return self.reasons()
+
+    def start(self) -> None:
+        self.check()
+        self._thread = threading.Thread(target=self._run, name="health", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            started = time.monotonic()
+            try:
+                self.check()
+            except Exception:  # noqa: BLE001 - the checker must outlive any one failure
+                log.exception("health check failed")
+            if time.monotonic() - started > 5 * self.interval:
+                log.warning("health check took %.1f s", time.monotonic() - started)
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return (
+        f"{type(exc).__name__}: {text[:limit]}" if not text.startswith(type(exc).__name__) else text[:limit]
+    )
