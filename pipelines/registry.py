@@ -294,12 +294,15 @@ class Registry:
         return current, target
 
     def require_version(self, name: str, version: str) -> None:
-        """ValueError naming the versions that exist when `version` is not one of them."""
+        """ValueError naming the versions that exist when `version` is not one of them; any
+        other failure (the registry's database unreachable) is raised as it is."""
         from mlflow.exceptions import MlflowException
 
         try:
             self.client.get_model_version(name, str(version))
         except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise
             try:
                 known = sorted(int(v.version) for v in self.client.search_model_versions(f"name='{name}'"))
             except MlflowException:

@@ -5,6 +5,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -48,9 +49,20 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _tls(params: Path) -> bool:
+    """Whether the params file turns TLS on (``serving.ssl_certfile``)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(params).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    return bool((raw.get("serving") or {}).get("ssl_certfile"))
+
+
 @dataclass(frozen=True)
 class RunningService:
-    url: str  # http://127.0.0.1:PORT
+    url: str  # http://127.0.0.1:PORT (https:// when the params file turns TLS on)
     pid: int  # the bentoml serve process (its workers are its children)
 
 
@@ -77,14 +89,17 @@ def running_service(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    url = f"http://127.0.0.1:{port}"
+    scheme, context = "http", None
+    if _tls(params):  # our own child on loopback: its readiness is probed without verification
+        scheme, context = "https", ssl._create_unverified_context()  # noqa: S323
+    url = f"{scheme}://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"bentoml serve exited with {proc.returncode} (log: {log})")
             try:
-                with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
+                with urllib.request.urlopen(f"{url}/readyz", timeout=2, context=context) as r:
                     if r.status == 200:
                         break
             except (urllib.error.URLError, ConnectionError, TimeoutError):

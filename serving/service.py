@@ -254,6 +254,7 @@ class ScoringService:
         request examples built from the default model's columns and feature spec; rebuilt when
         that model's default version changes."""
         from serving.docs import api_document, bars_example, package_version, score_example
+        from serving.guard import SWITCHES
 
         try:
             loaded = self.models.get(*self.models.resolve(None, self.settings.alias))
@@ -267,8 +268,11 @@ class ScoringService:
             examples["/score"] = score_example(loaded.columns)
             if loaded.feature_spec is not None:
                 examples["/score_bars"] = bars_example(loaded.feature_spec)
+        spec = ScoringService.openapi_spec.asdict()
+        off = {path for path, switch in SWITCHES.items() if not getattr(self.settings.endpoints, switch)}
+        spec["paths"] = {path: item for path, item in spec.get("paths", {}).items() if path not in off}
         doc = api_document(
-            ScoringService.openapi_spec.asdict(),
+            spec,
             title="mt5prob scoring API",
             description=" ".join((ScoringService.inner.__doc__ or "").split()),
             version=package_version(),

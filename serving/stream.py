@@ -148,6 +148,9 @@ def stream_app(service: Any) -> Any:
         if svc is None:
             await respond(send, 503, "the service is still starting")
             return
+        if not svc.settings.endpoints.stream:
+            await respond(send, 404, "/stream is switched off on this service (serving.endpoints.stream)")
+            return
         if scope["method"] != "GET":
             await respond(send, 405, "use GET /stream", [(b"allow", b"GET")])
             return
@@ -166,8 +169,8 @@ def stream_app(service: Any) -> Any:
             extra = [(b"www-authenticate", b'ApiKey header="X-API-Key"')] if exc.status == 401 else []
             await respond(send, int(exc.status), exc.message, extra)
             return
-        except Exception:  # noqa: BLE001 — the store is down: not the caller's fault
-            log.exception("stream: authentication failed")
+        except Exception as exc:  # noqa: BLE001 — the store is down: not the caller's fault
+            svc.health.store_failed(exc)
             await respond(send, 503, "the results store is unavailable; retry shortly")
             return
         if hub.closing:
@@ -189,8 +192,8 @@ def stream_app(service: Any) -> Any:
 
         try:
             cursor = await run_in_threadpool(first_cursor)
-        except Exception:  # noqa: BLE001
-            log.exception("stream: store unavailable")
+        except Exception as exc:  # noqa: BLE001 - the store is down: one line, no traceback
+            svc.health.store_failed(exc)
             await respond(send, 503, "the results store is unavailable; retry shortly")
             return
 

@@ -421,6 +421,16 @@ def test_bad_bars(env):
     ragged = _payload(bars)
     ragged["M5"]["close"] = ragged["M5"]["close"][:-1]
     assert post(env, "/score_bars", {"symbol": "EURUSD", "bars": ragged}).status_code == 400
+    for when in (2**63, 2**62, 10**12, -1):  # past 64 bits, past year 2100, before 1970
+        odd = _payload(bars)
+        odd["M5"]["time"][-1] = when
+        r = post(env, "/score_bars", {"symbol": "EURUSD", "bars": odd})
+        assert r.status_code == 400 and r.json()["error"].startswith("bars.M5.time."), r.text
+    for symbol in ("EUR\x00USD", "E" * 1000, ""):
+        r = post(env, "/score_bars", {"symbol": symbol, "bars": _payload(bars)})
+        assert r.status_code == 400 and r.json()["error"].startswith("symbol:"), r.text
+    r = post(env, "/score_bars", {"symbol": "EURUSD", "bars": {"M7": _payload(bars)["M5"]}})
+    assert r.status_code == 400 and r.json()["error"].startswith("bars.M7"), r.text
 
 
 def test_results_endpoints(env):
