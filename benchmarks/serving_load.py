@@ -121,7 +121,11 @@ def prepare(work: Path) -> tuple[Path, str, str, np.ndarray, list[str]]:
         "registry": {"tracking_uri": f"sqlite:///{work / 'mlflow.db'}"},
         "store": {"url": f"sqlite:///{work / 'results.db'}"},
         "outputs": str(work / "outputs"),
-        "serving": {"reload_interval_seconds": 1.0},
+        # capacity of one tenant from one address: the per-caller limits (serving.limits) off
+        "serving": {
+            "reload_interval_seconds": 1.0,
+            "limits": {"per_address_rps": 0, "per_tenant_rps": 0, "tenant_concurrency": 0},
+        },
     }
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     params_file = work / "params.yaml"

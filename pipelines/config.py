@@ -457,6 +457,7 @@ class ServingParams(_Frozen):
     max_loaded_versions: int = Field(4, ge=1)  # least recently used versions are evicted
     reload_interval_seconds: float = Field(2.0, gt=0, le=60)  # alias changes picked up this fast
     max_batch_rows: int = Field(10_000, ge=1)  # rows per request on /score
+    bulk_rows: int = Field(256, ge=1)  # /score requests this large are scored on a lane of their own
     max_bars: int = Field(20_000, ge=1)  # bars per timeframe on /score_bars
     # a request body past this is refused unread (413); must hold max_batch_rows rows as JSON
     max_body_bytes: int = Field(32 * 2**20, ge=1024)
@@ -472,6 +473,7 @@ class ServingParams(_Frozen):
     endpoints: EndpointsParams = EndpointsParams()
     health_interval_seconds: float = Field(1.0, gt=0, le=30)  # /readyz re-checks its dependencies this often
     broken_version_seconds: float = Field(60.0, ge=0)  # a version that failed to load is not retried for this
+    access_log: bool = True  # BentoML's line per request (off: rejections are still logged, one line each)
     ssl_certfile: str | None = None  # TLS: PEM certificate (chain) for bentoml serve; None: plain HTTP
     ssl_keyfile: str | None = None  # TLS: its private key (PEM)
 

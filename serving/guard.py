@@ -6,7 +6,8 @@ For the keyed routes (``/score``, ``/score_bars``, ``/models``, ``/results/*``),
 1. **switched off?** ``serving.endpoints`` → 404 naming the switch;
 2. **per-address rate** (``serving.limits.per_address_rps``), and an address whose recent
    keys failed more than ``failed_keys_burst`` times (refilled at ``failed_keys_per_minute``)
-   gets 429 *before* any key look-up — a bad-key flood costs no database query;
+   gets 429 *before* any key look-up — a bad-key flood costs no database query — held back up
+   to ``TARPIT_SECONDS`` first, so a client retrying in a tight loop slows down to its pace;
 3. **the key**, checked from the headers alone, off the event loop (the look-up may query the
    results store); a store that cannot answer is a 503, never a 500; the tenant found rides in
    the request scope (``TENANT_STATE``) so the endpoint does not look it up again;
@@ -19,7 +20,9 @@ For the keyed routes (``/score``, ``/score_bars``, ``/models``, ``/results/*``),
 Every 4xx/5xx a keyed route answers — ours, the endpoint's or BentoML's own validation — leaves
 with one body shape, ``{"error": "<one line, at most 300 characters>"}`` (BentoML's list of
 pydantic errors becomes ``"rows.0.3: Input should be a valid number (and 2 more)"``), and one
-log line (no traceback; the client's address and tenant id, never its key). Limits are per
+log line (no traceback; the client's address and tenant id, never its key) — except 429s,
+which are a flood by nature: one line per address per ``FLOOD_LOG_SECONDS`` with the count
+of those not logged. Limits are per
 service worker process. `readiness` answers ``/readyz`` with the reasons it is not ready.
 """
 
@@ -119,7 +122,12 @@ def validation_message(body: Any) -> str:
     return str(body.get("error", "bad request"))
 
 
-async def _respond(send: Any, status: int, message: str, headers: list | None = None) -> None:
+async def _respond(
+    send: Any, status: int, message: str, headers: list | None = None, close: bool = False
+) -> None:
+    """`{"error": message}` with `status`. `close`: the request's body was not read — the
+    connection is closed after the answer, so the server does not read and discard what the
+    client keeps sending (a 100 MB body refused unread would otherwise still be parsed)."""
     body = json.dumps({"error": bounded(message)}).encode()
     await send(
         {
@@ -128,6 +136,7 @@ async def _respond(send: Any, status: int, message: str, headers: list | None = 
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                *([(b"connection", b"close")] if close else []),
                 *(headers or []),
             ],
         }
@@ -148,6 +157,7 @@ class RequestGuard:
         self.service = service
         self._limits: Any = None
         self._in_flight: dict[str, int] = {}
+        self._tarpitted = 0
 
     def _setup(self, settings: Any) -> None:
         lim = settings.limits
@@ -169,7 +179,7 @@ class RequestGuard:
             return
         svc = self.service()
         if svc is None:
-            await _respond(send, 503, "the service is starting; retry shortly")
+            await _respond(send, 503, "the service is starting; retry shortly", close=True)
             return
         if self._limits is None:
             self._setup(svc.settings)
@@ -191,10 +201,12 @@ class RequestGuard:
             return
         wait = self.per_address.take(address)
         if wait:
+            await self._tarpit(wait)
             await reject(429, f"too many requests from {address}; retry in {math.ceil(wait)} s", wait)
             return
         wait = self.failed_keys.wait(address)
         if wait:
+            await self._tarpit(wait)
             await reject(429, f"too many failed API keys from {address}; retry in {math.ceil(wait)} s", wait)
             return
         headers = Headers(scope=scope)
@@ -237,6 +249,21 @@ class RequestGuard:
                 self._in_flight[tenant.tenant_id] = left
             else:
                 self._in_flight.pop(tenant.tenant_id, None)
+
+    async def _tarpit(self, wait: float) -> None:
+        """Hold an address that is over its limit for up to `TARPIT_SECONDS` before its 429
+        (its body unread: the server stops reading after 64 KB), so a client retrying in a
+        loop costs the service a sleeping coroutine instead of hundreds of requests a second.
+        At most `TARPIT_MAX` are held at once; beyond that the 429 is immediate."""
+        import asyncio
+
+        if self._tarpitted >= TARPIT_MAX:
+            return
+        self._tarpitted += 1
+        try:
+            await asyncio.sleep(min(wait, TARPIT_SECONDS))
+        finally:
+            self._tarpitted -= 1
 
     async def _body(self, scope: dict, receive: Any, reject: _Rejections, limit: int, headers: Any) -> None:
         declared = headers.get("content-length")
@@ -290,6 +317,12 @@ class RequestGuard:
         await send({"type": "http.response.body", "body": body})
 
 
+TARPIT_SECONDS = 1.0  # an address over its limit waits up to this long for its 429
+TARPIT_MAX = 256  # connections held so at once (per worker)
+FLOOD_LOG_SECONDS = 1.0  # 429s from one address: one log line per this many seconds, with a count
+_FLOOD: dict[str, tuple[float, int]] = {}  # address → (when its last 429 was logged, not logged since)
+
+
 class _Rejections:
     """The `send` of one keyed request: error answers (status ≥ 400) — the guard's own and
     the app's — are normalised to ``{"error": one bounded line}`` and logged once."""
@@ -308,17 +341,29 @@ class _Rejections:
     ) -> None:
         self._log(status, message)
         headers = (_retry_after(retry_after) if retry_after is not None else []) + (extra or [])
-        await _respond(self._send, status, message, headers)
+        await _respond(self._send, status, message, headers, close=True)
 
     def _log(self, status: int, message: str) -> None:
+        more = ""
+        if status == 429:  # a flood of refusals must not become a flood of log lines
+            now = time.monotonic()
+            last, quiet = _FLOOD.get(self.address, (-1.0, 0))
+            if now - last < FLOOD_LOG_SECONDS:
+                _FLOOD[self.address] = (last, quiet + 1)
+                return
+            if len(_FLOOD) > 10_000:
+                _FLOOD.clear()
+            _FLOOD[self.address] = (now, 0)
+            more = f" (and {quiet} more 429s from this address not logged)" if quiet else ""
         log.warning(
-            "rejected %s %s from %s%s: %d %s",
+            "rejected %s %s from %s%s: %d %s%s",
             self.scope.get("method", "?"),
             self.scope.get("path", "?")[:100],
             self.address,
             f" tenant {self.tenant}" if self.tenant else "",
             status,
             bounded(message),
+            more,
         )
 
     async def send(self, message: dict) -> None:

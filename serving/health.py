@@ -85,14 +85,33 @@ class Health:
         self._stop.set()
 
     def _run(self) -> None:
+        trimmed = time.monotonic()
         while not self._stop.wait(self.interval):
             started = time.monotonic()
             try:
                 self.check()
             except Exception:  # noqa: BLE001 - the checker must outlive any one failure
                 log.exception("health check failed")
+            if started - trimmed >= TRIM_SECONDS:
+                release_memory()
+                trimmed = started
             if time.monotonic() - started > 5 * self.interval:
                 log.warning("health check took %.1f s", time.monotonic() - started)
+
+
+TRIM_SECONDS = 10.0
+
+
+def release_memory() -> None:
+    """Hand memory freed by finished requests back to the system (glibc ``malloc_trim``):
+    every request thread has its own malloc arena, and a 10,000-row batch leaves tens of MB
+    free but held in one; without this the service's RSS stays at its high-water mark."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def _one_line(exc: BaseException, limit: int = 200) -> str:

@@ -107,3 +107,16 @@ ROWS_EXAMPLE = [[0.0001, -0.0002, 0.5]]
 OwnTenant = Annotated[
     str | None, Field(max_length=200, description="tenant id or name; only your own is allowed")
 ]
+
+
+class ScoreBody(BaseModel):
+    """The `/score` request body, as the endpoint declares it: used to parse large bodies in
+    a separate process (`serving.bodies`), where the conversion holds no lock the service's
+    event loop needs."""
+
+    model_config = {"extra": "ignore"}
+
+    rows: Annotated[list[Row], Field(fail_fast=True, min_length=1)]
+    columns: Annotated[list[Annotated[str, Field(max_length=200)]] | None, Field(fail_fast=True)] = None
+    model: ModelName | None = None
+    version: VersionRef | None = None

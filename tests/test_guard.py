@@ -11,7 +11,7 @@ import threading
 import pytest
 from pydantic import BaseModel
 
-from serving.bodies import OFF_LOOP_BYTES, install, json_depth
+from serving.bodies import OFF_LOOP_BYTES, PARSER, install, json_depth, parse_score_body
 from serving.docs import openapi30
 from serving.errors import MAX_MESSAGE, ApiError
 from serving.guard import TokenBuckets, bounded, validation_message
@@ -116,9 +116,12 @@ class _Input(BaseModel):
 
 
 class _Request:
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, path: str = "/other") -> None:
+        from starlette.datastructures import URL
+
         self._body = body
         self.headers: dict[str, str] = {}
+        self.url = URL(f"http://127.0.0.1{path}")
 
     async def body(self) -> bytes:
         return self._body
@@ -151,3 +154,39 @@ def test_bentoml_json_bodies_over_the_threshold_are_parsed_off_the_event_loop():
     assert asyncio.run(parse(small)).rows == [[0.5, None]] and seen[-1] == loop_thread
     with pytest.raises(BentoMLException, match="nested 12 levels deep"):
         asyncio.run(parse(b'{"rows": ' + b"[" * 11 + b"]" * 11 + b"}"))
+
+
+def test_large_score_bodies_are_parsed_in_another_process_with_the_endpoints_schema():
+    """A large `/score` body comes back as one float32 matrix (nulls as NaN), parsed by a
+    helper process; its errors are the schema's, one line naming the field."""
+    import os
+
+    import numpy as np
+    from _bentoml_impl import serde
+    from bentoml.exceptions import BentoMLException
+
+    class Input(BaseModel):
+        rows: list[list[float | None]]
+        columns: list[str] | None = None
+        model: str | None = None
+        version: str | None = None
+
+    install(max_depth=8)
+    reader = serde.ALL_SERDE["application/json"]()
+    n = OFF_LOOP_BYTES // 100 + 10
+    body = json.dumps({"rows": [[0.25, None, -1.5] * 10] * n, "version": "2"}).encode()
+    try:
+        parsed = asyncio.run(reader.parse_request(_Request(body, "/score"), Input))
+        assert isinstance(parsed.rows, np.ndarray) and parsed.rows.dtype == np.float32
+        assert parsed.rows.shape == (n, 30) and np.isnan(parsed.rows[:, 1]).all() and parsed.version == "2"
+        assert PARSER._proc is not None and PARSER._proc.pid != os.getpid()
+        PARSER._proc.kill()  # a helper that died is replaced on the next body
+        PARSER._proc.wait()
+        assert asyncio.run(reader.parse_request(_Request(body, "/score"), Input)).rows.shape == (n, 30)
+        bad = json.dumps({"rows": [[0.25] * 30] * n + [[True] * 30]}).encode()
+        with pytest.raises(BentoMLException, match=f"rows.{n}.0: Input should be a valid number"):
+            asyncio.run(reader.parse_request(_Request(bad, "/score"), Input))
+    finally:
+        PARSER.close()
+    assert parse_score_body(b'{"rows": [[1.0, 2.0], [3.0]]}') == {"error": "row 1 has 1 values, row 0 has 2"}
+    assert parse_score_body(b'{"rows": []}')["error"].startswith("rows: List should have at least 1 item")

@@ -196,6 +196,9 @@ def test_per_address_rate_limit_answers_429_with_retry_after(world):
     assert codes[:30].count(200) == 30 and 429 in codes, codes
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
     assert "too many requests from 127.0.0.4" in limited.json()["error"]
+    # a flood of 429s is logged as one line per address per second, with the count not logged
+    lines = [line for line in world["log"].read_text().splitlines() if "from 127.0.0.4: 429" in line]
+    assert 1 <= len(lines) <= 3 and codes.count(429) + 1 > len(lines), lines
     with client("127.0.0.5") as other:  # another address is not affected
         assert score(other, world).status_code == 200
 

@@ -369,6 +369,22 @@ def test_bad_rows_are_4xx_with_a_message(env, body, status, message):
     assert message in r.text and len(r.content) <= 400 and list(r.json()) == ["error"]
 
 
+def test_a_large_batch_with_warm_up_nulls_is_scored_like_a_small_one(env):
+    """A body over the off-loop threshold (parsed in the helper process) gives the same
+    probabilities as the same rows sent in small requests; nulls are imputed as in training."""
+    X = env["X"][-480:].copy()
+    X[::3, 2] = np.nan
+    rows = [[None if np.isnan(v) else float(v) for v in row] for row in X]
+    big = post(env, "/score", {"rows": rows, "columns": list(env["fm"].columns)})
+    assert big.status_code == 200, big.text
+    small = [
+        p
+        for i in range(0, 480, 40)
+        for p in post(env, "/score", {"rows": rows[i : i + 40]}).json()["probabilities"]
+    ]
+    assert np.allclose(big.json()["probabilities"], small, atol=1e-7)
+
+
 def test_bad_columns_and_non_finite_values(env):
     X = env["X"][-2:].copy()
     cols = list(env["fm"].columns)
