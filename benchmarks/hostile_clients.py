@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import importlib.util
 import json
 import multiprocessing as mp
 import os
@@ -43,20 +42,12 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 REPO = Path(__file__).resolve().parents[1]
 OUTAGE_SECONDS = 30.0
-
-
-def _cycle_bench():
-    spec = importlib.util.spec_from_file_location("live_score_cycle", REPO / "benchmarks/live_score_cycle.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _conn(port: int, source: str) -> http.client.HTTPConnection:
@@ -162,6 +153,7 @@ def main() -> int:  # noqa: PLR0915 - one scenario, read top to bottom
     import sqlalchemy as sa
     import yaml
 
+    from benchmarks import live_score_cycle as bench  # the world of the live-score benchmarks
     from pipelines.bar_store import BarStore, SeriesKey, frame_times
     from pipelines.model_cache import ModelCache
     from pipelines.registry import model_name
@@ -169,20 +161,13 @@ def main() -> int:  # noqa: PLR0915 - one scenario, read top to bottom
     from serving.devserver import free_port, running_service
     from tests.faults import TcpProxy
 
-    bench = _cycle_bench()
     results: list[tuple[str, bool]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
         params, registry = bench.setup_world(work)
-        print(
-            f"setup: {len(bench.SYMBOLS)} symbols ingested, 4 models registered in {time.perf_counter() - t0:.0f} s"
-        )
-        db = f"mt5prob_hostile_{uuid.uuid4().hex[:8]}"
-        server = sa.create_engine(args.pg, isolation_level="AUTOCOMMIT")
-        with server.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{db}"'))
-        admin = sa.make_url(args.pg).set(database=db).render_as_string(hide_password=False)
+        print(f"setup: {len(bench.SYMBOLS)} symbols ingested, 4 models registered in {time.perf_counter() - t0:.0f} s")
+        server, db, admin = bench._pg_database(args.pg)
         target = sa.make_url(admin)
         proxy = TcpProxy(target.host or "127.0.0.1", target.port or 5432)
         via_proxy = sa.make_url(app_url(admin)).set(port=proxy.port).render_as_string(hide_password=False)
