@@ -227,7 +227,7 @@ class ScoringService:
         # the event loop shares the GIL with threads converting large bodies; hand it over every
         # 1 ms instead of 5 so a request on the loop never waits a long slice behind them
         sys.setswitchinterval(0.001)
-        self._batchers: dict[tuple[str, str], Any] = {}
+        self._batchers: dict[tuple[str, str, bool], Any] = {}  # (model, version, bulk lane)
         self._stop = threading.Event()
         self._refresher = threading.Thread(target=self._follow_registry, name="registry-refresh", daemon=True)
         self._refresher.start()
