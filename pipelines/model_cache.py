@@ -244,12 +244,6 @@ class ModelCache:
         with self._lock:
             return (name, version) in self._loaded
 
-    def broken(self) -> dict[tuple[str, str], str]:
-        """Versions that failed to load and are waiting out their back-off → why."""
-        now = time.monotonic()
-        with self._lock:
-            return {k: why for k, (until, why) in self._broken.items() if until > now}
-
     # ------------------------------------------------------------ following MLflow
     def refresh(self, default_only: bool = False) -> list[tuple[str, str, str | None, str | None]]:
         """Read every followed model's aliases; load a newly pointed-to default-alias version,

@@ -48,13 +48,7 @@ SWITCHES = {
     "/stream": "stream",
 }
 TENANT_STATE = "mt5prob_tenant"  # scope["state"] key of the tenant the guard authenticated
-from serving.errors import MAX_MESSAGE  # noqa: E402 - characters of a message sent back or logged
-
-
-def bounded(message: str, limit: int = MAX_MESSAGE) -> str:
-    """`message` on one line, at most `limit` characters."""
-    line = " ".join(str(message).split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+from serving.errors import bounded  # noqa: E402 - one line, at most MAX_MESSAGE characters
 
 
 class TokenBuckets:

@@ -115,7 +115,9 @@ def release_memory() -> None:
 
 
 def _one_line(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return (
-        f"{type(exc).__name__}: {text[:limit]}" if not text.startswith(type(exc).__name__) else text[:limit]
-    )
+    """`exc` as ``Type: message`` on one bounded line."""
+    from serving.errors import bounded
+
+    text = str(exc) or type(exc).__name__
+    kind = type(exc).__name__
+    return bounded(text if text.startswith(kind) else f"{kind}: {text}", limit)

@@ -103,9 +103,31 @@ class ResultsResponse(BaseModel):
     rows: list[ResultRow]
 
 
-ROWS_EXAMPLE = [[0.0001, -0.0002, 0.5]]
 OwnTenant = Annotated[
     str | None, Field(max_length=200, description="tenant id or name; only your own is allowed")
+]
+
+
+ROWS_EXAMPLE = [[0.0001, -0.0002, 0.5]]
+# `/score`'s fields, declared once: the endpoint and `ScoreBody` (its helper-process parser) share them
+Rows = Annotated[
+    list[Row],
+    Field(
+        description="feature rows, one list per row, columns in the model's order; null marks "
+        "a missing value (a feature still in its warm-up), imputed as in training; values are "
+        "JSON numbers (not strings or booleans); NaN and Infinity are rejected",
+        examples=[ROWS_EXAMPLE],
+        fail_fast=True,
+        min_length=1,
+    ),
+]
+Columns = Annotated[
+    list[Annotated[str, Field(max_length=200)]],
+    Field(
+        description="column names of `rows` (checked against the model's; may be reordered)",
+        fail_fast=True,
+        max_length=100_000,
+    ),
 ]
 
 
@@ -116,7 +138,7 @@ class ScoreBody(BaseModel):
 
     model_config = {"extra": "ignore"}
 
-    rows: Annotated[list[Row], Field(fail_fast=True, min_length=1)]
-    columns: Annotated[list[Annotated[str, Field(max_length=200)]] | None, Field(fail_fast=True)] = None
+    rows: Rows
+    columns: Columns | None = None
     model: ModelName | None = None
     version: VersionRef | None = None

@@ -42,16 +42,16 @@ from serving.errors import ApiError
 from serving.guard import RequestGuard
 from serving.inputs import as_utc, feature_matrix, features_from_bars, result_rows
 from serving.schemas import (
-    ROWS_EXAMPLE,
     BarsInput,
     BarsScoreResponse,
+    Columns,
     ModelInfo,
     ModelName,
     ModelsResponse,
     Number,
     OwnTenant,
     ResultsResponse,
-    Row,
+    Rows,
     ScoreResponse,
     Symbol,
     Timeframe,
@@ -445,25 +445,8 @@ class ScoringService:
     @bentoml.api(route="/score")
     async def score(
         self,
-        rows: Annotated[
-            list[Row],
-            Field(
-                description="feature rows, one list per row, columns in the model's order; null marks "
-                "a missing value (a feature still in its warm-up), imputed as in training; values are "
-                "JSON numbers (not strings or booleans); NaN and Infinity are rejected",
-                examples=[ROWS_EXAMPLE],
-                fail_fast=True,
-                min_length=1,
-            ),
-        ],
-        columns: Annotated[
-            list[Annotated[str, Field(max_length=200)]] | None,
-            Field(
-                description="column names of `rows` (checked against the model's; may be reordered)",
-                fail_fast=True,
-                max_length=100_000,
-            ),
-        ] = None,
+        rows: Rows,
+        columns: Columns | None = None,
         model: ModelName | None = None,
         version: VersionRef | None = None,
         ctx: bentoml.Context = None,  # type: ignore[assignment]

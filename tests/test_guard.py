@@ -13,8 +13,8 @@ from pydantic import BaseModel
 
 from serving.bodies import OFF_LOOP_BYTES, PARSER, install, json_depth, parse_score_body
 from serving.docs import openapi30
-from serving.errors import MAX_MESSAGE, ApiError
-from serving.guard import TokenBuckets, bounded, validation_message
+from serving.errors import MAX_MESSAGE, ApiError, bounded
+from serving.guard import TokenBuckets, validation_message
 
 
 class Clock:
