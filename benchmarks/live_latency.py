@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import random
 import resource
@@ -197,6 +198,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=5)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--keep-logs", default=None, metavar="DIR", help="keep the logs here")
     args = parser.parse_args()
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     from pipelines.bar_store import BarStore, SeriesKey, frame_times
@@ -307,12 +309,16 @@ def main() -> None:
             rss: list[tuple[int, float, float]] = []  # (pid, seconds since phase 2 began, MB)
             stop_sampling = threading.Event()
 
+            exited: dict[int, float] = {}  # pid → when it was seen gone
+
             def sample() -> None:
-                while not stop_sampling.wait(1.0):
+                while not stop_sampling.wait(0.5):
                     for p in list(procs):
                         mb = rss_of(p.pid) if p.poll() is None else float("nan")
                         if mb > 0:  # alive (an exited process reads as 0 or not at all)
                             rss.append((p.pid, time.time() - started[p.pid], mb))
+                        else:
+                            exited.setdefault(p.pid, time.time())
 
             threading.Thread(target=sample, daemon=True).start()
             time.sleep(max(0.0, t_b + KILL_AT * args.seconds - time.time()))
@@ -335,6 +341,12 @@ def main() -> None:
                 if p is not victim:
                     p.wait()
             stop_sampling.set()
+            # the end of the run: workers stop one by one (each counts --seconds from the end of
+            # its own start-up), and the last takes over the symbols of those gone, caches cold
+            # — a handover, like the kill, not steady state
+            stops = [t for pid, t in exited.items() if pid != victim.pid]
+            if len(procs) > 2 and stops:
+                events.append(("workers stop at the end of the run", min(stops) - 1.0, time.time(), True))
             time.sleep(3.0)  # streams catch up
             for c in clients:
                 c.close()
@@ -353,6 +365,10 @@ def main() -> None:
                 for tf in bench.TIMEFRAMES
             }
             logs = {p.name: p.read_text(errors="replace")[-600:] for p in work.glob("worker-*.log")}
+            if args.keep_logs:
+                Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
+                for p in [*work.glob("worker-*.log"), *work.glob("serve*.log")]:
+                    (Path(args.keep_logs) / p.name).write_bytes(p.read_bytes())
         finally:
             for p in procs:
                 if p.poll() is None:
@@ -412,6 +428,21 @@ def main() -> None:
         f"{len(steady):,} in steady state: bar close → committed p50 {q(steady, 0.5):.0f} ms, "
         f"p99 {q(steady, 0.99):.0f} ms, max {q(steady, 1.0):.0f} ms"
     )
+    worst = sorted(
+        {
+            (float(r.closed), r.timeframe): float(r.lag)
+            for r in live_rows
+            if not disrupted(float(r.closed), workers_only=True)
+        }.items(),
+        key=lambda kv: -kv[1],
+    )[:5]
+    print(
+        "  slowest steady-state closes: "
+        + ", ".join(
+            f"{tf} at +{c - t_b:.1f} s ({datetime.fromtimestamp(c, UTC):%H:%M:%S} UTC) {lag * 1e3:.0f} ms"
+            for (c, tf), lag in worst
+        )
+    )
     print(
         f"  ratio timers / live worker: p50 {q(base, 0.5) / q(steady, 0.5):.1f}×, "
         f"p99 {q(base, 0.99) / q(steady, 0.99):.1f}×"
@@ -437,7 +468,8 @@ def main() -> None:
     last_pid = rss[-1][0] if rss else None
     trace = [f"{t:.0f}s:{v:.0f}" for pid, t, v in rss if pid == last_pid][::10]
     print(f"  RSS trace of that worker (s since its start: MB): {' '.join(trace)}")
-    flat = [v for pid, t, v in rss if pid == last_pid and t > MEMORY_FROM]
+    end_of_run = min((a for label, a, _, _ in events if label.startswith("workers stop")), default=math.inf)
+    flat = [v for pid, t, v in rss if pid == last_pid and t > MEMORY_FROM and started[pid] + t < end_of_run]
     mid = flat[len(flat) // 2] if flat else float("nan")
     print(
         f"  a surviving worker's RSS: {flat[0] if flat else float('nan'):.0f} MB {MEMORY_FROM:.0f} s "

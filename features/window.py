@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from features.bars import BAR_COLUMNS, Bars
-from features.matrix import build_features, history_bars
+from features.matrix import feature_columns, history_bars, last_row_features
 from features.spec import FeatureSpec
 
 GRID_CHECKED_UP_TO = 3600  # seconds: H1 and shorter open on a UTC grid whatever the server time
@@ -84,10 +84,23 @@ class TrailingWindow:
     rows: np.ndarray
     short: dict[str, tuple[int, int]] = field(default_factory=dict)
 
-    def features(self, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
-        """(feature rows float32, their bar open times) of the scored bars."""
-        matrix = build_features(self.bars, spec)
-        return matrix.values[self.rows], self.bars[spec.base_timeframe].time[self.rows]
+    def features(
+        self, spec: FeatureSpec, cache: dict[tuple[str, int], list[float]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(feature rows float32, their bar open times) of the scored bars.
+
+        Each row is `features.matrix.last_row_features` of the bars up to it: every family on
+        its own trailing slice, a higher timeframe's part once per closed bar of it (`cache`,
+        kept by the caller across calls: live scoring keeps one per series and spec). The
+        service (``/score_bars``) and live scoring both come here, so the same bars give the
+        same rows bit for bit, whichever path scores them. A row equals the full-history row
+        to floating tolerance (`features.matrix.history_bars`)."""
+        base_tf = spec.base_timeframe
+        base = self.bars[base_tf]
+        X = np.empty((len(self.rows), len(feature_columns(spec))), dtype=np.float32)
+        for i, row in enumerate(self.rows.tolist()):
+            X[i] = last_row_features({**self.bars, base_tf: base.slice(0, row + 1)}, spec, cache)
+        return X, base.time[self.rows]
 
 
 def trailing_window(

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -66,6 +68,8 @@ TICK_SCHEMA = pa.schema(
         ("volume_real", pa.float64()),
     ]
 )
+# a folder listed less than this long after its last change is listed again (see `BarStore.parts`)
+LISTING_RACE_NS = 100_000_000
 _PART = re.compile(r"part-(\d{8}T\d{6}(?:\.\d{3})?)-(\d{8}T\d{6}(?:\.\d{3})?)\.parquet")
 
 
@@ -175,6 +179,8 @@ class BarStore:
         # series → (rows kept, newest time kept, the tail): see `tail`
         self._tails: dict[SeriesKey, tuple[int, int, pd.DataFrame]] = {}
         self._swept: set[SeriesKey] = set()  # series whose crash leftovers this process removed
+        # folder → (its mtime, when it was listed, the parts): see `parts`
+        self._listings: dict[Path, tuple[int, int, tuple[Part, ...]]] = {}
 
     # --- paths and listing -------------------------------------------------------------------------
     def series_dir(self, key: SeriesKey, quarantine: bool = False) -> Path:
@@ -182,23 +188,37 @@ class BarStore:
         return base / key.relpath()
 
     def parts(self, key: SeriesKey, quarantine: bool = False) -> list[Part]:
-        """Committed parts, oldest first, without parts covered by another (crash leftovers)."""
+        """Committed parts, oldest first, without parts covered by another (crash leftovers).
+
+        A folder's listing is kept and reused while the folder's modification time is the one
+        it was listed at (every commit, compaction and sweep creates, renames or removes a file
+        in it, which moves that time, whichever process does it) — unless the folder changed
+        less than `LISTING_RACE_NS` before it was listed: file times come from a coarse clock,
+        so a change right after such a listing could leave the time as it was (the "racy"
+        case, as in git's index); those folders are listed again. A live process asks for the
+        same series' watermark several times per bar close; one `stat` now answers."""
         folder = self.series_dir(key, quarantine)
-        if not folder.is_dir():
+        try:
+            mtime = os.stat(folder).st_mtime_ns
+        except FileNotFoundError:
             return []
+        cached = self._listings.get(folder)
+        if cached is not None and cached[0] == mtime and cached[1] - mtime > LISTING_RACE_NS:
+            return list(cached[2])
+        listed_at = time.time_ns()
         found = []
-        for path in folder.iterdir():
-            m = _PART.fullmatch(path.name)
+        for name in os.listdir(folder):
+            m = _PART.fullmatch(name)
             if m:
-                found.append(
-                    Part(path, parse_instant(m.group(1), key.unit), parse_instant(m.group(2), key.unit))
-                )
+                lo, hi = (parse_instant(m.group(i), key.unit) for i in (1, 2))
+                found.append(Part(folder / name, lo, hi))
         found.sort(key=lambda p: (p.lo, -p.hi))
         kept: list[Part] = []
         for part in found:
             if kept and part.lo >= kept[-1].lo and part.hi <= kept[-1].hi:
                 continue  # covered by a merged part
             kept.append(part)
+        self._listings[folder] = (mtime, listed_at, tuple(kept))
         return kept
 
     def series(self, kind: str = "bars") -> list[SeriesKey]:

@@ -82,7 +82,11 @@ class SeriesReport:
 
 
 @dataclass
-class _Batch:
+class Batch:
+    """One series' fetched and validated rows, not yet written: rows up to `through` (the last
+    fetched row's time, UTC epoch units of the series; None when nothing new) are accounted
+    for — good ones stored, bad ones quarantined — once the batch is appended."""
+
     key: SeriesKey
     result: ValidationResult
     through: int | None
@@ -163,7 +167,7 @@ def _fetch_ticks(
 
 def _prepare(
     client: Mt5Client, store: BarStore, contract: DataContract, key: SeriesKey, params: DataParams, now: int
-) -> _Batch:
+) -> Batch:
     clock = params.server_time.clock()
     mark = store.watermark(key)
     unit_scale = 1 if key.unit == "s" else 1000
@@ -195,7 +199,7 @@ def _prepare(
         watermark_before=_iso(mark, key.unit),
         rules=dict(result.rule_counts),
     )
-    return _Batch(key, result, last, report)
+    return Batch(key, result, last, report)
 
 
 def ingest_history(
@@ -213,6 +217,24 @@ def ingest_history(
     writing anything if any series fails. `check` = False skips asking the terminal whether
     the symbols exist (a caller that checked them once since connecting).
     """
+    batches = fetch_validated(client, store, contract, params, symbols, timeframes, check)
+    return append_validated(store, batches)
+
+
+def fetch_validated(
+    client: Mt5Client,
+    store: BarStore,
+    contract: DataContract,
+    params: DataParams,
+    symbols: Sequence[str] | None = None,
+    timeframes: Sequence[str] | None = None,
+    check: bool = True,
+) -> list[Batch]:
+    """The first half of `ingest_history`: every series' new rows fetched and run through the
+    data contract (`Batch.result`: good rows, quarantined rows), nothing written. Raises
+    before anything is written if any series fails, or if a series' bad-row ratio is over
+    ``data.validation.max_bad_ratio``. The live worker scores the good rows first and appends
+    them (`append_validated`) after its commit."""
     symbols = list(symbols or params.symbols)
     timeframes = list(timeframes or params.timeframes)
     if check:
@@ -224,6 +246,13 @@ def ingest_history(
     batches = [_prepare(client, store, contract, key, params, now) for key in keys]
     for batch in batches:
         batch.result.check_ratio(contract.rules)
+    return batches
+
+
+def append_validated(store: BarStore, batches: Sequence[Batch]) -> list[SeriesReport]:
+    """The second half of `ingest_history`: each batch appended atomically (good rows, and
+    quarantined rows to the quarantine), its report completed. Repeating it is harmless:
+    rows at or before a series' watermark are ignored."""
     reports = []
     for batch in batches:
         if batch.through is not None:

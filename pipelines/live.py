@@ -9,13 +9,18 @@ One long-running process (`LiveWorker.run`):
    one (`Mt5Client.wall_time_of`: the same instant for a real terminal, earlier for the
    accelerated simulator) — no sleeping a bar length after the work;
 2. fetches the closed bars of every due timeframe of the followed symbols from the terminal
-   and appends them to the bar store through ingestion's own path (`ingest_history`: the
-   data contract, quarantine of bad rows, atomic parts);
-3. runs one `LiveScorer` cycle (warm: loaded models and trailing bars persist across cycles),
-   which scores each new bar once per (symbol, timeframe, model version) and commits the
-   scores and watermarks in one transaction, stamped with when each bar closed;
+   and runs them through ingestion's data contract (`fetch_validated`: bad rows quarantined);
+3. runs one `LiveScorer` cycle on them (warm: loaded models and trailing bars persist across
+   cycles; the good bars are handed over in memory, `LiveScorer.offer`), which scores each new
+   bar once per (symbol, timeframe, model version) and commits the scores and watermarks in
+   one transaction, stamped with when each bar closed;
 4. publishes an event (pipelines.events) so the service's replicas push the new results to
-   their stream clients.
+   their stream clients;
+5. appends the bars to the bar store through ingestion's own path (`append_validated`: atomic
+   parts, quarantine) — after the commit, so the write is not on the path from bar close to
+   tenant, and whether or not scoring succeeded. A crash between 3 and 5 loses nothing: the
+   next step fetches the bars again from the bar store's watermark and stores them; their
+   scores are already committed, and unique.
 
 Several workers (processes or machines) share the followed symbols through leases in the
 results store (`ResultsStore.claim_symbols`, renewed every third of ``live_score.lease_seconds``):
@@ -51,7 +56,7 @@ import sqlalchemy as sa
 from pipelines.bar_store import BarStore
 from pipelines.config import Params
 from pipelines.events import NullBus, RedisBus, open_bus
-from pipelines.ingest import TerminalError, connect, ingest_history, make_contract
+from pipelines.ingest import Batch, TerminalError, append_validated, connect, fetch_validated, make_contract
 from pipelines.live_score import CycleReport, LiveScorer, quantile_ms
 from pipelines.mt5.bars import bar_close_times, bar_open_times
 from pipelines.mt5.client import Mt5Client
@@ -84,7 +89,7 @@ class StepReport:
     bars_written: int = 0
     quarantined: int = 0
     cycles: list[CycleReport] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)  # ingest, score, publish
+    seconds: dict[str, float] = field(default_factory=dict)  # ingest, score, publish, append
 
     @property
     def new_scores(self) -> int:
@@ -207,8 +212,9 @@ class LiveWorker:
 
     # ----------------------------------------------------------------- one step
     def step(self) -> StepReport:
-        """Ingest every timeframe whose bar closed since the last step (all of them on the
-        first step: the backfill), score, publish. Raises TerminalError on terminal failure."""
+        """Fetch and check every timeframe whose bar closed since the last step (all of them
+        on the first step: the backfill), score, publish, then store the bars (module
+        docstring). Raises TerminalError on terminal failure."""
         report = StepReport()
         t0 = time.perf_counter()
         if not self._connected:
@@ -219,35 +225,51 @@ class LiveWorker:
         server_now = self._server_now()
         timeframes = list(self.params.data.timeframes)
         due = [tf for tf in timeframes if self._due.get(tf, -1) <= server_now]
+        batches: list[Batch] = []
         if due and symbols:
             check = set(symbols) != self._checked  # ask the terminal once per connection
-            reports = ingest_history(
+            batches = fetch_validated(
                 self.client, self.bars, self.contract, self.params.data, symbols, due, check=check
             )
             self._checked = set(symbols)
+            for batch in batches:  # scored from memory now, written after the commit
+                if batch.through is not None and batch.key.kind == "bars":
+                    self.scorer.offer(batch.key, batch.result.good, batch.through)
+        t1 = time.perf_counter()
+        try:
+            while True:  # a backlog (after an outage) spreads over cycles of max_bars_per_cycle
+                cycle = self.scorer.cycle(symbols=set(symbols))
+                report.cycles.append(cycle)
+                if not cycle.new_scores or cycle.rows == 0:
+                    break
+                if max(cycle.scored.values(), default=0) < self.params.live_score.max_bars_per_cycle:
+                    break
+            t2 = time.perf_counter()
+            if report.new_scores:
+                self.bus.publish(
+                    {
+                        "scores": report.new_scores,
+                        "series": sorted({f"{k[0]} {k[1]}" for c in report.cycles for k in c.scored}),
+                        "committed_at": datetime.now(UTC).isoformat(),
+                    }
+                )
+        finally:
+            # the bars are stored whether or not scoring succeeded (a results-store outage must
+            # not hold back ingestion); after a crash before this, the next step fetches them
+            # again from the bar store's watermark, and scores already committed stay unique
+            t3 = time.perf_counter()
+            reports = append_validated(self.bars, batches)
             report.bars_written = sum(r.written for r in reports)
             report.quarantined = sum(r.quarantined for r in reports)
-        for tf in due:
-            self._due[tf] = self.next_close(server_now, tf)
-        report.due = due
-        t1 = time.perf_counter()
-        while True:  # a backlog (after an outage) spreads over cycles of max_bars_per_cycle
-            cycle = self.scorer.cycle(symbols=set(symbols))
-            report.cycles.append(cycle)
-            if not cycle.new_scores or cycle.rows == 0:
-                break
-            if max(cycle.scored.values(), default=0) < self.params.live_score.max_bars_per_cycle:
-                break
-        t2 = time.perf_counter()
-        if report.new_scores:
-            self.bus.publish(
-                {
-                    "scores": report.new_scores,
-                    "series": sorted({f"{k[0]} {k[1]}" for c in report.cycles for k in c.scored}),
-                    "committed_at": datetime.now(UTC).isoformat(),
-                }
-            )
-        report.seconds = {"ingest": t1 - t0, "score": t2 - t1, "publish": time.perf_counter() - t2}
+            for tf in due:
+                self._due[tf] = self.next_close(server_now, tf)
+            report.due = due
+        report.seconds = {
+            "ingest": t1 - t0,
+            "score": t2 - t1,
+            "publish": t3 - t2,
+            "append": time.perf_counter() - t3,
+        }
         return report
 
     # ----------------------------------------------------------------- the loop
@@ -333,13 +355,16 @@ class LiveWorker:
             del s.lag[: len(s.lag) - 100_000]
         if report.new_scores:
             lag = sorted(report.lag)
+            sec = report.seconds
             log.info(
-                "bar close %s: %d bars, %d scores; bar close → committed p50 %.0f ms, max %.0f ms",
+                "bar close %s: %d bars, %d scores; bar close → committed p50 %.0f ms, max %.0f ms "
+                "(fetch %.0f ms, score %.0f ms, publish %.0f ms, store bars %.0f ms)",
                 ",".join(report.due) or "-",
                 report.bars_written,
                 report.new_scores,
                 lag[len(lag) // 2] * 1e3,
                 lag[-1] * 1e3,
+                *(sec.get(k, 0.0) * 1e3 for k in ("ingest", "score", "publish", "append")),
             )
         if self.on_step:
             self.on_step(report)

@@ -39,6 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from features.bars import Bars
 from features.matrix import feature_columns
@@ -149,9 +150,13 @@ class LiveScorer:
         self._groups: tuple[list[Tenant], dict[tuple, tuple[str, ...]]] | None = None
         self._names: set[str] = set()
         self._marks: dict[SeriesKey, int | None] = {}
+        # rows validated but not yet in the bar store (`offer`): series → (through, rows)
+        self._pending: dict[SeriesKey, tuple[int, Any]] = {}
         self.freeze_gc = freeze_gc
         self._cycles = 0
         self._bars: dict[tuple[str, str], tuple[int, Bars]] = {}  # (symbol, tf) → (covered from, bars)
+        # (symbol, spec) → higher-timeframe feature parts by (timeframe, closed bar open time)
+        self._htf: dict[tuple[str, FeatureSpec], dict[tuple[str, int], list[float]]] = {}
 
     # ----------------------------------------------------------------- models
     def model(self, name: str, version: str) -> LoadedModel:
@@ -256,21 +261,31 @@ class LiveScorer:
             lookback *= 4
         return window
 
+    def offer(self, key: SeriesKey, rows: Any, through: int) -> None:
+        """Hand over a series' rows that passed the data contract and are about to be appended
+        to the bar store (`rows`: the bar store's frame shape; `through`: the append's
+        watermark, UTC epoch seconds). The next cycle scores them as if stored: the live worker
+        scores a bar close before it writes the bars, so the write is not on the path from bar
+        close to tenant. Offers are dropped after that cycle; the bar store has the rows by
+        then, or the worker fetches them again (its watermark did not move)."""
+        self._pending[key] = (through, rows)
+
     def _read(self, symbol: str, tf: str, start: int, point: float | None = None) -> Bars:
-        """Stored bars with open time ≥ `start`, from an in-memory tail kept across cycles: only
-        bars committed since the last cycle are read from disk (a directory listing tells)."""
+        """Stored (or offered) bars with open time ≥ `start`, from an in-memory tail kept across
+        cycles: only bars committed or offered since the last cycle are read (a directory
+        listing tells)."""
         key = SeriesKey("bars", symbol, tf)
         sec = timeframe_seconds(tf)
         cached = self._bars.get((symbol, tf))
         if cached is None or cached[0] > start:
-            read = Bars.from_frame(self.bars.read(key, start=start), sec, point)
+            read = Bars.from_frame(self._with_pending(key, self.bars.read(key, start=start)), sec, point)
             cached = (start, self._checked(symbol, tf, read))
         else:
             have = cached[1]
             last = int(have.time[-1]) if len(have) else start - 1
             stored = self._watermark(key)
             if stored is not None and stored > last:
-                newer = Bars.from_frame(self._newer(key, last, stored), sec, have.point)
+                newer = Bars.from_frame(self._newer(key, last), sec, have.point)
                 fresh = self._checked(symbol, tf, newer)
                 merged = have.append(fresh)
                 keep = max(0, len(merged) - self.max_cached_bars)
@@ -279,24 +294,52 @@ class LiveScorer:
         b = cached[1]
         return b.slice(int(np.searchsorted(b.time, start)))
 
-    def _newer(self, key: SeriesKey, last: int, stored: int) -> Any:
-        """Stored rows of `key` with open time after `last` (the bar store's watermark being
-        `stored`). There are at most (stored − last) / bar length of them, so the store's last
-        that many rows hold them all: a few, kept in memory by the bar store that appended them
-        (the live worker's), are taken from there instead of reading Parquet parts; a long gap
-        (a weekend, a backlog) reads from disk."""
-        most = (stored - last) // timeframe_seconds(key.timeframe or "M1") + 1
-        if most > 64:
-            return self.bars.read(key, start=last + 1)
-        rows = self.bars.tail(key, int(most))
+    def _with_pending(self, key: SeriesKey, stored: Any) -> Any:
+        """`stored` rows followed by the offered rows of `key` that are newer than them."""
+        if key not in self._pending:
+            return stored
+        rows = self._pending[key][1]
+        if len(stored):
+            rows = rows[frame_times(rows, key.unit) > int(frame_times(stored, key.unit)[-1])]
+        if not len(rows):
+            return stored
+        return pd.concat([stored, rows], ignore_index=True) if len(stored) else rows.reset_index(drop=True)
+
+    def _newer(self, key: SeriesKey, last: int) -> Any:
+        """Rows of `key` with open time after `last`: from the bar store up to its watermark,
+        then the offered ones. The store's rows after `last` are at most (watermark − last) /
+        bar length, so its last that many rows hold them all: a few, kept in memory by the bar
+        store that appended them (the live worker's), are taken from there instead of reading
+        Parquet parts; a long gap (a weekend, a backlog) reads from disk."""
+        stored = self._disk_watermark(key)
+        pending = self._pending.get(key)
+        if (stored is None or stored <= last) and pending is not None:  # the live case: in memory
+            rows = pending[1]
+            return rows[frame_times(rows, key.unit) > last].reset_index(drop=True)
+        if stored is None or stored <= last:
+            rows = key.schema.empty_table().to_pandas()
+        elif (most := (stored - last) // timeframe_seconds(key.timeframe or "M1") + 1) > 64:
+            rows = self.bars.read(key, start=last + 1)
+        else:
+            rows = self.bars.tail(key, int(most))
+            rows = rows[frame_times(rows, key.unit) > last].reset_index(drop=True) if len(rows) else rows
+        rows = self._with_pending(key, rows)
         return rows[frame_times(rows, key.unit) > last].reset_index(drop=True) if len(rows) else rows
 
-    def _watermark(self, key: SeriesKey) -> int | None:
+    def _disk_watermark(self, key: SeriesKey) -> int | None:
         """The bar store's watermark of `key`, listed once per cycle (several specs and
         timeframes of a symbol ask for the same series)."""
         if key not in self._marks:
             self._marks[key] = self.bars.watermark(key)
         return self._marks[key]
+
+    def _watermark(self, key: SeriesKey) -> int | None:
+        """Where `key` stands: the bar store's watermark, or an offer's if that is newer."""
+        disk = self._disk_watermark(key)
+        if key in self._pending:
+            through = self._pending[key][0]
+            return through if disk is None else max(disk, through)
+        return disk
 
     @staticmethod
     def _checked(symbol: str, tf: str, bars: Bars) -> Bars:
@@ -309,6 +352,15 @@ class LiveScorer:
             except BarCheckError as exc:
                 raise LiveScoreError(f"{symbol} stored bars: {exc}") from exc
         return bars
+
+    def _htf_part(self, symbol: str, spec: FeatureSpec) -> dict[tuple[str, int], list[float]]:
+        """The cache of `symbol`'s higher-timeframe feature parts under `spec`
+        (`TrailingWindow.features`): a part is computed once per closed bar of its timeframe,
+        not at every base bar close. Bounded: emptied when it holds more than 64 parts."""
+        cache = self._htf.setdefault((symbol, spec), {})
+        if len(cache) > 64:
+            cache.clear()
+        return cache
 
     def _starts_at_beginning(self, symbol: str, tf: str, bars: Bars) -> bool:
         parts = self.bars.parts(SeriesKey("bars", symbol, tf))
@@ -369,7 +421,7 @@ class LiveScorer:
                     continue
                 if window is None:
                     continue
-                X, times = window.features(spec)
+                X, times = window.features(spec, self._htf_part(symbol, spec))
                 columns = feature_columns(spec)
                 for name, version in models:
                     if self.model(name, version).columns != columns:
@@ -426,6 +478,7 @@ class LiveScorer:
             report.idle = _idle_reason(directory, needs, watermarks, report)
         t3 = time.perf_counter()
         report.seconds = {"features": t1 - t0, "scoring": t2 - t1, "writes": t3 - t2, "total": t3 - t0}
+        self._pending.clear()  # in the cache now where needed; the bar store has them next
         return report
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -53,6 +54,28 @@ def test_append_read_and_watermark(tmp_path, h1):
     assert store.series() == [KEY]
     names = sorted(p.name for p in (tmp_path / "bars/symbol=EURUSD/timeframe=H1").glob("*.parquet"))
     assert names[0] == f"part-20240102T000000-{first['time'].iloc[-1]:%Y%m%dT%H%M%S}.parquet"
+
+
+def test_a_kept_listing_sees_every_other_writers_commit(tmp_path, h1):
+    """A store keeps each folder's listing while the folder is unchanged: another writer's
+    commit (another process; here another instance) is seen at once, whether it lands right
+    after the listing (the racy window, re-listed) or long after it (the folder's time moved),
+    and so is a compaction; a listing is reused only when nothing changed."""
+    reader, writer = BarStore(tmp_path), BarStore(tmp_path, max_parts=3)
+    rows = [h1.iloc[i : i + 1] for i in range(8)]
+    writer.append(KEY, rows[0], _epoch(rows[0]["time"].iloc[-1]))
+    assert reader.watermark(KEY) == _epoch(h1["time"].iloc[0])
+    writer.append(KEY, rows[1], _epoch(rows[1]["time"].iloc[-1]))  # at once: racy, listed again
+    assert reader.watermark(KEY) == _epoch(h1["time"].iloc[1])
+    for i in range(2, 8):
+        time.sleep(0.15)  # past the racy window: the kept listing is trusted until a change
+        listed = reader.parts(KEY)
+        assert reader.parts(KEY) == listed
+        writer.append(KEY, rows[i], _epoch(rows[i]["time"].iloc[-1]))  # compacts now and then
+        assert reader.watermark(KEY) == _epoch(h1["time"].iloc[i])
+        assert [p.path for p in reader.parts(KEY)] == [p.path for p in writer.parts(KEY)]
+        assert all(p.path.exists() for p in reader.parts(KEY))
+    pd.testing.assert_frame_equal(reader.read(KEY), h1.iloc[:8].reset_index(drop=True))
 
 
 def test_quarantine_and_all_bad_window_advance_the_watermark(tmp_path, h1):

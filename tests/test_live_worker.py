@@ -146,6 +146,43 @@ def test_each_bar_close_is_scored_once_across_restart_and_outage(world):
     assert (got.bar_closed_at - got.bar_time >= timedelta(0)).all()
 
 
+def test_a_crash_between_the_commit_and_storing_the_bars_loses_nothing(world):
+    """The worker scores a bar close before it writes the bars (the write is off the path to
+    the tenant): killed after its commit and before the bar store has the bars, it leaves
+    scores ahead of the bar store; the next worker fetches those bars again, stores them and
+    scores nothing twice."""
+    params, store = world["params"], world["store"]
+    root = params.data.root
+    crashed = []
+
+    def crash(stage: str) -> None:
+        if stage == "tmp_written" and not crashed:
+            crashed.append(stage)
+            raise RuntimeError("killed before the bars were stored")
+
+    before = {s: BarStore(root).watermark(SeriesKey("bars", s, "M5")) for s in SYMBOLS}
+    time.sleep(0.6)  # at least one M5 bar closes (600×: one per 0.5 s)
+    first = LiveWorker(params, store, bars=BarStore(root, fault_hook=crash), registry=world["registry"])
+    with pytest.raises(RuntimeError, match="killed before"):
+        first.step()
+    first.close()  # its leases given back (a killed worker's expire: the takeover test)
+    got = _results(world)
+    mark = {s: BarStore(root).watermark(SeriesKey("bars", s, "M5")) for s in SYMBOLS}
+    ahead = [s for s in SYMBOLS if got[got.symbol == s].bar_time.max().timestamp() > mark[s]]
+    assert ahead and all(mark[s] == before[s] for s in ahead)  # scored, not stored
+
+    second = LiveWorker(params, store, registry=world["registry"])
+    second.step()
+    second.close()
+    got = _results(world)
+    stored = BarStore(root)
+    for symbol in SYMBOLS:
+        mine = got[got.symbol == symbol]
+        times = stored.read(SeriesKey("bars", symbol, "M5")).time
+        live_bars = times[times >= pd.Timestamp(HISTORY_END, tz="UTC")]
+        assert mine.bar_time.tolist() == list(live_bars), symbol  # stored again, scored once
+
+
 def test_two_workers_share_the_symbols_and_one_takes_over_when_the_other_dies(world):
     """Leases: two workers split the symbols; one is killed (it never gives its leases back)
     and the other takes its symbol over once the lease expires; no bar is missed or scored
