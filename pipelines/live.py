@@ -318,19 +318,31 @@ class LiveWorker:
                     self.stats.reconnects += 1
                 else:
                     self.stats.store_outages += 1
-                self._stop.wait(backoff)
+                self._back_off(backoff)
                 continue
             failures = 0
             self._record(report)
         self.stats.rss_end_mb = rss_mb()
         return self.stats
 
+    def _back_off(self, seconds: float) -> None:
+        """Wait `seconds` after a failure, renewing the leases meanwhile: a terminal outage
+        (the back-off grows to ``data.live.backoff_max_seconds``) must not let them expire and
+        pass the symbols to another worker that cannot reach the terminal either — and then
+        back, with a gap and cold caches at each move."""
+        deadline = time.time() + seconds
+        step = self.params.live_score.lease_seconds / 3
+        while not self._stop.is_set() and (left := deadline - time.time()) > 0:
+            self._maintain(deadline)
+            self._stop.wait(min(step, left))
+
     def _maintain(self, wake: float) -> None:
-        """Between bar closes: renew the leases when due, and re-read the tenant directory and
-        the aliases once they are half as old as ``live_score.directory_seconds`` allows — if
-        that fits before the close at wall time `wake`, so that no close waits for it (a step
-        re-reads them itself only when they went stale without a quiet moment)."""
-        if not self._connected:
+        """Between bar closes (and during a back-off): renew the leases when due, and re-read
+        the tenant directory and the aliases once they are half as old as
+        ``live_score.directory_seconds`` allows — if that fits before the close at wall time
+        `wake`, so that no close waits for it (a step re-reads them itself only when they went
+        stale without a quiet moment). Neither needs the terminal."""
+        if self._renewed == -np.inf:
             return  # the first step connects, claims and reads everything
         try:
             self.symbols()  # renews when due

@@ -183,6 +183,37 @@ def test_a_crash_between_the_commit_and_storing_the_bars_loses_nothing(world):
         assert mine.bar_time.tolist() == list(live_bars), symbol  # stored again, scored once
 
 
+def test_leases_are_kept_through_a_terminal_outage_longer_than_they_last(world):
+    """A terminal outage longer than a lease: the worker backs off (longer than a lease here)
+    but keeps renewing its leases meanwhile — they talk to the results store, not the terminal
+    — so its symbols do not pass to another worker and back, with a gap at each move."""
+    import sqlalchemy as sa
+
+    from pipelines.store.schema import series_leases
+
+    params = world["params"]
+    live = params.live_score.model_copy(update={"lease_seconds": 0.6})
+    backoff = params.data.live.model_copy(update={"backoff_initial_seconds": 1.5, "backoff_max_seconds": 1.5})
+    params = params.model_copy(
+        update={"live_score": live, "data": params.data.model_copy(update={"live": backoff})}
+    )
+    store = world["store"]
+    worker = LiveWorker(params, store, registry=world["registry"])
+    runner = threading.Thread(target=lambda: worker.run(seconds=4.5), daemon=True)
+    runner.start()
+    time.sleep(1.0)
+    worker.client.simulate_outage(2.5)
+    expiries = []
+    while runner.is_alive():
+        with store.engine.connect() as conn:
+            rows = conn.execute(sa.select(series_leases.c.expires_at)).scalars().all()
+        expiries.append((datetime.now(UTC), [t if t.tzinfo else t.replace(tzinfo=UTC) for t in rows]))
+        time.sleep(0.1)
+    worker.close()
+    assert worker.stats.reconnects >= 1  # the outage was felt
+    assert all(len(ts) == len(SYMBOLS) and min(ts) > now for now, ts in expiries[3:]), expiries
+
+
 def test_two_workers_share_the_symbols_and_one_takes_over_when_the_other_dies(world):
     """Leases: two workers split the symbols; one is killed (it never gives its leases back)
     and the other takes its symbol over once the lease expires; no bar is missed or scored
