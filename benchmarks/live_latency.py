@@ -346,7 +346,9 @@ def main() -> None:
             # — a handover, like the kill, not steady state
             stops = [t for pid, t in exited.items() if pid != victim.pid]
             if len(procs) > 2 and stops:
-                events.append(("workers stop at the end of the run", min(stops) - 1.0, time.time(), True))
+                # (from a few seconds before the first was seen gone: its last step, its leases
+                # given back, its interpreter torn down)
+                events.append(("workers stop at the end of the run", min(stops) - 3.0, time.time(), True))
             time.sleep(3.0)  # streams catch up
             for c in clients:
                 c.close()
@@ -386,12 +388,22 @@ def main() -> None:
     by_close: dict[float, float] = {}
     for r in live_rows:
         by_close[float(r.closed)] = max(by_close.get(float(r.closed), 0.0), float(r.lag))
-    closes = sorted(by_close)
 
-    def caught_up(after: float) -> float:
-        return next((c for c in closes if c >= after and by_close[c] < 1.0), closes[-1] if closes else after)
+    # a restart of the service is over for the streams when their backlog is delivered: the
+    # first close after it whose every event reached every client within a second
+    by_close_sse: dict[float, float] = {}
+    for c in clients:
+        for _, closed, now in c.got:
+            by_close_sse[closed] = max(by_close_sse.get(closed, 0.0), now - closed)
 
-    windows = [(label, a, caught_up(b) + RECOVERY_SECONDS, w) for label, a, b, w in events]
+    def caught_up(after: float, lags: dict[float, float]) -> float:
+        order = sorted(lags)
+        return next((c for c in order if c >= after and lags[c] < 1.0), order[-1] if order else after)
+
+    windows = [
+        (label, a, caught_up(b, by_close if w else by_close_sse) + RECOVERY_SECONDS, w)
+        for label, a, b, w in events
+    ]
 
     def disrupted(closed: float, workers_only: bool = False) -> bool:
         return any(a <= closed <= b for _, a, b, w in windows if w or not workers_only)
@@ -462,6 +474,14 @@ def main() -> None:
         f"events {[len(c.got) for c in clients]} of {len(live_ids)}): steady-state bar close → received "
         f"p50 {q(received, 0.5):.0f} ms, p99 {q(received, 0.99):.0f} ms; during faults "
         f"{len(late):,} events, max {q(late, 1.0) / 1e3:.1f} s"
+    )
+    slow_sse = sorted(
+        ((now - closed, closed) for c in clients for i, closed, now in c.got if not disrupted(closed)),
+        reverse=True,
+    )[:5]
+    print(
+        "  slowest steady-state SSE events: "
+        + ", ".join(f"bar closed +{closed - t_b:.1f} s: {lag * 1e3:.0f} ms" for lag, closed in slow_sse)
     )
     drops = [f"+{t - t_b:.0f} s {why}" for t, why in clients[0].drops] if clients else []
     print(f"  stream 0 connection drops: {drops}")

@@ -376,6 +376,9 @@ class LiveScoreParams(_Frozen):
     first_run_bars: int = Field(1, ge=1)  # with no watermark yet, score the newest N bars
     directory_seconds: float = Field(5.0, gt=0)  # live worker: re-read what tenants follow this often
     lease_seconds: float = Field(10.0, gt=0)  # live worker: a dead worker's symbols are taken over after this
+    # live worker: work off the path to the tenant (storing the bars, re-reading the directory)
+    # waits this long after a bar close, leaving the CPU to the scoring of that close
+    quiet_seconds: float = Field(0.25, ge=0)
 
 
 class EventsParams(_Frozen):

@@ -17,10 +17,12 @@ One long-running process (`LiveWorker.run`):
 4. publishes an event (pipelines.events) so the service's replicas push the new results to
    their stream clients;
 5. appends the bars to the bar store through ingestion's own path (`append_validated`: atomic
-   parts, quarantine) — after the commit, so the write is not on the path from bar close to
-   tenant, and whether or not scoring succeeded. A crash between 3 and 5 loses nothing: the
-   next step fetches the bars again from the bar store's watermark and stores them; their
-   scores are already committed, and unique.
+   parts, quarantine) once the close is quiet — ``live_score.quiet_seconds`` after it, so
+   neither this write nor re-reading the directory takes CPU from the scoring of that close
+   (its own, or another worker's on the same machine) — and in any case before the next
+   fetch; at once when scoring failed. A crash between 3 and 5 loses nothing: the next step
+   fetches the bars again from the bar store's watermark and stores them; their scores are
+   already committed, and unique.
 
 Several workers (processes or machines) share the followed symbols through leases in the
 results store (`ResultsStore.claim_symbols`, renewed every third of ``live_score.lease_seconds``):
@@ -40,6 +42,7 @@ stops with the error (its deployment starts it again).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import resource
 import socket
@@ -56,7 +59,14 @@ import sqlalchemy as sa
 from pipelines.bar_store import BarStore
 from pipelines.config import Params
 from pipelines.events import NullBus, RedisBus, open_bus
-from pipelines.ingest import Batch, TerminalError, append_validated, connect, fetch_validated, make_contract
+from pipelines.ingest import (
+    Batch,
+    TerminalError,
+    append_validated,
+    connect,
+    fetch_validated,
+    make_contract,
+)
 from pipelines.live_score import CycleReport, LiveScorer, quantile_ms
 from pipelines.mt5.bars import bar_close_times, bar_open_times
 from pipelines.mt5.client import Mt5Client
@@ -70,6 +80,13 @@ log = logging.getLogger("mt5prob.live")
 # connections): retried with the terminal's back-off, nothing lost (scores and watermarks are
 # one transaction; the next step scores from the watermarks)
 STORE_DOWN = (sa.exc.OperationalError, sa.exc.InterfaceError)
+# the tenant directory and the aliases are re-read between bar closes; a close re-reads them
+# on its own path only when they are this many times ``live_score.directory_seconds`` old
+STALE_DIRECTORIES = 4
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
 def rss_mb() -> float:
@@ -89,7 +106,7 @@ class StepReport:
     bars_written: int = 0
     quarantined: int = 0
     cycles: list[CycleReport] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)  # ingest, score, publish, append
+    seconds: dict[str, float] = field(default_factory=dict)  # ingest, score, publish
 
     @property
     def new_scores(self) -> int:
@@ -147,7 +164,9 @@ class LiveWorker:
             self.bars,
             registry=registry,
             closed_at=self._closed_at,
-            refresh_seconds=params.live_score.directory_seconds,
+            # re-read between closes (`_maintain`, every directory_seconds / 2); a close does
+            # it itself only when no quiet moment came for this long (an overloaded machine)
+            refresh_seconds=STALE_DIRECTORIES * params.live_score.directory_seconds,
         )
         self.on_step = on_step
         self._stop = threading.Event()
@@ -159,6 +178,8 @@ class LiveWorker:
         self._refresh_cost = 0.0  # seconds the last directory re-read took
         self._owned: list[str] = []  # the symbols this worker holds leases on
         self._renewed = -np.inf
+        self._unstored: list[Batch] = []  # fetched and scored, not yet in the bar store
+        self._quiet_until = 0.0  # wall time after which deferred work may run (see quiet_seconds)
         self.holder = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.stats = WorkerStats(rss_start_mb=rss_mb())
 
@@ -226,16 +247,21 @@ class LiveWorker:
         timeframes = list(self.params.data.timeframes)
         due = [tf for tf in timeframes if self._due.get(tf, -1) <= server_now]
         batches: list[Batch] = []
+        self.store_bars()  # what the last close fetched, if not stored yet: fetching starts after it
         if due and symbols:
             check = set(symbols) != self._checked  # ask the terminal once per connection
             batches = fetch_validated(
                 self.client, self.bars, self.contract, self.params.data, symbols, due, check=check
             )
             self._checked = set(symbols)
-            for batch in batches:  # scored from memory now, written after the commit
-                if batch.through is not None and batch.key.kind == "bars":
-                    self.scorer.offer(batch.key, batch.result.good, batch.through)
+            for batch in batches:  # scored from memory now, stored after the commit
+                if batch.through is not None:
+                    report.bars_written += len(batch.result.good)
+                    report.quarantined += batch.result.n_bad
+                    if batch.key.kind == "bars":
+                        self.scorer.offer(batch.key, batch.result.good, batch.through)
         t1 = time.perf_counter()
+        failed = True
         try:
             while True:  # a backlog (after an outage) spreads over cycles of max_bars_per_cycle
                 cycle = self.scorer.cycle(symbols=set(symbols))
@@ -253,24 +279,38 @@ class LiveWorker:
                         "committed_at": datetime.now(UTC).isoformat(),
                     }
                 )
+            failed = False
         finally:
-            # the bars are stored whether or not scoring succeeded (a results-store outage must
-            # not hold back ingestion); after a crash before this, the next step fetches them
-            # again from the bar store's watermark, and scores already committed stay unique
-            t3 = time.perf_counter()
-            reports = append_validated(self.bars, batches)
-            report.bars_written = sum(r.written for r in reports)
-            report.quarantined = sum(r.quarantined for r in reports)
             for tf in due:
                 self._due[tf] = self.next_close(server_now, tf)
             report.due = due
-        report.seconds = {
-            "ingest": t1 - t0,
-            "score": t2 - t1,
-            "publish": t3 - t2,
-            "append": time.perf_counter() - t3,
-        }
+            self._unstored += batches
+            # the bars are stored ``live_score.quiet_seconds`` after the close (`store_bars`), off
+            # the path to the tenant — at once when scoring failed (a results-store outage must
+            # not hold back ingestion). After a crash before they are stored, the next step
+            # fetches them again from the bar store's watermark; their scores stay unique.
+            self._quiet_until = time.time() + (0.0 if failed else self.params.live_score.quiet_seconds)
+            if failed:
+                self.store_bars()
+        report.seconds = {"ingest": t1 - t0, "score": t2 - t1, "publish": time.perf_counter() - t2}
         return report
+
+    def store_bars(self) -> int:
+        """Append the bars fetched and scored since the last call to the bar store (ingestion's
+        own path: atomic parts, quarantine); returns the good rows written. The worker calls
+        it once the close is quiet, before fetching again, and when it stops."""
+        if not self._unstored:
+            return 0
+        t0 = time.perf_counter()
+        batches, self._unstored = self._unstored, []
+        try:
+            reports = append_validated(self.bars, batches)
+        except BaseException:
+            self._unstored = batches + self._unstored  # retried (appends are idempotent)
+            raise
+        written = sum(r.written for r in reports)
+        log.debug("stored %d bars in %.0f ms", written, (time.perf_counter() - t0) * 1e3)
+        return written
 
     # ----------------------------------------------------------------- the loop
     def stop(self) -> None:
@@ -287,10 +327,15 @@ class LiveWorker:
             if end is not None:
                 wake = min(wake, end)
             self._maintain(wake)
-            # wake at the close, or earlier to renew the leases (a third of their time to live)
+            # wake at the close, or earlier to renew the leases (a third of their time to live),
+            # or to store the last close's bars once it is quiet
             renew_at = time.time() + self.params.live_score.lease_seconds / 3
-            if self._stop.wait(max(0.0, min(wake, renew_at) - time.time())):
+            store_at = self._quiet_until if self._unstored else math.inf
+            if self._stop.wait(max(0.0, min(wake, renew_at, store_at) - time.time())):
                 break
+            if self._unstored and time.time() >= self._quiet_until:
+                self._store_quietly()
+                continue
             if end is not None and time.time() >= end and wake >= end:
                 break
             if time.time() < wake:
@@ -307,7 +352,7 @@ class LiveWorker:
                 log.warning(
                     "live worker: %s unavailable (%s); retrying in %.1fs (%d/%d)",
                     "the terminal" if terminal else "the results store",
-                    str(exc).splitlines()[0][:200],
+                    _first_line(exc),
                     backoff,
                     failures,
                     cfg.max_attempts,
@@ -322,8 +367,17 @@ class LiveWorker:
                 continue
             failures = 0
             self._record(report)
+        self._store_quietly()
         self.stats.rss_end_mb = rss_mb()
         return self.stats
+
+    def _store_quietly(self) -> None:
+        """`store_bars`, a failure logged (the next step stores them before it fetches, or
+        fetches them again)."""
+        try:
+            self.store_bars()
+        except Exception as exc:  # noqa: BLE001 — retried; the step reports a lasting failure
+            log.warning("live worker %s: storing bars failed: %s", self.holder, _first_line(exc))
 
     def _back_off(self, seconds: float) -> None:
         """Wait `seconds` after a failure, renewing the leases meanwhile: a terminal outage
@@ -346,15 +400,13 @@ class LiveWorker:
             return  # the first step connects, claims and reads everything
         try:
             self.symbols()  # renews when due
-            if wake - time.time() > 2 * self._refresh_cost + 0.01:
+            if time.time() >= self._quiet_until and wake - time.time() > 2 * self._refresh_cost + 0.01:
                 t0 = time.perf_counter()
                 if self.scorer.refresh(older_than=self.params.live_score.directory_seconds / 2):
                     self._refresh_cost = time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001 — the step retries, backs off and reports it
             log.warning(
-                "live worker %s: refreshing leases or the directory failed: %s",
-                self.holder,
-                str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
+                "live worker %s: refreshing leases or the directory failed: %s", self.holder, _first_line(exc)
             )
 
     def _record(self, report: StepReport) -> None:
@@ -370,21 +422,22 @@ class LiveWorker:
             sec = report.seconds
             log.info(
                 "bar close %s: %d bars, %d scores; bar close → committed p50 %.0f ms, max %.0f ms "
-                "(fetch %.0f ms, score %.0f ms, publish %.0f ms, store bars %.0f ms)",
+                "(fetch %.0f ms, score %.0f ms, publish %.0f ms)",
                 ",".join(report.due) or "-",
                 report.bars_written,
                 report.new_scores,
                 lag[len(lag) // 2] * 1e3,
                 lag[-1] * 1e3,
-                *(sec.get(k, 0.0) * 1e3 for k in ("ingest", "score", "publish", "append")),
+                *(sec.get(k, 0.0) * 1e3 for k in ("ingest", "score", "publish")),
             )
         if self.on_step:
             self.on_step(report)
 
     def close(self, release: bool = True) -> None:
         """Disconnect; give back the leases (`release` = False leaves them to expire, as a
-        killed worker would)."""
+        killed worker would, and the bars of the last close unstored, as a crash would)."""
         if release:
+            self._store_quietly()
             try:
                 self.store.release_symbols(self.holder)
             except Exception:  # noqa: BLE001 — they expire anyway

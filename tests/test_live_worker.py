@@ -147,10 +147,10 @@ def test_each_bar_close_is_scored_once_across_restart_and_outage(world):
 
 
 def test_a_crash_between_the_commit_and_storing_the_bars_loses_nothing(world):
-    """The worker scores a bar close before it writes the bars (the write is off the path to
-    the tenant): killed after its commit and before the bar store has the bars, it leaves
-    scores ahead of the bar store; the next worker fetches those bars again, stores them and
-    scores nothing twice."""
+    """The worker scores a bar close before it stores the bars (``live_score.quiet_seconds``
+    later, off the path to the tenant): killed after its commit and before the bar store has
+    the bars, it leaves scores ahead of the bar store; the next worker fetches those bars
+    again, stores them and scores nothing twice."""
     params, store = world["params"], world["store"]
     root = params.data.root
     crashed = []
@@ -163,9 +163,11 @@ def test_a_crash_between_the_commit_and_storing_the_bars_loses_nothing(world):
     before = {s: BarStore(root).watermark(SeriesKey("bars", s, "M5")) for s in SYMBOLS}
     time.sleep(0.6)  # at least one M5 bar closes (600×: one per 0.5 s)
     first = LiveWorker(params, store, bars=BarStore(root, fault_hook=crash), registry=world["registry"])
+    assert first.step().new_scores > 0  # committed; the bars are stored once the close is quiet
     with pytest.raises(RuntimeError, match="killed before"):
-        first.step()
-    first.close()  # its leases given back (a killed worker's expire: the takeover test)
+        first.store_bars()
+    first.close(release=False)  # killed: nothing more is stored
+    first.store.release_symbols(first.holder)  # its leases expire (the takeover test); not waited for here
     got = _results(world)
     mark = {s: BarStore(root).watermark(SeriesKey("bars", s, "M5")) for s in SYMBOLS}
     ahead = [s for s in SYMBOLS if got[got.symbol == s].bar_time.max().timestamp() > mark[s]]
