@@ -49,6 +49,7 @@ class StreamHub:
         self._lock = threading.Lock()
         self.open: Counter[str] = Counter()  # tenant id → open streams
         self.closing = False  # the replica is shutting down: streams end, clients reconnect
+        self.generation = 0  # events notified so far (see `wait`)
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._loop is None and threading.current_thread() is threading.main_thread():
@@ -79,19 +80,26 @@ class StreamHub:
         self.notify()
 
     def notify(self, _event: Any = None) -> None:
-        """Wake every waiting stream (callable from any thread: the bus's)."""
+        """Wake every waiting stream (callable from any thread: the bus's), and count the
+        event (`generation`), so that a stream busy reading when it came does not miss it."""
+        with self._lock:
+            self.generation += 1
+            waiters = list(self._waiters)
         loop = self._loop
         if loop is None:
             return
-        with self._lock:
-            waiters = list(self._waiters)
         for w in waiters:
             loop.call_soon_threadsafe(w.set)
 
-    async def wait(self, timeout: float) -> None:
-        """Until the next event or `timeout` seconds."""
+    async def wait(self, timeout: float, seen: int | None = None) -> None:
+        """Until the next event or `timeout` seconds; at once if an event came since the
+        stream read `generation` as `seen` (before its last read of the store). Without it, an
+        event arriving while a stream was reading or sending was lost, and its results waited
+        for the next event or the fallback re-read (seconds)."""
         event = asyncio.Event()
         with self._lock:
+            if seen is not None and self.generation != seen:
+                return
             self._waiters.add(event)
         try:
             await asyncio.wait_for(event.wait(), timeout)
@@ -231,6 +239,7 @@ def stream_app(service: Any) -> Any:
             await put(f": stream of {tenant.name} after event {cursor}\nretry: 1000\n\n".encode())
             idle = 0.0
             while not disconnected.is_set() and not hub.closing:
+                seen = hub.generation  # before the read: an event during it wakes the next wait
                 try:
                     rows = await run_in_threadpool(read, cursor)
                 except Exception:  # noqa: BLE001 — store blip: tell the client, keep the stream
@@ -252,7 +261,7 @@ def stream_app(service: Any) -> Any:
                 if hub.closing:
                     break
                 started = asyncio.get_running_loop().time()
-                await hub.wait(events_cfg.reread_seconds)
+                await hub.wait(events_cfg.reread_seconds, seen)
                 idle += asyncio.get_running_loop().time() - started
         except (TimeoutError, OSError):
             log.info(
