@@ -237,7 +237,7 @@ class LiveWorker:
         on the first step: the backfill), score, publish, then store the bars (module
         docstring). Raises TerminalError on terminal failure."""
         report = StepReport()
-        t0 = time.perf_counter()
+        t0, started = time.perf_counter(), time.time()
         if not self._connected:
             connect(self.client, **self._init_kwargs)
             self._connected = True
@@ -289,7 +289,8 @@ class LiveWorker:
             # the path to the tenant — at once when scoring failed (a results-store outage must
             # not hold back ingestion). After a crash before they are stored, the next step
             # fetches them again from the bar store's watermark; their scores stay unique.
-            self._quiet_until = time.time() + (0.0 if failed else self.params.live_score.quiet_seconds)
+            quiet = started + self.params.live_score.quiet_seconds  # the step starts at the close
+            self._quiet_until = time.time() if failed else max(time.time(), quiet)
             if failed:
                 self.store_bars()
         report.seconds = {"ingest": t1 - t0, "score": t2 - t1, "publish": time.perf_counter() - t2}
