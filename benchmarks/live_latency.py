@@ -15,7 +15,8 @@ schedules are (not aligned to bar closes). The contract engine is the live worke
 the deployed ``ingest-live`` runs the great-expectations engine, slower still.
 
 Phase 2, the live worker (``--seconds``): ``--workers`` processes of ``python -m pipelines.live``
-share the symbols through leases, on the same accelerated simulator clock. Mid-run:
+(two by default: one per core, each scoring half the symbols; ``--workers 1`` measures one
+alone) share the symbols through leases, on the same accelerated simulator clock. Mid-run:
 
 * a SIGKILL of one worker (restarted at once, as the deployment would within a minute; the
   killed worker's leases expire after ``live_score.lease_seconds``),
@@ -36,7 +37,7 @@ Targets (issue 13, 2 cores): committed p50 ≤ 100 ms, p99 ≤ 250 ms; SSE recei
 no bar missed or duplicated (store and streams) across the faults; worker memory flat.
 
     python benchmarks/live_latency.py [--tenants 1000] [--seconds 150] [--baseline-seconds 40]
-                                      [--speed 300] [--clients 5] [--workers 1]
+                                      [--speed 300] [--clients 5] [--workers 2]
 """
 
 from __future__ import annotations
@@ -198,7 +199,7 @@ def main() -> None:
     parser.add_argument("--baseline-seconds", type=float, default=40.0)
     parser.add_argument("--speed", type=float, default=300.0)
     parser.add_argument("--clients", type=int, default=5)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--keep-logs", default=None, metavar="DIR", help="keep the logs here")
     args = parser.parse_args()
