@@ -292,7 +292,7 @@ class LiveWorker:
             quiet = started + self.params.live_score.quiet_seconds  # the step starts at the close
             self._quiet_until = time.time() if failed else max(time.time(), quiet)
             if failed:
-                self.store_bars()
+                self._store_quietly()  # never masks the failure being raised
         report.seconds = {"ingest": t1 - t0, "score": t2 - t1, "publish": time.perf_counter() - t2}
         return report
 
