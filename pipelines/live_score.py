@@ -294,35 +294,30 @@ class LiveScorer:
         b = cached[1]
         return b.slice(int(np.searchsorted(b.time, start)))
 
-    def _with_pending(self, key: SeriesKey, stored: Any) -> Any:
-        """`stored` rows followed by the offered rows of `key` that are newer than them."""
-        if key not in self._pending:
+    def _with_pending(self, key: SeriesKey, stored: Any | None) -> Any:
+        """`stored` rows (None: none) followed by the offered rows of `key` newer than them."""
+        pending = self._pending[key][1] if key in self._pending else None
+        if stored is None or not len(stored):
+            if pending is None:
+                return stored if stored is not None else key.schema.empty_table().to_pandas()
+            return pending.reset_index(drop=True)
+        if pending is None:
             return stored
-        rows = self._pending[key][1]
-        if len(stored):
-            rows = rows[frame_times(rows, key.unit) > int(frame_times(stored, key.unit)[-1])]
-        if not len(rows):
-            return stored
-        return pd.concat([stored, rows], ignore_index=True) if len(stored) else rows.reset_index(drop=True)
+        rows = pending[frame_times(pending, key.unit) > int(frame_times(stored, key.unit)[-1])]
+        return pd.concat([stored, rows], ignore_index=True) if len(rows) else stored
 
     def _newer(self, key: SeriesKey, last: int) -> Any:
-        """Rows of `key` with open time after `last`: from the bar store up to its watermark,
-        then the offered ones. The store's rows after `last` are at most (watermark − last) /
-        bar length, so its last that many rows hold them all: a few, kept in memory by the bar
-        store that appended them (the live worker's), are taken from there instead of reading
-        Parquet parts; a long gap (a weekend, a backlog) reads from disk."""
+        """Rows of `key` with open time after `last`: from the bar store up to its watermark
+        (none in the live case: the new bars are offered, not yet stored), then the offered
+        ones. The store's rows after `last` are at most (watermark − last) / bar length, so its
+        last that many rows hold them all: a few, kept in memory by the bar store that appended
+        them (the live worker's), are taken from there instead of reading Parquet parts; a long
+        gap (a weekend, a backlog) reads from disk."""
         stored = self._disk_watermark(key)
-        pending = self._pending.get(key)
-        if (stored is None or stored <= last) and pending is not None:  # the live case: in memory
-            rows = pending[1]
-            return rows[frame_times(rows, key.unit) > last].reset_index(drop=True)
-        if stored is None or stored <= last:
-            rows = key.schema.empty_table().to_pandas()
-        elif (most := (stored - last) // timeframe_seconds(key.timeframe or "M1") + 1) > 64:
-            rows = self.bars.read(key, start=last + 1)
-        else:
-            rows = self.bars.tail(key, int(most))
-            rows = rows[frame_times(rows, key.unit) > last].reset_index(drop=True) if len(rows) else rows
+        rows = None
+        if stored is not None and stored > last:
+            most = (stored - last) // timeframe_seconds(key.timeframe or "M1") + 1
+            rows = self.bars.read(key, start=last + 1) if most > 64 else self.bars.tail(key, int(most))
         rows = self._with_pending(key, rows)
         return rows[frame_times(rows, key.unit) > last].reset_index(drop=True) if len(rows) else rows
 
