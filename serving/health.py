@@ -12,12 +12,35 @@ a failing store reports it at once (`store_failed`), so readiness drops before t
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
 from typing import Any
 
+import bentoml
+
 log = logging.getLogger("mt5prob.serving")
+
+_GC_PAUSE = bentoml.metrics.Histogram(
+    name="mt5prob_gc_pause_seconds",
+    documentation="Cyclic garbage-collector passes in the service, by generation (seconds, GIL held)",
+    labelnames=["generation"],
+    buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+_GC_FREEZES = bentoml.metrics.Counter(
+    name="mt5prob_gc_freezes",
+    documentation="Times the service hid its long-lived objects from the collector (at start and "
+    "whenever the set of loaded model versions changed)",
+)
+_GC_STARTED: list[float] = []
+
+
+def _time_collections(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _GC_STARTED[:] = [time.perf_counter()]
+    elif _GC_STARTED:
+        _GC_PAUSE.labels(generation=str(info["generation"])).observe(time.perf_counter() - _GC_STARTED[0])
 
 
 class Health:
@@ -31,6 +54,7 @@ class Health:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._frozen_for: frozenset[tuple[str, str]] | None = None
 
     # ------------------------------------------------------------ reading
     def reasons(self) -> list[str]:
@@ -76,8 +100,33 @@ class Health:
             self._model_errors = errors
         return self.reasons()
 
+    def freeze_long_lived(self) -> float | None:
+        """When the set of loaded model versions changed (and at start): collect, then hide every
+        object alive now (libraries, models, caches) from the cyclic collector (`gc.freeze`).
+
+        Why: a full collection walks every live object with the GIL held; in the service that
+        took 100-300 ms once the models were loaded, and it fell at random on a request or a
+        stream push (issue 13's SSE tail). Frozen objects are still freed by reference counting;
+        an evicted model's reference cycles are reclaimed here, at the next change (unfreeze,
+        collect, freeze again). Returns the seconds spent, or None when nothing changed."""
+        loaded = frozenset(self.models.loaded())
+        if loaded == self._frozen_for:
+            return None
+        started = time.perf_counter()
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        self._frozen_for = loaded
+        _GC_FREEZES.inc()
+        spent = time.perf_counter() - started
+        log.info("froze %d long-lived objects in %.0f ms", gc.get_freeze_count(), spent * 1000)
+        return spent
+
     def start(self) -> None:
+        if _time_collections not in gc.callbacks:
+            gc.callbacks.append(_time_collections)
         self.check()
+        self.freeze_long_lived()
         self._thread = threading.Thread(target=self._run, name="health", daemon=True)
         self._thread.start()
 
@@ -90,6 +139,7 @@ class Health:
             started = time.monotonic()
             try:
                 self.check()
+                self.freeze_long_lived()
             except Exception:  # noqa: BLE001 - the checker must outlive any one failure
                 log.exception("health check failed")
             if started - trimmed >= TRIM_SECONDS:
