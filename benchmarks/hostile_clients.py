@@ -149,6 +149,10 @@ def main() -> int:  # noqa: PLR0915 - one scenario, read top to bottom
     parser.add_argument("--no-access-log", action="store_true", help="serving.access_log: false")
     args = parser.parse_args()
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    # tenant data is sealed (issue 15): a master key of this run's own unless one is given
+    from pipelines.store.crypto import new_master_key_text
+
+    os.environ.setdefault("MT5PROB_MASTER_KEY", new_master_key_text())
     import numpy as np
     import sqlalchemy as sa
     import yaml
@@ -415,6 +419,7 @@ def main() -> int:  # noqa: PLR0915 - one scenario, read top to bottom
             store.close()
             with server.connect() as conn:
                 conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db}_keys" WITH (FORCE)'))
             server.dispose()
         first = int(end.timestamp())
         want = {

@@ -204,6 +204,10 @@ def main() -> None:
     parser.add_argument("--keep-logs", default=None, metavar="DIR", help="keep the logs here")
     args = parser.parse_args()
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    # tenant data is sealed (issue 15): a master key of this run's own unless one is given
+    from pipelines.store.crypto import new_master_key_text
+
+    os.environ.setdefault("MT5PROB_MASTER_KEY", new_master_key_text())
     from pipelines.bar_store import BarStore, SeriesKey, frame_times
     from pipelines.registry import model_name
     from pipelines.store import ResultsStore, app_url
@@ -381,6 +385,7 @@ def main() -> None:
             store.close()
             with server.connect() as conn:
                 conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}_keys" WITH (FORCE)'))
             server.dispose()
 
     timer_rows = [r for r in rows if r.id <= boundary]

@@ -145,6 +145,10 @@ def main() -> None:
     parser.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    # tenant data is sealed (issue 15): a master key of this run's own unless one is given
+    from pipelines.store.crypto import new_master_key_text
+
+    os.environ.setdefault("MT5PROB_MASTER_KEY", new_master_key_text())
     from pipelines.store import ResultsStore, app_url
 
     results = {}
@@ -171,6 +175,7 @@ def main() -> None:
                     if server is not None:
                         with server.connect() as conn:
                             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
+                            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{dbname}_keys" WITH (FORCE)'))
                         server.dispose()
 
     print(

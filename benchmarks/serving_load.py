@@ -175,6 +175,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each load phase")
     args = parser.parse_args()
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    # tenant data is sealed (issue 15): a master key of this run's own unless one is given
+    from pipelines.store.crypto import new_master_key_text
+
+    os.environ.setdefault("MT5PROB_MASTER_KEY", new_master_key_text())
     from pipelines.registry import Registry
     from serving.devserver import free_port, running_service
 

@@ -366,6 +366,10 @@ class StoreParams(_Frozen):
     admin_url: str | None = None
     statement_timeout_ms: int = Field(5000, ge=0)  # a query running longer is cancelled (0 = none)
     connect_timeout_seconds: float = Field(5.0, gt=0)  # connecting, or waiting for a pooled connection
+    # tenant data sealed under per-tenant data keys (pipelines/store/crypto.py); the master key
+    # comes from MT5PROB_MASTER_KEY or MT5PROB_MASTER_KEY_FILE, never from this file
+    encryption: bool = True
+    keys_url: str | None = None  # the key store; None: beside a SQLite store, <database>_keys on PostgreSQL
 
 
 class LiveScoreParams(_Frozen):
@@ -565,11 +569,14 @@ def describe_errors(exc: ValidationError) -> str:
 
 
 def run_cli(main: Callable[[], int]) -> int:
-    """Run an entry point's `main`; a `ParamsError` (bad params.yaml) becomes one line on
-    stderr and exit code 2 instead of a traceback."""
+    """Run an entry point's `main`; a `ParamsError` (bad params.yaml) or a `KeyringError` (no
+    master key, or the wrong one) becomes one line on stderr and exit code 2 instead of a
+    traceback."""
+    from pipelines.store.crypto import KeyringError
+
     try:
         return main()
-    except ParamsError as exc:
+    except (ParamsError, KeyringError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -129,6 +129,7 @@ class LiveScorer:
         closed_at: Callable[[int], datetime] | None = None,
         refresh_seconds: float = 0.0,
     ) -> None:
+        store.verify_keys()  # a wrong master key stops scoring here, before any row is written
         self.params = params
         self.store = store
         self.bars = bars or BarStore(params.data.root)

@@ -100,7 +100,7 @@ def live_calibration(
         with results.tenant(tenant.tenant_id, actor="monitor") as session:
             f = session.probabilities(start=since)
         if len(f):
-            f["tenant"] = tenant.name
+            f["tenant"] = tenant.tenant_id  # ids only: names are the tenants' own (sealed)
             frames.append(f[f.label_kind == "direction"])
     if not frames:
         return []

@@ -10,9 +10,18 @@
     python -m pipelines.tenants remove TENANT --yes
     python -m pipelines.tenants export TENANT --out FILE.parquet|FILE.csv
     python -m pipelines.tenants webhook TENANT URL | --status | --remove
+    python -m pipelines.tenants erasures
+    python -m pipelines.tenants keygen [--out FILE]
+    python -m pipelines.tenants rotate-master-key --new-key-file FILE
 
 TENANT is an id or a name. ``add`` and ``rotate-key`` print the API key once; only its hash
-is stored. ``remove`` deletes the tenant's results and audit trail (right to be forgotten);
+is stored. ``remove`` erases the tenant (right to be forgotten): its data keys are destroyed
+(crypto-shredding: every copy of its sealed data, backups included, becomes unreadable), then
+its rows are deleted, and an erasure record without personal data is kept (``erasures`` lists
+them). ``keygen`` prints (or writes, mode 0600) a new master key; ``rotate-master-key``
+re-wraps every data key under the key in FILE — tenant rows are not touched — after which the
+processes need that key (MT5PROB_MASTER_KEY / MT5PROB_MASTER_KEY_FILE; the old one may stay in
+MT5PROB_MASTER_KEY_PREVIOUS until they have restarted).
 ``export`` writes all of its results (portability) atomically. ``webhook`` sets the tenant's
 webhook (pipelines/webhooks.py: its results POSTed as they are committed, HMAC-signed with the
 secret it prints once), shows its delivery state, or removes it. The store is ``store:`` in
@@ -27,6 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipelines.store import ResultsStore, StoreError, Subscription
+from pipelines.store.crypto import KeyringError, LocalMasterKey, new_master_key_text
 
 
 def _pins(values: Sequence[str]) -> dict[str, str]:
@@ -106,10 +116,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     hook.add_argument("url", nargs="?", help="http(s) URL that receives the tenant's results")
     hook.add_argument("--status", action="store_true", help="show the delivery state")
     hook.add_argument("--remove", action="store_true", help="stop the webhook")
+    sub.add_parser("erasures", help="erasure records as JSON lines (no personal data)")
+    keygen = sub.add_parser("keygen", help="print a new master key (or write it to --out, mode 0600)")
+    keygen.add_argument("--out", type=Path, default=None)
+    remaster = sub.add_parser("rotate-master-key", help="re-wrap every data key under a new master key")
+    remaster.add_argument("--new-key-file", type=Path, required=True)
     args = parser.parse_args(argv)
 
+    if args.command == "keygen":
+        return _keygen(args.out)
     params = load_params(args.params, args.profile)
-    store = ResultsStore.from_params(params.store)
+    try:
+        store = ResultsStore.from_params(params.store)
+    except KeyringError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.command == "migrate":
             store.migrate()
@@ -143,18 +164,62 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "remove":
             if not args.yes:
                 raise StoreError("remove deletes the tenant and all of its results: add --yes to confirm")
-            n = store.remove_tenant(args.tenant)
-            print(f"removed {args.tenant}: its settings, history and audit trail ({n} results unreadable)")
+            counts = store.remove_tenant(args.tenant)
+            print(
+                f"erased {args.tenant}: {counts['keys']} data key(s) destroyed, "
+                f"{counts['results']} results no longer its, rows deleted: "
+                + ", ".join(f"{k} {v}" for k, v in counts.items() if k not in ("keys", "results"))
+            )
+        elif args.command == "erasures":
+            for record in store.erasures():
+                print(json.dumps(record, default=str))
+        elif args.command == "rotate-master-key":
+            print(_rotate_master(store, args.new_key_file))
         elif args.command == "webhook":
             print(_webhook_command(store, args))
         elif args.command == "export":
             print(f"wrote {export_results(store, args.tenant, args.out)} rows to {args.out}")
         return 0
-    except StoreError as exc:
+    except (StoreError, KeyringError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
         store.close()
+
+
+def _keygen(out: Path | None) -> int:
+    import os
+
+    text = new_master_key_text()
+    if out is None:
+        print(text)
+        return 0
+    if out.exists():
+        print(f"error: {out} exists; a master key is never overwritten", file=sys.stderr)
+        return 2
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text + "\n")
+    print(f"wrote a new master key to {out} (mode 0600): point MT5PROB_MASTER_KEY_FILE at it")
+    return 0
+
+
+def _rotate_master(store: ResultsStore, new_key_file: Path) -> str:
+    import time
+
+    if store.vault.keys is None:
+        raise StoreError("encryption is off (store.encryption: false): there is no master key to rotate")
+    try:
+        new = LocalMasterKey.from_text(new_key_file.read_text(), f"key file {new_key_file}")
+    except OSError as exc:
+        raise StoreError(f"cannot read {new_key_file}: {exc.strerror}") from None
+    started = time.perf_counter()
+    n = store.vault.keys.rewrap(new)
+    return (
+        f"re-wrapped {n} data keys under master key {new.key_id} in {time.perf_counter() - started:.2f} s "
+        "(no tenant row touched); give the processes the new key "
+        "(old one in MT5PROB_MASTER_KEY_PREVIOUS until they restart)"
+    )
 
 
 if __name__ == "__main__":

@@ -191,9 +191,10 @@ class ScoringService:
         self.settings = params.serving
         bodies.install(self.settings.limits.max_json_depth)  # JSON bodies parsed off the event loop
         quiet_client_errors()  # a rejected request logs one line (serving.guard), no traceback
-        self.store = ResultsStore.from_params(params.store)
+        self.store = ResultsStore.from_params(params.store)  # no master key: stops here, one message
         if self.store.dialect == "sqlite":
             self.store.migrate()  # PostgreSQL: `python -m pipelines.tenants migrate` as the owner
+        self.store.verify_keys()  # the wrong master key: stops here, before serving anything
         self.auth = Authenticator(self.store, self.settings.api_key_header, self.settings.auth_cache_seconds)
         self.models = ModelCache(
             params.registry.tracking_uri,
@@ -613,7 +614,7 @@ class ScoringService:
         """`query(session)` in the caller's own tenant session, off the event loop."""
 
         def run() -> Any:
-            with self.store.tenant(me.tenant_id, actor=f"api:{me.name}") as session:
+            with self.store.tenant(me.tenant_id, actor=f"api:{me.tenant_id}") as session:
                 return query(session)
 
         return await asyncio.get_running_loop().run_in_executor(None, run)

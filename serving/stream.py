@@ -265,7 +265,9 @@ def stream_app(service: Any) -> Any:
                 idle += asyncio.get_running_loop().time() - started
         except (TimeoutError, OSError):
             log.info(
-                "stream of %s dropped: the client did not take events within %.0f s", tenant.name, timeout
+                "stream of %s dropped: the client did not take events within %.0f s",
+                tenant.tenant_id,
+                timeout,
             )
         finally:
             hub.open[tenant.tenant_id] -= 1

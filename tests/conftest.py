@@ -8,6 +8,10 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# the results store seals tenant data under a master key from the environment (issue 15): the
+# suite's own, fixed, so every process it starts (services, workers, flows) opens the same keys
+TEST_MASTER_KEY = "dGVzdC1vbmx5LW1hc3Rlci1rZXktbXQ1cHJvYi0zMmI"
+os.environ.setdefault("MT5PROB_MASTER_KEY", TEST_MASTER_KEY)
 
 from datetime import UTC, datetime  # noqa: E402
 
@@ -101,6 +105,8 @@ def pg_database(pg_server):
     with pg_server.connect() as conn:
         for name in made:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            # a results store's key store (pipelines/store/crypto.keys_url_for)
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}_keys" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")
@@ -150,6 +156,7 @@ def store(request, tmp_path):
             "series_leases",
             "worker_heartbeats",
             "webhooks",
+            "erasures",
         ):
             conn.execute(sa.text(f"DELETE FROM {table}"))
     s.close()

@@ -5,6 +5,7 @@ duplicate, backfill after an outage, and a promotion picked up by the next cycle
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -237,7 +238,9 @@ def test_live_score_flow_publishes_rows_per_tenant(world, prefect_harness, tmp_p
     params_file, store = _params_file_and_store(world, tmp_path)
     tenants(store, world["name"])
     out = live_score_flow(params_path=str(params_file), cycles=2)
-    assert out[0]["rows_per_tenant"] == {"a": 2, "b": 1} and out[1]["rows_per_tenant"] == {}
+    a, b = (store.find_tenant(name).tenant_id for name in ("a", "b"))
+    # Prefect keeps what a flow returns, publishes and logs: tenants are named there by id only
+    assert out[0]["rows_per_tenant"] == {a: 2, b: 1} and out[1]["rows_per_tenant"] == {}
     assert set(out[0]["seconds"]) == {"features", "scoring", "writes", "total"}
 
     async def artifacts():
@@ -252,7 +255,10 @@ def test_live_score_flow_publishes_rows_per_tenant(world, prefect_harness, tmp_p
     why = "Nothing written: no bar closed after the last scored ones"
     idle = [a for a in latest if why in (a.description or "")]
     assert idle, [a.description for a in latest]
-    assert all("latency" not in str(a.data) for a in latest)
+    assert all("latency" not in str(x.data) for x in latest)
+    tables = [json.loads(x.data) for x in latest if x.data and x.data.startswith("[")]
+    named = {r["tenant"] for t in tables for r in t if isinstance(r, dict) and "tenant" in r}
+    assert named == {a, b}, named
     deployment = live_score_deployment(str(params_file))
     assert deployment.name == "live-score"
     assert deployment.schedules[0].schedule.interval == timedelta(minutes=5)  # the M5 close

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -209,7 +211,7 @@ def test_audit_remove_and_export(store, tmp_path):
     with store.tenant(a.tenant_id, "test") as s:
         actions = s.audit_log().action.tolist()
     assert actions[0] == "tenant.add" and "results.read" in actions and "tenant.export" in actions
-    assert store.remove_tenant("a") == 3
+    assert store.remove_tenant("a")["results"] == 3
     with pytest.raises(StoreError, match="no tenant"):
         store.find_tenant("a")
     with store.admin_engine.connect() as conn:
@@ -256,12 +258,15 @@ def test_pinned_versions_visible_without_other_tenant_data(store):
     assert store.pinned_versions("other") == []
 
 
-def test_directory_lists_subscriptions_without_keys(store):
+def test_directory_lists_subscriptions_without_keys_or_names(store):
     a, key = store.add_tenant("a", FOLLOWS, pins={"m": "2"})
     b, _ = store.add_tenant("b", FOLLOWS[:1], long_above=0.6, short_below=0.4)
-    listed = {t.name: t for t in store.directory()}
-    assert set(listed) == {"a", "b"} and listed["a"].pins == {"m": "2"}
-    assert listed["b"].follows == (Subscription("EURUSD", "M5", 12),) and listed["b"].long_above == 0.6
+    listed = {t.tenant_id: t for t in store.directory()}
+    assert set(listed) == {a.tenant_id, b.tenant_id} and listed[a.tenant_id].pins == {"m": "2"}
+    b_listed = listed[b.tenant_id]
+    assert b_listed.follows == (Subscription("EURUSD", "M5", 12),) and b_listed.long_above == 0.6
+    # scoring works with ids: a tenant's name is its own (sealed), the directory never opens it
+    assert all(t.name == t.tenant_id for t in listed.values())
     assert key not in repr(listed)
     if store.dialect == "postgresql":
         with store.engine.connect() as conn:  # the app role cannot read the key columns directly
@@ -321,19 +326,24 @@ def test_upgrade_moves_per_tenant_rows_to_scores(backend, request, tmp_path):
         admin = request.getfixturevalue("pg_database")("upgrade")
         store = ResultsStore(app_url(admin), admin)
     store.migrate("0002")
-    from pipelines.store.schema import tenants
-
     made = datetime.now(UTC)
     with store.admin_engine.begin() as conn:  # tenants as revision 0002 stored them
         for name, follows, pins in (("a", FOLLOWS, {}), ("b", FOLLOWS[:1], {"m": "2"})):
             conn.execute(
-                tenants.insert().values(
-                    tenant_id=name, name=name, key_id=name, key_hash="0" * 64,
-                    follows=[f.as_dict() for f in follows], long_above=0.55, short_below=0.45,
-                    pins=pins, created_at=made, key_rotated_at=made,
-                )
-            )  # fmt: skip
-    a, b = store.find_tenant("a"), store.find_tenant("b")
+                sa.text(
+                    "INSERT INTO tenants (tenant_id, name, key_id, key_hash, follows, long_above, "
+                    "short_below, pins, created_at, key_rotated_at) "
+                    "VALUES (:t, :t, :t, :h, :f, 0.55, 0.45, :p, :c, :c)"
+                ),
+                {
+                    "t": name,
+                    "h": "0" * 64,
+                    "f": json.dumps([f.as_dict() for f in follows]),
+                    "p": json.dumps(pins),
+                    "c": made,
+                },
+            )
+    a, b = SimpleNamespace(tenant_id="a"), SimpleNamespace(tenant_id="b")
     legacy = [
         (a.tenant_id, "EURUSD", "1", 0.6, "long"),
         (a.tenant_id, "XAUUSD", "1", 0.4, "short"),

@@ -38,6 +38,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from models.policy import ThresholdPolicy
+from pipelines.store.crypto import KeyDestroyed, KeyStore, LocalMasterKey, MasterKey, Vault, keys_url_for
 from pipelines.store.schema import (
     APP_ROLE,
     TENANT_SETTING,
@@ -49,6 +50,9 @@ from pipelines.store.schema import (
     tenants,
     watermarks,
     worker_heartbeats,
+)
+from pipelines.store.schema import (
+    erasures as erasure_table,
 )
 from pipelines.store.schema import pins as pin_table
 from pipelines.store.schema import webhooks as webhook_table
@@ -218,12 +222,17 @@ def _subscription(symbol: str, timeframe: str, horizon: int, label_kind: str = "
     return Subscription(symbol, timeframe, horizon, label_kind)
 
 
-def _tenant_from_row(row: Any) -> Tenant:
+def _tenant_from_row(row: Any, vault: Vault | None) -> Tenant:
+    """A tenant from its row; its name opened with `vault` (None: the name is not read — the
+    scoring directory, which works with ids only — and the tenant's id stands in for it)."""
     follows = row.follows if not isinstance(row.follows, str) else json.loads(row.follows)
     pins = row.pins if not isinstance(row.pins, str) else json.loads(row.pins)
+    name = row.tenant_id
+    if vault is not None:
+        name = vault.open_text(row.tenant_id, "tenants", "name", row.tenant_id, row.name_sealed)
     return Tenant(
         tenant_id=row.tenant_id,
-        name=row.name,
+        name=name,
         follows=tuple(_subscription(**f) for f in follows),
         long_above=row.long_above,
         short_below=row.short_below,
@@ -232,11 +241,12 @@ def _tenant_from_row(row: Any) -> Tenant:
     )
 
 
-def _webhook_from_row(row: Any) -> Webhook:
+def _webhook_from_row(row: Any, vault: Vault) -> Webhook:
+    t = row.tenant_id
     return Webhook(
-        tenant_id=row.tenant_id,
-        url=row.url,
-        secret=row.secret,
+        tenant_id=t,
+        url=vault.open_text(t, "webhooks", "url", t, row.url_sealed),
+        secret=vault.open_text(t, "webhooks", "secret", t, row.secret_sealed),
         delivered_through=int(row.delivered_through),
         pending_through=None if row.pending_through is None else int(row.pending_through),
         attempts=int(row.attempts),
@@ -270,6 +280,7 @@ def _engine(url: str, statement_timeout_ms: int = 0, connect_timeout: float | No
             cur.execute("PRAGMA journal_mode=WAL")  # readers do not block the scoring writer
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten, not left in free pages
             cur.close()
 
         return engine
@@ -292,10 +303,19 @@ class ResultsStore:
         admin_url: str | None = None,
         statement_timeout_ms: int = 0,
         connect_timeout: float | None = None,
+        *,
+        encryption: bool = True,
+        keys_url: str | None = None,
+        masters: Sequence[MasterKey] | None = None,
     ) -> None:
         """`statement_timeout_ms` and `connect_timeout` apply to `url`'s connections
         (scoring, serving) on PostgreSQL; the admin connection (migrations, tenant
-        administration) is not cut short."""
+        administration) is not cut short.
+
+        `encryption` (default on): tenant data is sealed under per-tenant data keys kept in the
+        key store at `keys_url` (default `crypto.keys_url_for`), wrapped by `masters` (default:
+        the master key in the environment, then any previous ones) — missing: `MasterKeyError`
+        here, before anything is read or written. Off: values are stored marked plain."""
         self.url = url
         self.admin_url = admin_url or url
         self.engine = _engine(url, statement_timeout_ms, connect_timeout)
@@ -303,11 +323,34 @@ class ResultsStore:
             self.engine if self.admin_url == url else _engine(self.admin_url, 0, connect_timeout)
         )
         self.dialect = self.engine.dialect.name
+        keys = None
+        if encryption:
+            if masters is None:
+                masters = [LocalMasterKey.from_env(), *LocalMasterKey.previous_from_env()]
+            if keys_url:
+                keys = KeyStore(keys_url, masters)
+            else:  # read as the app, written as the admin (PostgreSQL: two roles)
+                keys = KeyStore(keys_url_for(url), masters, keys_url_for(self.admin_url))
+        self.vault = Vault(keys)
 
     @classmethod
     def from_params(cls, store: Any) -> ResultsStore:
         """The store of a ``store:`` section (`pipelines.config.StoreParams`)."""
-        return cls(store.url, store.admin_url, store.statement_timeout_ms, store.connect_timeout_seconds)
+        return cls(
+            store.url,
+            store.admin_url,
+            store.statement_timeout_ms,
+            store.connect_timeout_seconds,
+            encryption=store.encryption,
+            keys_url=store.keys_url,
+        )
+
+    def verify_keys(self) -> None:
+        """At start (service, workers, CLI): raise `crypto.MasterKeyError` with one clear message
+        unless this process's master key opens the key store. Nothing to check when encryption
+        is off."""
+        if self.vault.keys is not None:
+            self.vault.keys.verify()
 
     def ping(self) -> None:
         """Raise unless the store answers a trivial query (PostgreSQL: within the connect and
@@ -319,18 +362,28 @@ class ResultsStore:
         self.engine.dispose()
         if self.admin_engine is not self.engine:
             self.admin_engine.dispose()
+        if self.vault.keys is not None:
+            self.vault.keys.close()
 
     # ---------------------------------------------------------------- schema
     def migrate(self, revision: str = "head") -> None:
-        """Apply Alembic migrations up to `revision` (idempotent) through the admin connection."""
+        """Apply Alembic migrations up to `revision` (idempotent) through the admin connection;
+        first create the key store if missing and check the master key opens it."""
+        if self.vault.keys is not None:
+            self.vault.keys.create()
+            self.vault.keys.grant_read(APP_ROLE)  # when the role exists (an upgrade)
+            self.vault.keys.verify()
         from alembic import command
         from alembic.config import Config
 
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["vault"] = self.vault
         with self.admin_engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
+        if self.vault.keys is not None:
+            self.vault.keys.grant_read(APP_ROLE)  # the role exists now (migration 0001)
 
     # ---------------------------------------------------------------- admin
     def add_tenant(
@@ -352,12 +405,15 @@ class ResultsStore:
         key_id, key = _new_key()
         now = _now()
         with self.admin_engine.begin() as conn:
-            if conn.execute(sa.select(tenants.c.tenant_id).where(tenants.c.name == name)).first():
+            if conn.dialect.name == "postgresql":  # names are sealed: uniqueness is checked here, alone
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": TENANT_NAME_LOCK})
+            if self._by_name(conn, name) is not None:
                 raise StoreError(f"a tenant named {name!r} exists already")
+            self.vault.new_owner(tenant_id)
             conn.execute(
                 tenants.insert().values(
                     tenant_id=tenant_id,
-                    name=name,
+                    name_sealed=self.vault.seal_text(tenant_id, "tenants", "name", tenant_id, name),
                     key_id=key_id,
                     key_hash=_hash_key(key),
                     follows=[s.as_dict() for s in follows],
@@ -370,24 +426,50 @@ class ResultsStore:
             )
             _open_subscriptions(conn, tenant_id, follows, long_above, short_below, now)
             _open_pins(conn, tenant_id, pins or {}, now)
-            _audit(conn, tenant_id, actor, "tenant.add", {"name": name})
+            _audit(conn, self.vault, tenant_id, actor, "tenant.add", {"name": name})
         tenant = Tenant(tenant_id, name, tuple(follows), long_above, short_below, dict(pins or {}), now)
         return tenant, key
 
     def list_tenants(self) -> list[Tenant]:
+        """Every tenant, oldest first. One whose keys are destroyed but whose rows are not yet
+        deleted (an erasure cut short) is listed with its id as its name, to finish by id."""
         with self.admin_engine.connect() as conn:
-            rows = conn.execute(sa.select(tenants).order_by(tenants.c.created_at, tenants.c.name))
-            return [_tenant_from_row(r) for r in rows]
+            rows = conn.execute(sa.select(tenants).order_by(tenants.c.created_at, tenants.c.tenant_id)).all()
+        self.vault.preload([r.tenant_id for r in rows])
+        out = []
+        for r in rows:
+            try:
+                out.append(_tenant_from_row(r, self.vault))
+            except KeyDestroyed:
+                out.append(_tenant_from_row(r, None))
+        return out
 
     def find_tenant(self, ref: str) -> Tenant:
         """A tenant by id or by name (admin connection)."""
-        with self.admin_engine.connect() as conn:
-            row = conn.execute(
-                sa.select(tenants).where((tenants.c.tenant_id == ref) | (tenants.c.name == ref))
-            ).first()
+        row = self._tenant_row(ref)
         if row is None:
             raise StoreError(f"no tenant with id or name {ref!r}")
-        return _tenant_from_row(row)
+        return _tenant_from_row(row, self.vault)
+
+    def _tenant_row(self, ref: str) -> Any:
+        """The tenants row whose id is `ref`, else the one named `ref`, else None."""
+        with self.admin_engine.connect() as conn:
+            row = conn.execute(sa.select(tenants).where(tenants.c.tenant_id == ref)).first()
+            return row if row is not None else self._by_name(conn, ref)
+
+    def _by_name(self, conn: sa.Connection, name: str) -> Any:
+        """The tenants row named `name`, or None. Names are sealed and no digest of them is
+        stored, so this opens each (one key-store query for all; admin operations only — the
+        API finds tenants by key id). A row whose keys are destroyed has no name any more."""
+        rows = conn.execute(sa.select(tenants)).all()
+        self.vault.preload([r.tenant_id for r in rows])
+        for r in rows:
+            try:
+                if self.vault.open_text(r.tenant_id, "tenants", "name", r.tenant_id, r.name_sealed) == name:
+                    return r
+            except KeyDestroyed:
+                continue
+        return None
 
     def update_tenant(
         self,
@@ -419,7 +501,8 @@ class ResultsStore:
             if pins is not None and values["pins"] != dict(tenant.pins):
                 _close(conn, pin_table, tenant.tenant_id, now)
                 _open_pins(conn, tenant.tenant_id, values["pins"], now)
-            _audit(conn, tenant.tenant_id, actor, "tenant.update", {k: str(v) for k, v in values.items()})
+            detail = {k: str(v) for k, v in values.items()}
+            _audit(conn, self.vault, tenant.tenant_id, actor, "tenant.update", detail)
         return self.find_tenant(tenant.tenant_id)
 
     def ensure_tenant(
@@ -433,7 +516,7 @@ class ResultsStore:
         """Make the tenant `name` exist with these settings (add it, or update it and rotate its
         key); returns its new API key. Idempotent setup for demos and provisioning scripts."""
         with self.admin_engine.connect() as conn:
-            exists = conn.execute(sa.select(tenants.c.tenant_id).where(tenants.c.name == name)).first()
+            exists = self._by_name(conn, name)
         if exists is None:
             return self.add_tenant(name, follows, long_above, short_below, actor=actor)[1]
         self.update_tenant(name, follows=follows, long_above=long_above, short_below=short_below, actor=actor)
@@ -449,23 +532,67 @@ class ResultsStore:
                 .where(tenants.c.tenant_id == tenant.tenant_id)
                 .values(key_id=key_id, key_hash=_hash_key(key), key_rotated_at=_now())
             )
-            _audit(conn, tenant.tenant_id, actor, "tenant.rotate_key", {})
+            _audit(conn, self.vault, tenant.tenant_id, actor, "tenant.rotate_key", {})
         return key
 
-    def remove_tenant(self, ref: str) -> int:
-        """Delete the tenant, its subscription and pin history (so no result is its any
-        more) and its audit trail (right to be forgotten); returns the number of results it
-        could read before. Scores themselves belong to no tenant and stay."""
-        tenant = self.find_tenant(ref)
+    def remove_tenant(self, ref: str, actor: str = "admin") -> dict[str, int]:
+        """Erase the tenant (right to be forgotten), by crypto-shredding then deleting:
+
+        1. its data keys are destroyed in the key store, so every copy of what was sealed under
+           them — here, in replicas, in backups taken before — is unreadable from then on;
+        2. its rows go in one transaction: subscription and pin history (so no result is its
+           any more), webhook, audit trail, the tenant row. Rows of other tables reference the
+           tenant (ON DELETE CASCADE), so one written concurrently for it fails instead of
+           outliving it;
+        3. an erasure record stays in the same transaction: a digest of the id, when, `actor`
+           and the counts — nothing personal.
+
+        `ref` is the id or the name; after a crash between 1 and 2 the name is unreadable and
+        the id finishes the erasure. Returns the counts (``results``: rows it could read,
+        ``keys``: data keys destroyed, then rows deleted per table). Scores belong to no tenant
+        and stay."""
+        row = self._tenant_row(ref)
+        if row is None:
+            raise StoreError(f"no tenant with id or name {ref!r}")
+        tenant_id = row.tenant_id
+        counts = {"keys": self.vault.destroy(tenant_id)}
         with self.admin_engine.begin() as conn:
-            n = conn.execute(
-                sa.select(sa.func.count())
-                .select_from(tenant_results)
-                .where(tenant_results.c.tenant_id == tenant.tenant_id)
-            ).scalar_one()
+            counts["results"] = int(
+                conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(tenant_results)
+                    .where(tenant_results.c.tenant_id == tenant_id)
+                ).scalar_one()
+            )
             for table in (subscriptions, pin_table, webhook_table, audit, tenants):
-                conn.execute(table.delete().where(table.c.tenant_id == tenant.tenant_id))
-        return int(n)
+                gone = conn.execute(table.delete().where(table.c.tenant_id == tenant_id)).rowcount
+                counts[table.name] = int(gone)
+            conn.execute(
+                erasure_table.insert().values(
+                    subject=hashlib.sha256(tenant_id.encode()).hexdigest(),
+                    erased_at=_now(),
+                    actor=actor,
+                    counts=json.dumps(counts, sort_keys=True),
+                )
+            )
+        if self.dialect == "sqlite":  # the WAL still holds the pages as they were: fold it in, empty it
+            with self.admin_engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        return counts
+
+    def erasures(self) -> list[dict[str, Any]]:
+        """Every erasure record, oldest first (admin): subject digest, when, by whom, counts."""
+        with self.admin_engine.connect() as conn:
+            rows = conn.execute(sa.select(erasure_table).order_by(erasure_table.c.id)).all()
+        return [
+            {
+                "subject": r.subject,
+                "erased_at": _utc(r.erased_at),
+                "actor": r.actor,
+                "counts": json.loads(r.counts),
+            }
+            for r in rows
+        ]
 
     # ---------------------------------------------------------------- webhooks
     def set_webhook(self, ref: str, url: str, actor: str = "admin") -> str:
@@ -484,10 +611,11 @@ class ResultsStore:
             start = session.last_event_id()
         secret = secrets.token_hex(32)
         now = _now()
+        t = tenant.tenant_id
         row = {
-            "tenant_id": tenant.tenant_id,
-            "url": url,
-            "secret": secret,
+            "tenant_id": t,
+            "url_sealed": self.vault.seal_text(t, "webhooks", "url", t, url),
+            "secret_sealed": self.vault.seal_text(t, "webhooks", "secret", t, secret),
             "delivered_through": start,
             "pending_through": None,
             "attempts": 0,
@@ -499,7 +627,7 @@ class ResultsStore:
         }
         with self.admin_engine.begin() as conn:
             _upsert(conn, webhook_table, [row], ("tenant_id",))
-            _audit(conn, tenant.tenant_id, actor, "webhook.set", {"url": url, "after": start})
+            _audit(conn, self.vault, t, actor, "webhook.set", {"url": url, "after": start})
         return secret
 
     def remove_webhook(self, ref: str, actor: str = "admin") -> bool:
@@ -509,7 +637,7 @@ class ResultsStore:
             gone = webhook_table.delete().where(webhook_table.c.tenant_id == tenant.tenant_id)
             n = conn.execute(gone).rowcount
             if n:
-                _audit(conn, tenant.tenant_id, actor, "webhook.remove", {})
+                _audit(conn, self.vault, tenant.tenant_id, actor, "webhook.remove", {})
         return bool(n)
 
     def webhook(self, ref: str) -> Webhook | None:
@@ -519,7 +647,7 @@ class ResultsStore:
             row = conn.execute(
                 sa.select(webhook_table).where(webhook_table.c.tenant_id == tenant.tenant_id)
             ).first()
-        return None if row is None else _webhook_from_row(row)
+        return None if row is None else _webhook_from_row(row, self.vault)
 
     def last_score_id(self) -> int:
         """The newest score id (0 when none): changes exactly when scores are committed."""
@@ -538,7 +666,7 @@ class ResultsStore:
                 .order_by(w.next_attempt_at)
                 .limit(limit)
             ).all()
-        return [_webhook_from_row(r) for r in rows]
+        return [_webhook_from_row(r, self.vault) for r in rows]
 
     def webhook_batch(self, hook: Webhook, max_events: int) -> tuple[list[dict[str, Any]], int] | None:
         """The events to send to `hook` now and the last id among them, or None when nothing
@@ -627,12 +755,12 @@ class ResultsStore:
         with self.engine.connect() as conn:
             if self.dialect == "postgresql":
                 rows = conn.execute(
-                    sa.text("SELECT * FROM mt5prob_tenant_directory() ORDER BY created_at, name")
+                    sa.text("SELECT * FROM mt5prob_tenant_directory() ORDER BY created_at, tenant_id")
                 )
             else:
-                cols = [c for c in tenants.c if c.name not in ("key_id", "key_hash")]
-                rows = conn.execute(sa.select(*cols).order_by(tenants.c.created_at, tenants.c.name))
-            return [_tenant_from_row(r) for r in rows]
+                cols = [c for c in tenants.c if c.name not in ("key_id", "key_hash", "name_sealed")]
+                rows = conn.execute(sa.select(*cols).order_by(tenants.c.created_at, tenants.c.tenant_id))
+            return [_tenant_from_row(r, None) for r in rows]
 
     def pinned_versions(self, model_name: str) -> list[tuple[str, str]]:
         """(tenant id, version) of every tenant pinned to a version of `model_name` — and
@@ -658,7 +786,7 @@ class ResultsStore:
         commits on success, rolls back on error."""
         with self.engine.begin() as conn:
             _set_tenant(conn, tenant_id)
-            yield TenantSession(conn, tenant_id, actor)
+            yield TenantSession(conn, tenant_id, actor, self.vault)
 
     def write_scores(
         self,
@@ -753,16 +881,25 @@ def _set_tenant(conn: sa.Connection, tenant_id: str) -> None:
         conn.execute(sa.text("SELECT set_config(:k, :v, true)"), {"k": TENANT_SETTING, "v": tenant_id})
 
 
-def _audit(conn: sa.Connection, tenant_id: str, actor: str, action: str, detail: Mapping[str, Any]) -> None:
+def _audit(
+    conn: sa.Connection, vault: Vault, tenant_id: str, actor: str, action: str, detail: Mapping[str, Any]
+) -> None:
+    """One audit row; its detail sealed under the tenant's key, bound to the row by action and time."""
+    at = _now()
+    text = json.dumps(detail, sort_keys=True, default=str)
     conn.execute(
         audit.insert().values(
             tenant_id=tenant_id,
             actor=actor,
             action=action,
-            detail=json.dumps(detail, sort_keys=True, default=str),
-            at=_now(),
+            detail_sealed=vault.seal_text(tenant_id, "audit", "detail", _audit_row(action, at), text),
+            at=at,
         )
     )
+
+
+def _audit_row(action: str, at: datetime) -> str:
+    return f"{action}|{_utc(at).isoformat(timespec='microseconds')}"
 
 
 def _open_subscriptions(
@@ -824,6 +961,7 @@ _SQLITE_INSERT = (
     f"INSERT INTO scores ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join('?' * len(_INSERT_COLUMNS))}) "
     "ON CONFLICT DO NOTHING"
 )
+TENANT_NAME_LOCK = 0x6D7437  # adding a tenant: the check that its name is new, one at a time
 # writers of scores take this transaction-level lock before inserting, so ids become visible
 # in commit order: a reader that has seen id N never later finds a committed id below N
 SCORE_WRITE_LOCK = 0x6D7435  # "mt5"
@@ -877,14 +1015,15 @@ class TenantSession:
     """Reads and writes of one tenant inside one transaction. Every query carries the tenant;
     on PostgreSQL RLS enforces it again underneath."""
 
-    def __init__(self, conn: sa.Connection, tenant_id: str, actor: str) -> None:
+    def __init__(self, conn: sa.Connection, tenant_id: str, actor: str, vault: Vault) -> None:
         self.conn = conn
         self.tenant_id = tenant_id
         self.actor = actor
+        self.vault = vault
 
     def tenant(self) -> Tenant | None:
         row = self.conn.execute(sa.select(tenants).where(tenants.c.tenant_id == self.tenant_id)).first()
-        return None if row is None else _tenant_from_row(row)
+        return None if row is None else _tenant_from_row(row, self.vault)
 
     def probabilities(
         self,
@@ -976,17 +1115,27 @@ class TenantSession:
         return int(self.conn.execute(q).scalar() or 0)
 
     def audit_log(self) -> pd.DataFrame:
+        """This tenant's audit trail, oldest first: actor, action, detail (JSON text), at (UTC)."""
         q = (
-            sa.select(audit.c.actor, audit.c.action, audit.c.detail, audit.c.at)
+            sa.select(audit.c.actor, audit.c.action, audit.c.detail_sealed, audit.c.at)
             .where(audit.c.tenant_id == self.tenant_id)
             .order_by(audit.c.id)
         )
-        return pd.DataFrame(
-            self.conn.execute(q).mappings().all(), columns=["actor", "action", "detail", "at"]
-        )
+        rows = [
+            {
+                "actor": r.actor,
+                "action": r.action,
+                "detail": self.vault.open_text(
+                    self.tenant_id, "audit", "detail", _audit_row(r.action, r.at), r.detail_sealed
+                ),
+                "at": _utc(r.at),
+            }
+            for r in self.conn.execute(q)
+        ]
+        return pd.DataFrame(rows, columns=["actor", "action", "detail", "at"])
 
     def audit(self, action: str, detail: Mapping[str, Any]) -> None:
-        _audit(self.conn, self.tenant_id, self.actor, action, detail)
+        _audit(self.conn, self.vault, self.tenant_id, self.actor, action, detail)
 
     def execute(self, statement: Any, parameters: Any = None) -> Any:
         """Raw SQL inside this tenant's transaction (RLS still applies on PostgreSQL)."""

@@ -23,11 +23,20 @@ TENANT_SETTING = "app.tenant_id"
 # Tables whose rows belong to one tenant: RLS on each.
 TENANT_TABLES = ("tenants", "subscriptions", "pins", "audit", "webhooks")
 
+
+
+def _tenant_fk() -> sa.ForeignKey:
+    """A tenant's rows go with it (migration 0006): one written while it is being erased fails."""
+    return sa.ForeignKey("tenants.tenant_id", ondelete="CASCADE")
+
+
 tenants = sa.Table(
     "tenants",
     metadata,
     sa.Column("tenant_id", sa.String(32), primary_key=True),
-    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    # sealed under the tenant's data key (pipelines/store/crypto.py). No digest of it is kept
+    # for lookups: a digest would outlive an erasure in old backups and confirm a guessed name
+    sa.Column("name_sealed", sa.LargeBinary, nullable=False),
     sa.Column("key_id", sa.String(32), nullable=False, unique=True),
     sa.Column("key_hash", sa.String(64), nullable=False),  # sha256 hex of the whole key
     sa.Column("follows", sa.JSON, nullable=False),  # [{symbol, timeframe, horizon, label_kind}]
@@ -90,7 +99,7 @@ subscriptions = sa.Table(
     "subscriptions",
     metadata,
     sa.Column("id", sa.Integer, sa.Identity(), primary_key=True),
-    sa.Column("tenant_id", sa.String(32), nullable=False),
+    sa.Column("tenant_id", sa.String(32), _tenant_fk(), nullable=False),
     sa.Column("symbol", sa.String(32), nullable=False),
     sa.Column("timeframe", sa.String(8), nullable=False),
     sa.Column("horizon", sa.Integer, nullable=False),
@@ -114,7 +123,7 @@ pins = sa.Table(
     "pins",
     metadata,
     sa.Column("id", sa.Integer, sa.Identity(), primary_key=True),
-    sa.Column("tenant_id", sa.String(32), nullable=False),
+    sa.Column("tenant_id", sa.String(32), _tenant_fk(), nullable=False),
     sa.Column("model_name", sa.String(200), nullable=False),
     sa.Column("version", sa.String(32), nullable=False),
     sa.Column("valid_from", sa.DateTime(timezone=True), nullable=False),
@@ -149,10 +158,10 @@ audit = sa.Table(
     "audit",
     metadata,
     sa.Column("id", sa.Integer, sa.Identity(), primary_key=True),
-    sa.Column("tenant_id", sa.String(32), nullable=False),
-    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("tenant_id", sa.String(32), _tenant_fk(), nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),  # "admin", "api:<tenant id>", … (never a name)
     sa.Column("action", sa.String(64), nullable=False),
-    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("detail_sealed", sa.LargeBinary, nullable=False),  # JSON, sealed; row key: action|at
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
 )
 sa.Index("ix_audit_tenant_at", audit.c.tenant_id, audit.c.at)
@@ -188,9 +197,9 @@ series_leases = sa.Table(
 webhooks = sa.Table(
     "webhooks",
     metadata,
-    sa.Column("tenant_id", sa.String(32), primary_key=True),
-    sa.Column("url", sa.Text, nullable=False),
-    sa.Column("secret", sa.String(64), nullable=False),  # HMAC-SHA256 key (hex)
+    sa.Column("tenant_id", sa.String(32), _tenant_fk(), primary_key=True),
+    sa.Column("url_sealed", sa.LargeBinary, nullable=False),
+    sa.Column("secret_sealed", sa.LargeBinary, nullable=False),  # HMAC-SHA256 key (hex), sealed
     sa.Column("delivered_through", sa.BigInteger, nullable=False),
     sa.Column("pending_through", sa.BigInteger, nullable=True),
     sa.Column("attempts", sa.Integer, nullable=False),  # failed attempts of the pending batch
@@ -199,4 +208,16 @@ webhooks = sa.Table(
     sa.Column("last_status", sa.String(300), nullable=True),
     sa.Column("delivered", sa.BigInteger, nullable=False),  # events acknowledged, all time
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# One row per erased tenant (migration 0006): nothing personal — a digest of its id, when, by
+# whom, and how many rows and data keys went.
+erasures = sa.Table(
+    "erasures",
+    metadata,
+    sa.Column("id", sa.Integer, sa.Identity(), primary_key=True),
+    sa.Column("subject", sa.String(64), nullable=False),  # sha256 hex of the tenant id
+    sa.Column("erased_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("counts", sa.Text, nullable=False),  # JSON
 )

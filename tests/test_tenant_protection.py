@@ -1,0 +1,332 @@
+"""Tenant data protection (issue 15): values sealed under per-tenant data keys, bound to their
+row and tenant; a missing or wrong master key stops a process at start; master-key rotation
+re-wraps keys without touching rows; erasure crypto-shreds (an old backup stays unreadable),
+catches rows written during it and leaves a record with nothing personal."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from pipelines.store import ResultsStore, StoreError, Subscription
+from pipelines.store.crypto import (
+    KeyDestroyed,
+    KeyringError,
+    KeyStore,
+    LocalMasterKey,
+    MasterKeyError,
+    Vault,
+    new_master_key_text,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+FOLLOWS = [Subscription("EURUSD", "M5", 12)]
+NAME = "Zebra Capital Partners LLP"  # distinctive: searched for byte-wise in dumps
+HOOK = "https://hooks.zebra-capital.example/mt5prob-inbox"
+
+
+def test_a_sealed_value_opens_only_as_itself_for_its_own_row_and_tenant(tmp_path):
+    keys = KeyStore(f"sqlite:///{tmp_path / 'k.db'}", [LocalMasterKey.from_env()])
+    keys.create()
+    vault = Vault(keys)
+    for owner in ("t1", "t2"):
+        vault.new_owner(owner)
+    blob = vault.seal_text("t1", "audit", "detail", "row-1", '{"ip": "10.0.0.1"}')
+    assert b"10.0.0.1" not in blob
+    assert vault.open_text("t1", "audit", "detail", "row-1", blob) == '{"ip": "10.0.0.1"}'
+    for owner, row in (("t2", "row-1"), ("t1", "row-2")):  # moved to another tenant, another row
+        with pytest.raises(KeyringError, match="fails authentication"):
+            vault.open_text(owner, "audit", "detail", row, blob)
+    tampered = blob[:-1] + bytes([blob[-1] ^ 1])
+    with pytest.raises(KeyringError, match="fails authentication"):
+        vault.open_text("t1", "audit", "detail", "row-1", tampered)
+    # two seals of one value differ (fresh nonces): equal values are not visible as equal
+    assert vault.seal_text("t1", "audit", "detail", "row-1", "x") != vault.seal_text(
+        "t1", "audit", "detail", "row-1", "x"
+    )
+
+
+def test_a_missing_or_wrong_master_key_stops_every_entry_point_with_one_message(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    store = ResultsStore(url)
+    store.migrate()
+    store.add_tenant(NAME, FOLLOWS)
+    store.close()
+    monkeypatch.delenv("MT5PROB_MASTER_KEY")
+    with pytest.raises(MasterKeyError, match="no master key: set MT5PROB_MASTER_KEY"):
+        ResultsStore(url)
+    wrong = LocalMasterKey.from_text(new_master_key_text())
+    store = ResultsStore(url, masters=[wrong])
+    with pytest.raises(MasterKeyError, match="wrong master key"):
+        store.verify_keys()
+    with pytest.raises(MasterKeyError, match="wrong master key"):
+        store.migrate()
+    store.close()
+    params = tmp_path / "params.yaml"
+    params.write_text(f"store: {{url: '{url}'}}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MT5PROB_MASTER_KEY")}
+    for entry, extra in (("pipelines.tenants", ["list"]), ("pipelines.live", ["--seconds", "1"])):
+        for key_env in ({}, {"MT5PROB_MASTER_KEY": new_master_key_text()}):
+            out = subprocess.run(
+                [sys.executable, "-m", entry, "--params", str(params), *extra],
+                cwd=REPO,
+                env={**env, **key_env},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert out.returncode == 2, (entry, out.stdout, out.stderr)
+            last = out.stderr.strip().splitlines()[-1]
+            assert last.startswith("error: ") and "master key" in last and "Traceback" not in out.stderr, last
+            assert NAME not in out.stdout + out.stderr
+
+
+def _raw_bytes(store: ResultsStore, tmp_path: Path) -> bytes:
+    """Everything the results database holds, as bytes: the SQLite file (and its WAL), or a
+    plain pg_dump of the PostgreSQL database."""
+    if store.dialect == "sqlite":
+        path = Path(sa.make_url(store.url).database)
+        return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal")) if p.exists())
+    url = sa.make_url(store.admin_url)
+    out = subprocess.run(
+        ["pg_dump", "-h", url.host, "-p", str(url.port or 5432), "-U", url.username, url.database],
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    return out.stdout
+
+
+def test_a_dump_of_the_store_holds_no_tenant_name_webhook_or_audit_detail_in_the_clear(store, tmp_path):
+    tenant, _ = store.add_tenant(NAME, FOLLOWS)
+    secret = store.set_webhook(NAME, HOOK)
+    with store.tenant(tenant.tenant_id, "test") as session:
+        session.audit("note", {"contact": "ops@zebra-capital.example"})
+    dump = _raw_bytes(store, tmp_path)
+    assert tenant.tenant_id.encode() in dump  # the dump is real: ids are in it
+    for plain in (NAME, HOOK, secret, "ops@zebra-capital.example", "zebra"):
+        assert plain.encode() not in dump and plain.encode("utf-16-le") not in dump, plain
+    # and everything opens again through the store
+    assert store.find_tenant(NAME).name == NAME
+    assert store.webhook(NAME).url == HOOK and store.webhook(NAME).secret == secret
+    with store.tenant(tenant.tenant_id, "test") as session:
+        log = session.audit_log()
+    assert "ops@zebra-capital.example" in log.detail.iloc[-1]
+
+
+def test_master_key_rotation_rewraps_data_keys_and_touches_no_tenant_row(tmp_path, monkeypatch, capsys):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    store = ResultsStore(url)
+    store.migrate()
+    for i in range(20):
+        store.add_tenant(f"{NAME} {i}", FOLLOWS)
+    with store.admin_engine.connect() as conn:
+        before = conn.execute(sa.text("SELECT tenant_id, name_sealed FROM tenants ORDER BY 1")).all()
+    store.close()
+    new_file = tmp_path / "new.key"
+    from pipelines.tenants import main as tenants_cli
+
+    params = tmp_path / "params.yaml"
+    params.write_text(f"store: {{url: '{url}'}}\n")
+    assert tenants_cli(["--params", str(params), "keygen", "--out", str(new_file)]) == 0
+    assert oct(new_file.stat().st_mode & 0o777) == "0o600"
+    assert tenants_cli(["--params", str(params), "rotate-master-key", "--new-key-file", str(new_file)]) == 0
+    said = capsys.readouterr().out
+    assert "re-wrapped 20 data keys" in said and "no tenant row touched" in said
+    new = LocalMasterKey.from_text(new_file.read_text())
+    store = ResultsStore(url, masters=[new])
+    store.verify_keys()
+    with store.admin_engine.connect() as conn:
+        after = conn.execute(sa.text("SELECT tenant_id, name_sealed FROM tenants ORDER BY 1")).all()
+    assert after == before  # rows untouched, byte for byte
+    assert store.find_tenant(f"{NAME} 7").name == f"{NAME} 7"
+    store.close()
+    old_only = ResultsStore(url)  # the environment still holds the old key
+    with pytest.raises(MasterKeyError, match="wrong master key"):
+        old_only.verify_keys()
+    old_only.close()
+    monkeypatch.setenv("MT5PROB_MASTER_KEY_PREVIOUS", os.environ["MT5PROB_MASTER_KEY"])
+    monkeypatch.setenv("MT5PROB_MASTER_KEY", new_file.read_text().strip())
+    both = ResultsStore(url)
+    both.verify_keys()
+    assert both.find_tenant(f"{NAME} 3").name == f"{NAME} 3"
+    both.close()
+
+
+def test_erasure_shreds_every_copy_catches_late_rows_and_keeps_an_impersonal_record(store, tmp_path):
+    tenant, _ = store.add_tenant(NAME, FOLLOWS)
+    other, _ = store.add_tenant("other", FOLLOWS)
+    store.set_webhook(NAME, HOOK)
+    with store.tenant(tenant.tenant_id, "test") as session:
+        session.audit("note", {"contact": "ops@zebra-capital.example"})
+    backup = _backup(store, tmp_path)
+
+    # a request in another process began before the erasure (the tenant's key still in that
+    # process's cache) and writes its audit row after it: the database must refuse the row
+    elsewhere = ResultsStore(store.url, store.admin_url, keys_url=store.vault.keys.url)
+    late = elsewhere.engine.connect()
+    tx = late.begin()
+    from pipelines.store.results import TenantSession, _set_tenant
+
+    _set_tenant(late, tenant.tenant_id)
+    session = TenantSession(late, tenant.tenant_id, "late", elsewhere.vault)
+    assert session.tenant().name == NAME
+    elsewhere.vault.seal_text(tenant.tenant_id, "audit", "detail", "warm", "{}")  # it wrote for it lately
+    counts = store.remove_tenant(NAME, actor="ops:alice")
+    assert counts["keys"] == 1 and counts["tenants"] == 1 and counts["webhooks"] == 1
+    assert counts["audit"] >= 3 and counts["subscriptions"] == 1
+    with pytest.raises(sa.exc.IntegrityError):
+        session.audit("results.read", {"rows": 1})
+        tx.commit()
+    late.close()
+    elsewhere.close()
+    with store.admin_engine.connect() as conn:
+        for table in ("tenants", "subscriptions", "pins", "audit", "webhooks"):
+            n = conn.execute(
+                sa.text(f"SELECT count(*) FROM {table} WHERE tenant_id = :t"), {"t": tenant.tenant_id}
+            ).scalar_one()
+            assert n == 0, table
+    with pytest.raises(StoreError, match="no tenant"):
+        store.find_tenant(NAME)
+    assert store.find_tenant("other").tenant_id == other.tenant_id
+
+    (record,) = store.erasures()
+    assert record["subject"] == hashlib.sha256(tenant.tenant_id.encode()).hexdigest()
+    assert record["actor"] == "ops:alice" and record["counts"]["tenants"] == 1
+    dump = _raw_bytes(store, tmp_path)
+    assert NAME.encode() not in dump and tenant.tenant_id.encode() not in dump
+
+    # the backup taken before: its rows are back, and none of them opens
+    restored = _restore(store, backup, tmp_path)
+    try:
+        row = restored._tenant_row(tenant.tenant_id)
+        assert row is not None  # the row itself came back with the backup …
+        with pytest.raises(KeyDestroyed):  # … sealed under a key that no longer exists
+            restored.find_tenant(tenant.tenant_id)
+        with pytest.raises(StoreError, match="no tenant"):
+            restored.find_tenant(NAME)
+        with pytest.raises(KeyDestroyed):
+            restored.webhook(tenant.tenant_id)
+        with pytest.raises(KeyDestroyed), restored.tenant(tenant.tenant_id, "restore") as s:
+            s.audit_log()
+        assert restored.find_tenant("other").name == "other"  # others are unaffected
+        # and erasing it again (the restore brought it back) finishes the job
+        assert restored.remove_tenant(tenant.tenant_id)["tenants"] == 1
+    finally:
+        restored.close()
+        _drop_restored(restored)
+
+
+def _backup(store: ResultsStore, tmp_path: Path) -> Path:
+    """A copy of the results database only (the key store is not in it)."""
+    out = tmp_path / "backup"
+    if store.dialect == "sqlite":
+        src = Path(sa.make_url(store.url).database)
+        with store.admin_engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        shutil.copy(src, out)
+        return out
+    out.write_bytes(_raw_bytes(store, tmp_path))
+    return out
+
+
+def _restore(store: ResultsStore, backup: Path, tmp_path: Path) -> ResultsStore:
+    """The backup restored as a database of its own, opened with the live key store."""
+    keys_url = store.vault.keys.admin_url
+    if store.dialect == "sqlite":
+        target = tmp_path / "restored.db"
+        shutil.copy(backup, target)
+        return ResultsStore(f"sqlite:///{target}", keys_url=keys_url)
+    url = sa.make_url(store.admin_url)
+    name = f"{url.database}_restored"
+    server = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with server.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    server.dispose()
+    restored = url.set(database=name)
+    subprocess.run(
+        ["psql", "-q", "-h", url.host, "-p", str(url.port or 5432), "-U", url.username, "-d", name],
+        input=backup.read_bytes(),
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    admin = restored.render_as_string(hide_password=False)
+    return ResultsStore(admin, admin, keys_url=keys_url)
+
+
+def _drop_restored(store: ResultsStore) -> None:
+    if store.dialect != "postgresql":
+        return
+    url = sa.make_url(store.admin_url)
+    server = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with server.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
+    server.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_upgrading_a_store_seals_what_it_held_in_the_clear_and_drops_orphans(backend, tmp_path, request):
+    from datetime import UTC, datetime
+
+    from pipelines.store import app_url
+
+    if backend == "sqlite":
+        store = ResultsStore(f"sqlite:///{tmp_path / 'r.db'}")
+    else:
+        admin = request.getfixturevalue("pg_database")("upgrade")
+        store = ResultsStore(app_url(admin), admin)
+    store.migrate("0005")  # the store as the previous release left it: names and details in the clear
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    with store.admin_engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO tenants (tenant_id, name, key_id, key_hash, follows, long_above, short_below, "
+                "pins, created_at, key_rotated_at) VALUES ('t1', :n, 'k1', :h, :f, 0.55, 0.45, '{}', :c, :c)"
+            ),
+            {"n": NAME, "h": "0" * 64, "f": json.dumps([FOLLOWS[0].as_dict()]), "c": now},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO subscriptions (tenant_id, symbol, timeframe, horizon, label_kind, long_above, "
+                "short_below, valid_from) VALUES ('t1', 'EURUSD', 'M5', 12, 'direction', 0.55, 0.45, :c)"
+            ),
+            {"c": now},
+        )
+        for tenant in ("t1", "gone"):  # "gone": a row the old removal left behind
+            conn.execute(
+                sa.text(
+                    "INSERT INTO audit (tenant_id, actor, action, detail, at) VALUES (:t, 'x', 'a', :d, :c)"
+                ),
+                {"t": tenant, "d": '{"contact": "ops@zebra-capital.example"}', "c": now},
+            )
+        conn.execute(
+            sa.text(
+                "INSERT INTO webhooks (tenant_id, url, secret, delivered_through, attempts, next_attempt_at, "
+                "delivered, created_at) VALUES ('t1', :u, 'ab' , 0, 0, :c, 0, :c)"
+            ),
+            {"u": HOOK, "c": now},
+        )
+    store.migrate()
+    try:
+        assert store.find_tenant(NAME).tenant_id == "t1"
+        assert store.webhook("t1").url == HOOK and store.webhook("t1").secret == "ab"
+        with store.tenant("t1", "test") as session:
+            assert "ops@zebra-capital.example" in session.audit_log().detail.iloc[0]
+        with store.admin_engine.connect() as conn:
+            orphans = conn.execute(sa.text("SELECT count(*) FROM audit WHERE tenant_id = 'gone'")).scalar()
+        assert orphans == 0
+        if backend == "postgresql":
+            dump = _raw_bytes(store, tmp_path)
+            assert NAME.encode() not in dump and HOOK.encode() not in dump
+    finally:
+        store.close()
