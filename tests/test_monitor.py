@@ -105,7 +105,7 @@ def test_drift_and_calibration_checks(world):
         _results(world, lambda rate: 0.9, version="2")  # a second tenant, overconfident
         bad = check(world, store)
         assert any("live calibration of tenant" in b for b in bad.breaches)
-        assert any(r["by"] == "tenant" and r["key"].startswith(tenant.name) for r in bad.calibration)
+        assert any(r["by"] == "tenant" and r["key"].startswith(tenant.tenant_id) for r in bad.calibration)
     finally:
         store.close()
 

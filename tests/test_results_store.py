@@ -158,7 +158,7 @@ def test_tenant_isolation(store):
             assert (
                 s.execute("SELECT count(*) FROM audit WHERE tenant_id = :b", {"b": b.tenant_id}).scalar() == 0
             )
-            for sql in ("UPDATE scores SET probability = 0", "DELETE FROM scores"):
+            for sql in ("UPDATE scores SET probability_sealed = NULL", "DELETE FROM scores"):
                 with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
                     with s.conn.begin_nested():
                         s.execute(sql)
@@ -166,8 +166,8 @@ def test_tenant_isolation(store):
             with store.tenant(a.tenant_id, "test") as s:  # a tenant cannot forge a score
                 s.execute(
                     "INSERT INTO scores (symbol, timeframe, bar_time, horizon, label_kind, model_name, "
-                    "model_version, probability, followed, bar_closed_at, committed_at) VALUES "
-                    "('EURUSD', 'M5', now(), 12, 'direction', 'm', '9', 0.5, true, now(), now())"
+                    "model_version, probability_sealed, followed, bar_closed_at, committed_at) VALUES "
+                    "('EURUSD', 'M5', now(), 12, 'direction', 'm', '9', '\\x00', true, now(), now())"
                 )
         with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
             with store.tenant(a.tenant_id, "test") as s:  # nor follow anything (admin only)
@@ -311,7 +311,9 @@ def test_score_rows_are_typed_records_of_the_table():
     varchar(n) would silently truncate)."""
     from pipelines.store.results import _INSERT_COLUMNS, _PG_TYPES, SCORE_FIELDS
 
-    assert ScoreRow._fields == SCORE_FIELDS and _INSERT_COLUMNS == (*SCORE_FIELDS, "committed_at")
+    # the probability is stored sealed (migration 0007): its column says so
+    stored = tuple("probability_sealed" if f == "probability" else f for f in ScoreRow._fields)
+    assert stored == SCORE_FIELDS and _INSERT_COLUMNS == (*SCORE_FIELDS, "committed_at")
     assert len(_PG_TYPES) == len(_INSERT_COLUMNS) and not any("(" in t for t in _PG_TYPES)
     assert _PG_TYPES[SCORE_FIELDS.index("bar_time")] == "TIMESTAMP WITH TIME ZONE"
 

@@ -9,14 +9,16 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from pipelines.store import ResultsStore, StoreError, Subscription
+from pipelines.store import ResultsStore, ScoreRow, StoreError, Subscription
 from pipelines.store.crypto import (
     KeyDestroyed,
     KeyringError,
@@ -105,21 +107,48 @@ def _raw_bytes(store: ResultsStore, tmp_path: Path) -> bytes:
     return out.stdout
 
 
-def test_a_dump_of_the_store_holds_no_tenant_name_webhook_or_audit_detail_in_the_clear(store, tmp_path):
-    tenant, _ = store.add_tenant(NAME, FOLLOWS)
+PROBABILITIES = (0.6180339887498949, 0.3819660112501051, 0.7071067811865476)  # distinctive
+
+
+def _scores() -> list[ScoreRow]:
+    t0 = datetime(2024, 3, 1, 12, tzinfo=UTC)
+    return [
+        ScoreRow("EURUSD", "M5", t0 + timedelta(minutes=5 * i), 12, "direction", "m", "1", p, True,
+                 t0 + timedelta(minutes=5 * (i + 1)))
+        for i, p in enumerate(PROBABILITIES)
+    ]  # fmt: skip
+
+
+def _plain_forms(p: float) -> list[bytes]:
+    """How a probability could sit in a dump: as text (any rounding a dump might print), or as
+    an 8-byte IEEE double either way round."""
+    return [repr(p).encode(), f"{p:.6f}".encode(), struct.pack(">d", p), struct.pack("<d", p)]
+
+
+def test_a_dump_of_the_store_holds_no_probability_name_webhook_or_audit_detail_in_the_clear(store, tmp_path):
+    tenant, _ = store.add_tenant(NAME, FOLLOWS, long_above=0.6, short_below=0.4)
     secret = store.set_webhook(NAME, HOOK)
     with store.tenant(tenant.tenant_id, "test") as session:
         session.audit("note", {"contact": "ops@zebra-capital.example"})
+    assert store.write_scores(_scores()) == 3
     dump = _raw_bytes(store, tmp_path)
-    assert tenant.tenant_id.encode() in dump  # the dump is real: ids are in it
+    assert tenant.tenant_id.encode() in dump and b"EURUSD" in dump  # the dump is real
     for plain in (NAME, HOOK, secret, "ops@zebra-capital.example", "zebra"):
         assert plain.encode() not in dump and plain.encode("utf-16-le") not in dump, plain
+    for p in PROBABILITIES:
+        for form in _plain_forms(p):
+            assert form not in dump, (p, form)
+    # and the tenant reads them back exactly, with its signals
+    with store.tenant(tenant.tenant_id, "test") as session:
+        got = session.probabilities().sort_values("bar_time")
+    assert got.probability.tolist() == list(PROBABILITIES)
+    assert got.signal.tolist() == ["long", "short", "long"]
     # and everything opens again through the store
     assert store.find_tenant(NAME).name == NAME
     assert store.webhook(NAME).url == HOOK and store.webhook(NAME).secret == secret
     with store.tenant(tenant.tenant_id, "test") as session:
         log = session.audit_log()
-    assert "ops@zebra-capital.example" in log.detail.iloc[-1]
+    assert "ops@zebra-capital.example" in log[log.action == "note"].detail.iloc[0]
 
 
 def test_master_key_rotation_rewraps_data_keys_and_touches_no_tenant_row(tmp_path, monkeypatch, capsys):
@@ -140,7 +169,8 @@ def test_master_key_rotation_rewraps_data_keys_and_touches_no_tenant_row(tmp_pat
     assert oct(new_file.stat().st_mode & 0o777) == "0o600"
     assert tenants_cli(["--params", str(params), "rotate-master-key", "--new-key-file", str(new_file)]) == 0
     said = capsys.readouterr().out
-    assert "re-wrapped 20 data keys" in said and "no tenant row touched" in said
+    # 20 tenants' keys and the platform's (scores)
+    assert "re-wrapped 21 data keys" in said and "no tenant row touched" in said
     new = LocalMasterKey.from_text(new_file.read_text())
     store = ResultsStore(url, masters=[new])
     store.verify_keys()
@@ -276,8 +306,6 @@ def _drop_restored(store: ResultsStore) -> None:
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_upgrading_a_store_seals_what_it_held_in_the_clear_and_drops_orphans(backend, tmp_path, request):
-    from datetime import UTC, datetime
-
     from pipelines.store import app_url
 
     if backend == "sqlite":

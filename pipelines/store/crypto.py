@@ -254,6 +254,11 @@ class KeyStore:
                     )
                 )
 
+        with self.admin_engine.connect() as conn:
+            mine = conn.execute(sa.select(data_keys.c.version).where(data_keys.c.owner == PLATFORM)).first()
+        if mine is None:  # made once, here, by the migrating admin: processes never race to
+            self.new_key(PLATFORM)
+
     def grant_read(self, role: str) -> None:
         """PostgreSQL: let `role` (the app role) read wrapped keys, and nothing else."""
         if self.admin_engine.dialect.name != "postgresql":

@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import struct
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -33,12 +34,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from models.policy import ThresholdPolicy
-from pipelines.store.crypto import KeyDestroyed, KeyStore, LocalMasterKey, MasterKey, Vault, keys_url_for
+from pipelines.store.crypto import (
+    PLATFORM,
+    KeyDestroyed,
+    KeyStore,
+    LocalMasterKey,
+    MasterKey,
+    Vault,
+    keys_url_for,
+)
 from pipelines.store.schema import (
     APP_ROLE,
     TENANT_SETTING,
@@ -62,7 +72,72 @@ KEY_PREFIX = "mt5p"
 SIGNALS = ("long", "short", "flat")
 # a score as written: the ``scores`` table's columns between the id and committed_at, in order
 SCORE_FIELDS = tuple(c.name for c in scores.columns)[1:-1]
-RESULT_COLUMNS = tuple(c.name for c in tenant_results.columns)[1:]  # what a tenant reads back
+# what a tenant reads back (`TenantSession`): the view's columns with the probability opened and
+# the signal derived from it and the tenant's thresholds
+VIEW_COLUMNS = tuple(c.name for c in tenant_results.columns)[1:]
+RESULT_COLUMNS = (
+    "symbol",
+    "timeframe",
+    "bar_time",
+    "horizon",
+    "label_kind",
+    "probability",
+    "signal",
+    "model_name",
+    "model_version",
+    "scored_at",
+    "bar_closed_at",
+    "event_id",
+)
+_PROBABILITY = struct.Struct(">d")
+COMPUTED = ("probability", "signal")  # result columns `_frame` computes rather than reads
+
+
+def _score_row_key(
+    symbol: str,
+    timeframe: str,
+    bar_time: datetime,
+    horizon: int,
+    label_kind: str,
+    model_name: str,
+    model_version: str,
+    followed: bool,
+) -> str:
+    """A score's unique key as text (the associated data its sealed probability is bound to)."""
+    if isinstance(bar_time, str):  # raw SQL on SQLite (a migration) reads times as text
+        bar_time = datetime.fromisoformat(bar_time)
+    stamp = int(_utc(bar_time).timestamp())  # bar open, UTC, whole seconds
+    parts = (symbol, timeframe, str(stamp), str(int(horizon)), label_kind, model_name, model_version)
+    return "|".join(parts) + f"|{int(followed)}"
+
+
+def seal_probability(
+    vault: Vault,
+    series: tuple[str, str, datetime, int, str],
+    model_name: str,
+    model_version: str,
+    followed: bool,
+    probability: float,
+) -> bytes:
+    """`probability` (float64) sealed under the platform's data key, bound to its score's row
+    (`series` = symbol, timeframe, bar open time, horizon, label kind)."""
+    row = _score_row_key(*series, model_name, model_version, followed)
+    return vault.seal(PLATFORM, "scores", "probability", row, _PROBABILITY.pack(probability))
+
+
+def open_probability(vault: Vault, row: Any) -> float:
+    """The probability of a `tenant_results` row (opens ``probability_sealed``)."""
+    key = _score_row_key(
+        row.symbol,
+        row.timeframe,
+        row.bar_time,
+        row.horizon,
+        row.label_kind,
+        row.model_name,
+        row.model_version,
+        row.followed,
+    )
+    return _PROBABILITY.unpack(vault.open(PLATFORM, "scores", "probability", key, row.probability_sealed))[0]
 
 
 def event_payload(row: Any) -> dict[str, Any]:
@@ -810,7 +885,7 @@ class ResultsStore:
             ]
             if marks:  # one statement for every series
                 _upsert(conn, watermarks, marks, ("symbol", "timeframe"))
-            return _insert_scores(conn, rows, _now(), fault)
+            return _insert_scores(conn, rows, _now(), fault, self.vault)
 
     def move_watermarks(self, watermark: Mapping[tuple[str, str], datetime]) -> None:
         """Set scoring watermarks (last scored bar open time per series, UTC) without scores."""
@@ -973,26 +1048,31 @@ def _sqlite_time(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def _insert_scores(conn: sa.Connection, rows: Sequence[ScoreRow], now: datetime, fault: Any) -> int:
-    """Insert `rows` (new ones only: a score is never rewritten) in the caller's transaction;
-    returns how many were new. PostgreSQL: after the score-write lock, one
-    ``INSERT … SELECT unnest(arrays) ON CONFLICT DO NOTHING``. SQLite: one executemany."""
+def _insert_scores(
+    conn: sa.Connection, rows: Sequence[ScoreRow], now: datetime, fault: Any, vault: Vault
+) -> int:
+    """Insert `rows` (new ones only: a score is never rewritten) in the caller's transaction,
+    each probability sealed (`seal_probability`); returns how many were new. PostgreSQL: after
+    the score-write lock, one ``INSERT … SELECT unnest(arrays) ON CONFLICT DO NOTHING``.
+    SQLite: one executemany."""
     if not rows:
         return 0
+    sealed = [seal_probability(vault, r[:5], r[5], r[6], bool(r[8]), float(r[7])) for r in rows]
     if conn.dialect.name == "postgresql":
         raw = conn.connection.dbapi_connection
         with raw.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCORE_WRITE_LOCK,))
             cols = [list(col) for col in zip(*rows, strict=True)]
+            cols[7] = sealed
             cur.execute(_PG_INSERT, [*cols, [now] * len(rows)])
             n = cur.rowcount
     else:
         stamp: dict[datetime, str] = {}
         flat = []
         committed = _sqlite_time(now)
-        for r in rows:
+        for r, blob in zip(rows, sealed, strict=True):
             bt = stamp.get(r[2]) or stamp.setdefault(r[2], _sqlite_time(r[2]))
-            flat.append((*r[:2], bt, *r[3:8], bool(r[8]), _sqlite_time(r[9]), committed))
+            flat.append((*r[:2], bt, *r[3:7], blob, bool(r[8]), _sqlite_time(r[9]), committed))
         before = conn.exec_driver_sql("SELECT total_changes()").scalar_one()
         conn.exec_driver_sql(_SQLITE_INSERT, flat)
         n = conn.exec_driver_sql("SELECT total_changes()").scalar_one() - before
@@ -1034,7 +1114,7 @@ class TenantSession:
         limit: int | None = None,
     ) -> pd.DataFrame:
         """This tenant's results, bar_time in [start, end) (UTC), newest first."""
-        q = sa.select(*[tenant_results.c[c] for c in RESULT_COLUMNS]).where(
+        q = sa.select(*[tenant_results.c[c] for c in VIEW_COLUMNS]).where(
             tenant_results.c.tenant_id == self.tenant_id
         )
         if symbol:
@@ -1048,7 +1128,7 @@ class TenantSession:
         q = q.order_by(tenant_results.c.bar_time.desc(), tenant_results.c.symbol, tenant_results.c.timeframe)
         if limit:
             q = q.limit(limit)
-        frame = _frame(self.conn.execute(q))
+        frame = _frame(self.conn.execute(q), self.vault)
         self.audit(
             "results.read",
             {"symbol": symbol, "timeframe": timeframe, "start": start, "end": end, "rows": len(frame)},
@@ -1069,7 +1149,7 @@ class TenantSession:
             newest = newest.where(p.timeframe == timeframe)
         sub = newest.subquery()
         q = (
-            sa.select(*[p[c] for c in RESULT_COLUMNS])
+            sa.select(*[p[c] for c in VIEW_COLUMNS])
             .join(
                 sub,
                 sa.and_(
@@ -1083,7 +1163,7 @@ class TenantSession:
             .where(p.tenant_id == self.tenant_id)
             .order_by(p.symbol, p.timeframe, p.horizon, p.label_kind, p.event_id.desc())
         )
-        frame = _frame(self.conn.execute(q))
+        frame = _frame(self.conn.execute(q), self.vault)
         if len(frame):  # several model versions for the same bar: keep the most recent score
             frame = frame.drop_duplicates(["symbol", "timeframe", "horizon", "label_kind"]).reset_index(
                 drop=True
@@ -1099,14 +1179,14 @@ class TenantSession:
         is opened)."""
         p = tenant_results.c
         q = (
-            sa.select(*[p[c] for c in RESULT_COLUMNS])
+            sa.select(*[p[c] for c in VIEW_COLUMNS])
             .where(p.tenant_id == self.tenant_id, p.event_id > after)
             .order_by(p.event_id)
             .limit(limit)
         )
         if through is not None:
             q = q.where(p.event_id <= through)
-        return _frame(self.conn.execute(q))
+        return _frame(self.conn.execute(q), self.vault)
 
     def last_event_id(self) -> int:
         """The newest event id this tenant has (0 when none): where a new stream starts."""
@@ -1142,8 +1222,24 @@ class TenantSession:
         return self.conn.execute(sa.text(statement) if isinstance(statement, str) else statement, parameters)
 
 
-def _frame(result: Any) -> pd.DataFrame:
-    frame = pd.DataFrame(result.mappings().all(), columns=list(RESULT_COLUMNS))
+def _frame(result: Any, vault: Vault) -> pd.DataFrame:
+    """A tenant's result rows (RESULT_COLUMNS) from rows of the view: each probability opened,
+    each signal derived under the thresholds the tenant had when the score was committed (the
+    one rule of `models.policy.ThresholdPolicy`)."""
+    rows = result.all()
+    data: dict[str, Any] = {c: [getattr(r, c) for r in rows] for c in RESULT_COLUMNS if c not in COMPUTED}
+    p = np.array([open_probability(vault, r) for r in rows], dtype=float)
+    data["probability"] = p
+    signal = np.full(len(rows), "flat", dtype=object)
+    if rows:
+        la = np.array([r.long_above for r in rows], dtype=float)
+        sb = np.array([r.short_below for r in rows], dtype=float)
+        for low, high in set(zip(sb.tolist(), la.tolist(), strict=True)):
+            mine = (la == high) & (sb == low)
+            sides = ThresholdPolicy(high, low).sides(p[mine])
+            signal[mine] = np.where(sides > 0, "long", np.where(sides < 0, "short", "flat"))
+    data["signal"] = signal
+    frame = pd.DataFrame(data, columns=list(RESULT_COLUMNS))
     for col in ("bar_time", "scored_at", "bar_closed_at"):
         frame[col] = (
             pd.to_datetime(frame[col], utc=True) if len(frame) else pd.Series([], dtype="datetime64[ns, UTC]")

@@ -62,7 +62,10 @@ scores = sa.Table(
     sa.Column("label_kind", sa.String(32), nullable=False),
     sa.Column("model_name", sa.String(200), nullable=False),
     sa.Column("model_version", sa.String(32), nullable=False),
-    sa.Column("probability", sa.Float, nullable=False),
+    # P(label 1), float64, sealed under the platform's data key and bound to this row's unique
+    # key (migration 0007; pipelines/store/results.seal_probability): no probability is stored
+    # in the clear. Its range, [0, 1], is checked by the writer.
+    sa.Column("probability_sealed", sa.LargeBinary, nullable=False),
     # its audience: true = tenants without a pin (it was the version ``serving.alias`` pointed
     # at), false = tenants pinned to this version. A version both followed and pinned is
     # stored once per audience, so each tenant sees each (bar, version) once, and a promotion
@@ -81,7 +84,6 @@ scores = sa.Table(
         "followed",
         name="uq_scores",
     ),
-    sa.CheckConstraint("probability >= 0 AND probability <= 1", name="ck_score_range"),
 )
 sa.Index(
     "ix_scores_series",
@@ -132,9 +134,10 @@ pins = sa.Table(
 sa.Index("ix_pins_tenant", pins.c.tenant_id, pins.c.model_name)
 
 # A tenant's results: the scores of what it followed when each was committed, with the model
-# version it follows (its pin, else the followed alias) and its signal under its thresholds of
-# that moment. A view over scores ⋈ subscriptions ⋈ pins (its SQL is in migration 0003): on
-# PostgreSQL ``security_invoker``, so row-level security on all three applies to the reader.
+# version it follows (its pin, else the followed alias) and its thresholds of that moment. A
+# view over scores ⋈ subscriptions ⋈ pins (its SQL is in migration 0007): on PostgreSQL
+# ``security_invoker``, so row-level security on all three applies to the reader. The reader
+# opens the sealed probability and derives the signal (`TenantSession`).
 TENANT_RESULTS = "tenant_results"
 tenant_results = sa.Table(  # the view's shape, for queries (created by the migration, not here)
     TENANT_RESULTS,
@@ -145,8 +148,10 @@ tenant_results = sa.Table(  # the view's shape, for queries (created by the migr
     sa.Column("bar_time", sa.DateTime(timezone=True)),
     sa.Column("horizon", sa.Integer),
     sa.Column("label_kind", sa.String(32)),
-    sa.Column("probability", sa.Float),
-    sa.Column("signal", sa.String(8)),
+    sa.Column("probability_sealed", sa.LargeBinary),
+    sa.Column("long_above", sa.Float),
+    sa.Column("short_below", sa.Float),
+    sa.Column("followed", sa.Boolean),
     sa.Column("model_name", sa.String(200)),
     sa.Column("model_version", sa.String(32)),
     sa.Column("scored_at", sa.DateTime(timezone=True)),
