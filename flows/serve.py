@@ -22,6 +22,8 @@ retraining on ``schedules.retrain_cron``; the others run on demand.
 ``schedules.live_worker`` chooses the live path: false (default) runs the ingest-live and
 live-score timers and pauses live-worker; true runs live-worker and pauses the two timers.
 | monitor/monitor | monitor (drift, live calibration) | ``monitor_cron`` (hourly) |
+| rotate-data-key/rotate-data-key | re-seal one owner's values under a new data key | on demand |
+| rotate-master-key/rotate-master-key | re-wrap every data key under a new master key | on demand |
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from datetime import timedelta
 from typing import Any
 
 from flows.ingest import ingest_history_flow, ingest_live_flow
+from flows.keys import rotate_data_key_flow, rotate_master_key_flow
 from flows.live import live_worker_deployment
 from flows.live_score import live_score_deployment
 from flows.monitor import monitor_flow
@@ -87,6 +90,18 @@ def deployments(params_path: str = "params.yaml", profile: str | None = None) ->
             tags=["monitor"],
             cron=params.schedules.monitor_cron,
             description="Feature drift and live calibration; fails (optionally retrains) past thresholds.",
+        ),
+        rotate_data_key_flow.to_deployment(
+            name="rotate-data-key",
+            parameters=common,
+            tags=["tenants"],
+            description="Re-seal a tenant's values (or the probabilities: _platform) under a new data key.",
+        ),
+        rotate_master_key_flow.to_deployment(
+            name="rotate-master-key",
+            parameters=common,
+            tags=["tenants"],
+            description="Re-wrap every data key under the master key in a file; tenant rows untouched.",
         ),
     ]
 

@@ -370,6 +370,9 @@ class StoreParams(_Frozen):
     # comes from MT5PROB_MASTER_KEY or MT5PROB_MASTER_KEY_FILE, never from this file
     encryption: bool = True
     keys_url: str | None = None  # the key store; None: beside a SQLite store, <database>_keys on PostgreSQL
+    # a process re-reads a data key (and which version is current) this often: how late a
+    # destroyed or rotated key is noticed elsewhere; a data-key rotation waits twice this
+    key_cache_seconds: float = Field(60.0, gt=0, le=3600)
 
 
 class LiveScoreParams(_Frozen):

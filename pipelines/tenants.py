@@ -13,6 +13,7 @@
     python -m pipelines.tenants erasures
     python -m pipelines.tenants keygen [--out FILE]
     python -m pipelines.tenants rotate-master-key --new-key-file FILE
+    python -m pipelines.tenants rotate-data-key TENANT|_platform [--batch N]
 
 TENANT is an id or a name. ``add`` and ``rotate-key`` print the API key once; only its hash
 is stored. ``remove`` erases the tenant (right to be forgotten): its data keys are destroyed
@@ -21,7 +22,9 @@ its rows are deleted, and an erasure record without personal data is kept (``era
 them). ``keygen`` prints (or writes, mode 0600) a new master key; ``rotate-master-key``
 re-wraps every data key under the key in FILE — tenant rows are not touched — after which the
 processes need that key (MT5PROB_MASTER_KEY / MT5PROB_MASTER_KEY_FILE; the old one may stay in
-MT5PROB_MASTER_KEY_PREVIOUS until they have restarted).
+MT5PROB_MASTER_KEY_PREVIOUS until they have restarted). ``rotate-data-key`` re-seals a tenant's
+values (``_platform``: the probabilities) under a new data key, online, in batches; rerun it
+after a crash and it resumes.
 ``export`` writes all of its results (portability) atomically. ``webhook`` sets the tenant's
 webhook (pipelines/webhooks.py: its results POSTed as they are committed, HMAC-signed with the
 secret it prints once), shows its delivery state, or removes it. The store is ``store:`` in
@@ -121,6 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     keygen.add_argument("--out", type=Path, default=None)
     remaster = sub.add_parser("rotate-master-key", help="re-wrap every data key under a new master key")
     remaster.add_argument("--new-key-file", type=Path, required=True)
+    rekey = sub.add_parser("rotate-data-key", help="re-seal a tenant's values under a new data key")
+    rekey.add_argument("owner", help="a tenant id or name, or _platform for the probabilities")
+    rekey.add_argument("--batch", type=int, default=1000)
     args = parser.parse_args(argv)
 
     if args.command == "keygen":
@@ -175,6 +181,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(json.dumps(record, default=str))
         elif args.command == "rotate-master-key":
             print(_rotate_master(store, args.new_key_file))
+        elif args.command == "rotate-data-key":
+            done = store.rotate_data_key(args.owner, batch=args.batch)
+            print(
+                f"data key of {done['owner']} is version {done['version']}"
+                f"{' (resumed)' if done['resumed'] else ''}: {done['resealed']} values re-sealed in "
+                f"{done['batches']} batches, {done['retired']} old version(s) destroyed "
+                f"in {done['seconds']:.1f} s"
+            )
         elif args.command == "webhook":
             print(_webhook_command(store, args))
         elif args.command == "export":

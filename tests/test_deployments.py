@@ -29,6 +29,8 @@ NAMES = {
     "live-score",
     "live-worker",
     "monitor",
+    "rotate-data-key",
+    "rotate-master-key",
 }
 
 
@@ -72,7 +74,7 @@ def test_every_deployment_parameter_is_described_and_every_deployment_tagged_by_
     docstrings), and the room tags filter the deployments list."""
     from flows.serve import deployments
 
-    rooms = {"ingest", "train", "registry", "scoring", "monitor"}
+    rooms = {"ingest", "train", "registry", "scoring", "monitor", "tenants"}
     for d in deployments(profile="fast"):
         props = d._parameter_openapi_schema.properties
         undescribed = [name for name, p in props.items() if not p.get("description")]

@@ -12,6 +12,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -358,3 +359,123 @@ def test_upgrading_a_store_seals_what_it_held_in_the_clear_and_drops_orphans(bac
             assert NAME.encode() not in dump and HOOK.encode() not in dump
     finally:
         store.close()
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_data_key_rotation_reseals_online_under_live_writes_and_a_crash_and_finishes_on_rerun(store):
+    """A tenant's key and the platform's (the scores) rotated while another process writes audit
+    rows and scores: a crash after two batches loses nothing, the rerun resumes (no third key),
+    every value ends under the new key, the old one is destroyed, all of it reads back."""
+    import threading
+
+    from pipelines.store.crypto import PLATFORM
+
+    store.vault.keys.cache_seconds = 0.3
+    tenant, _ = store.add_tenant(NAME, FOLLOWS)
+    store.set_webhook(NAME, HOOK)
+    t0 = datetime(2024, 3, 1, tzinfo=UTC)
+
+    def score(i: int) -> ScoreRow:
+        bar = t0 + timedelta(minutes=5 * i)
+        return ScoreRow("EURUSD", "M5", bar, 12, "direction", "m", "1", (i % 97) / 97, True, bar)
+
+    store.write_scores([score(i) for i in range(40)])
+    with store.tenant(tenant.tenant_id, "test") as session:
+        for i in range(30):
+            session.audit("note", {"i": i})
+    other = ResultsStore(store.url, store.admin_url, keys_url=store.vault.keys.admin_url)
+    other.vault.keys.cache_seconds = 0.3
+    stop, written = threading.Event(), {"audit": 30, "scores": 40}
+
+    def writer() -> None:  # another process, live: its own key cache
+        i = 1000
+        while not stop.is_set():
+            with other.tenant(tenant.tenant_id, "live") as session:
+                session.audit("note", {"i": i})
+            other.write_scores([score(i)])
+            written["audit"] += 1
+            written["scores"] += 1
+            i += 1
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for owner in (tenant.tenant_id, PLATFORM):
+
+            def crash(batches: int) -> None:
+                if batches == 2:
+                    raise Crash
+
+            with pytest.raises(Crash):
+                store.rotate_data_key(owner, batch=7, fault=crash)
+            assert store.vault.keys.versions(owner) == [1, 2]  # both kept: nothing unreadable
+            with store.tenant(tenant.tenant_id, "test") as session:
+                session.audit_log()
+                session.probabilities()
+            done = store.rotate_data_key(owner, batch=7)
+            assert done["resumed"] and done["finished"] and done["retired"] == 1, done
+            assert store.vault.keys.versions(owner) == [2]
+    finally:
+        stop.set()
+        thread.join()
+        other.close()
+    with store.tenant(tenant.tenant_id, "test") as session:
+        log = session.audit_log()
+        results = session.probabilities()
+    notes = [json.loads(d)["i"] for d in log[log.action == "note"].detail]
+    assert len(notes) == written["audit"] == len(set(notes))  # none lost, none twice
+    assert len(results) == written["scores"]
+    assert store.webhook(tenant.tenant_id).url == HOOK
+    assert store.find_tenant(NAME).tenant_id == tenant.tenant_id
+    with store.admin_engine.connect() as conn:
+        blobs = [
+            *conn.execute(sa.text("SELECT detail_sealed FROM audit")).scalars(),
+            *conn.execute(sa.text("SELECT probability_sealed FROM scores")).scalars(),
+            *conn.execute(sa.text("SELECT name_sealed FROM tenants")).scalars(),
+        ]
+    assert {bytes(b[1:5]) for b in blobs} == {(2).to_bytes(4, "big")}
+
+
+def test_rotations_run_as_prefect_flows_that_name_tenants_by_id_only(prefect_harness, tmp_path):
+    from flows.keys import rotate_data_key_flow, rotate_master_key_flow
+    from pipelines.tenants import main as tenants_cli
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    params = tmp_path / "params.yaml"
+    params.write_text(f"store: {{url: '{url}', key_cache_seconds: 0.2}}\n")
+    store = ResultsStore(url)
+    store.migrate()
+    tenant, _ = store.add_tenant(NAME, FOLLOWS)
+    with store.tenant(tenant.tenant_id, "test") as session:
+        session.audit("note", {"i": 1})
+    store.close()
+    done = rotate_data_key_flow(params_path=str(params), owner=tenant.tenant_id)
+    assert done["finished"] and done["resealed"] >= 2 and done["owner"] == tenant.tenant_id
+    with pytest.raises(ValueError, match="the tenant's id, not its name"):
+        rotate_data_key_flow(params_path=str(params), owner=NAME)
+    new_file = tmp_path / "new.key"
+    assert tenants_cli(["keygen", "--out", str(new_file)]) == 0
+    done = rotate_master_key_flow(new_key_file=str(new_file), params_path=str(params))
+    new = LocalMasterKey.from_text(new_file.read_text())
+    assert done["master_key_id"] == new.key_id and done["data_keys"] == 2  # the tenant's and _platform's
+    store = ResultsStore(url, masters=[new])
+    assert store.find_tenant(NAME).tenant_id == tenant.tenant_id
+    store.close()
+
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    async def artifacts_and_logs():
+        async with get_client() as client:
+            return await client.read_artifacts(), await client.read_logs()
+
+    artifacts, logs = asyncio.run(artifacts_and_logs())
+    mine = [a for a in artifacts if a.key in ("rotate-data-key", "rotate-master-key")]
+    assert mine and any(tenant.tenant_id in str(a.data) for a in mine)
+    assert not any(NAME in str(a.data) + (a.description or "") for a in artifacts)
+    assert not any(NAME in (entry.message or "") for entry in logs)

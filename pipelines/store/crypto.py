@@ -215,13 +215,23 @@ class KeyStore:
     a rotation settles. `admin_url` (default `url`) is what creates, destroys and re-wraps keys;
     `url` only reads them (on PostgreSQL the app role, granted SELECT by `grant_read`)."""
 
-    def __init__(self, url: str, masters: Sequence[MasterKey], admin_url: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        masters: Sequence[MasterKey],
+        admin_url: str | None = None,
+        cache_seconds: float = KEY_CACHE_SECONDS,
+    ) -> None:
         if not masters:
             raise MasterKeyError("a key store needs a master key")
         self.url = url
         self.admin_url = admin_url or url
         self.master = masters[0]
         self._masters = {m.key_id: m for m in masters}
+        # how long a process keeps using an unwrapped key (and the version it seals under)
+        # before asking the key store again: the bound on how late a destroyed or rotated key
+        # is noticed elsewhere
+        self.cache_seconds = cache_seconds
         self.engine = _key_engine(url)
         self.admin_engine = self.engine if self.admin_url == url else _key_engine(self.admin_url)
         self._cache: dict[tuple[str, int], tuple[bytes, float]] = {}
@@ -321,7 +331,7 @@ class KeyStore:
         now = time.monotonic()
         with self._lock:
             hit = self._current.get(owner)
-        if hit is None or now - hit[1] > KEY_CACHE_SECONDS:
+        if hit is None or now - hit[1] > self.cache_seconds:
             with self.engine.connect() as conn:
                 last = conn.execute(
                     sa.select(sa.func.max(data_keys.c.version)).where(data_keys.c.owner == owner)
@@ -342,7 +352,7 @@ class KeyStore:
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get((owner, version))
-        if hit is not None and now - hit[1] <= KEY_CACHE_SECONDS:
+        if hit is not None and now - hit[1] <= self.cache_seconds:
             return hit[0]
         with self.engine.connect() as conn:
             row = conn.execute(
@@ -391,6 +401,14 @@ class KeyStore:
             with self._lock:
                 self._ciphers[(owner, version)] = hit
         return hit[1]
+
+    def created_at(self, owner: str, version: int) -> datetime | None:
+        with self.engine.connect() as conn:
+            k = data_keys.c
+            at = conn.execute(sa.select(k.created_at).where(k.owner == owner, k.version == version)).scalar()
+        if at is None:
+            return None
+        return at.replace(tzinfo=UTC) if at.tzinfo is None else at
 
     def versions(self, owner: str) -> list[int]:
         with self.engine.connect() as conn:

@@ -26,8 +26,9 @@ import hmac
 import json
 import secrets
 import struct
+import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,12 +43,15 @@ from sqlalchemy.dialects import postgresql
 from models.policy import ThresholdPolicy
 from pipelines.store.crypto import (
     PLATFORM,
+    SEALED,
     KeyDestroyed,
     KeyStore,
     LocalMasterKey,
     MasterKey,
     Vault,
+    aad,
     keys_url_for,
+    seal,
 )
 from pipelines.store.schema import (
     APP_ROLE,
@@ -382,6 +386,7 @@ class ResultsStore:
         encryption: bool = True,
         keys_url: str | None = None,
         masters: Sequence[MasterKey] | None = None,
+        key_cache_seconds: float = 60.0,
     ) -> None:
         """`statement_timeout_ms` and `connect_timeout` apply to `url`'s connections
         (scoring, serving) on PostgreSQL; the admin connection (migrations, tenant
@@ -403,9 +408,11 @@ class ResultsStore:
             if masters is None:
                 masters = [LocalMasterKey.from_env(), *LocalMasterKey.previous_from_env()]
             if keys_url:
-                keys = KeyStore(keys_url, masters)
+                keys = KeyStore(keys_url, masters, cache_seconds=key_cache_seconds)
             else:  # read as the app, written as the admin (PostgreSQL: two roles)
-                keys = KeyStore(keys_url_for(url), masters, keys_url_for(self.admin_url))
+                keys = KeyStore(
+                    keys_url_for(url), masters, keys_url_for(self.admin_url), cache_seconds=key_cache_seconds
+                )
         self.vault = Vault(keys)
 
     @classmethod
@@ -418,6 +425,7 @@ class ResultsStore:
             store.connect_timeout_seconds,
             encryption=store.encryption,
             keys_url=store.keys_url,
+            key_cache_seconds=store.key_cache_seconds,
         )
 
     def verify_keys(self) -> None:
@@ -654,6 +662,92 @@ class ResultsStore:
             with self.admin_engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         return counts
+
+    # ---------------------------------------------------------------- key rotation
+    def rotate_data_key(
+        self,
+        owner: str,
+        batch: int = 1000,
+        fault: Any = None,
+        wait: bool = True,
+    ) -> dict[str, Any]:
+        """Re-seal every value of `owner` — a tenant (id or name), or ``crypto.PLATFORM`` for
+        the scores — under a new data key, online and resumable:
+
+        1. a new version of its data key becomes current (unless a rotation of it is already
+           under way: more than one version exists — then it is resumed, no new key is made);
+        2. its sealed values still under an older version are re-sealed in batches of `batch`
+           rows, one transaction each, each row compare-and-set (a value changed meanwhile is
+           left for the next pass), readers opening either version throughout;
+        3. processes that cached the old version may seal under it for up to the key cache
+           time: after twice that (`wait`; else the call returns unfinished) a last sweep
+           re-seals what they wrote, and the older versions are destroyed.
+
+        A crash anywhere loses nothing (both keys exist until step 3 ends) and a rerun finishes
+        the job; `fault(batches_done)` is a test hook called after each committed batch.
+        Returns counts and timings."""
+        keys = self.vault.keys
+        if keys is None:
+            raise StoreError("encryption is off (store.encryption: false): there is no data key to rotate")
+        if owner != PLATFORM:
+            row = self._tenant_row(owner)
+            if row is None:
+                raise StoreError(f"no tenant with id or name {owner!r}")
+            owner = row.tenant_id
+        versions = keys.versions(owner)
+        if not versions:
+            raise StoreError(f"{owner} has no data key (erased?)")
+        resumed = len(versions) > 1
+        current = versions[-1] if resumed else keys.new_key(owner)
+        started = time.perf_counter()
+        done = {"owner": owner, "version": current, "resumed": resumed, "resealed": 0, "batches": 0}
+
+        def sweep() -> None:
+            for target in _sealed_columns(owner):
+                while n := self._reseal_batch(owner, target, current, batch):
+                    done["resealed"] += n
+                    done["batches"] += 1
+                    if fault is not None:
+                        fault(done["batches"])
+
+        sweep()
+        made = keys.created_at(owner, current) or _now()
+        settle = 2 * keys.cache_seconds - (_now() - made).total_seconds()
+        if settle > 0:
+            if not wait:
+                return {**done, "finished": False, "seconds": time.perf_counter() - started}
+            time.sleep(settle)
+        sweep()
+        done["retired"] = keys.retire(owner, current)
+        return {**done, "finished": True, "seconds": time.perf_counter() - started}
+
+    def _reseal_batch(self, owner: str, target: _Sealed, version: int, batch: int) -> int:
+        table, pk, column, row_key, where = target
+        col = table.c[column]
+        prefix = SEALED + version.to_bytes(4, "big")
+        cipher = self.vault.keys.cipher(owner, version)  # type: ignore[union-attr]
+        name = column.removesuffix("_sealed")
+        with self.admin_engine.begin() as conn:
+            q = sa.select(table).where(sa.func.substr(col, 1, 5) != prefix).order_by(table.c[pk]).limit(batch)
+            if where is not None:
+                q = q.where(where(table, owner))
+            rows = conn.execute(q).all()
+            if not rows:
+                return 0
+            updates = []
+            for r in rows:
+                key = row_key(r)
+                old = bytes(getattr(r, column))
+                value = self.vault.open(owner, table.name, name, key, old)
+                new = seal(cipher, version, value, aad(owner, table.name, name, key))
+                updates.append({"_pk": getattr(r, pk), "_old": old, "_new": new})
+            conn.execute(
+                table.update()
+                .where(table.c[pk] == sa.bindparam("_pk"), col == sa.bindparam("_old"))
+                .values({column: sa.bindparam("_new")}),
+                updates,
+            )
+        return len(rows)
 
     def erasures(self) -> list[dict[str, Any]]:
         """Every erasure record, oldest first (admin): subject digest, when, by whom, counts."""
@@ -971,6 +1065,39 @@ def _audit(
             at=at,
         )
     )
+
+
+# a sealed column: (table, primary key column, sealed column, the row key its value is bound to,
+# the rows of one owner — None: every row, the platform's)
+_Sealed = tuple[sa.Table, str, str, Callable[[Any], str], Callable[[sa.Table, str], Any] | None]
+
+
+def _of_tenant(table: sa.Table, owner: str) -> Any:
+    return table.c.tenant_id == owner
+
+
+def _sealed_columns(owner: str) -> list[_Sealed]:
+    """Every sealed value `owner` has: the scores for the platform; a tenant's name, webhook URL
+    and secret and audit details."""
+    if owner == PLATFORM:
+        return [
+            (
+                scores,
+                "id",
+                "probability_sealed",
+                lambda r: _score_row_key(
+                    r.symbol, r.timeframe, r.bar_time, r.horizon, r.label_kind, r.model_name, r.model_version,
+                    r.followed,
+                ),
+                None,
+            )
+        ]  # fmt: skip
+    return [
+        (tenants, "tenant_id", "name_sealed", lambda r: r.tenant_id, _of_tenant),
+        (webhook_table, "tenant_id", "url_sealed", lambda r: r.tenant_id, _of_tenant),
+        (webhook_table, "tenant_id", "secret_sealed", lambda r: r.tenant_id, _of_tenant),
+        (audit, "id", "detail_sealed", lambda r: _audit_row(r.action, r.at), _of_tenant),
+    ]
 
 
 def _audit_row(action: str, at: datetime) -> str:

@@ -1,0 +1,95 @@
+"""Prefect flows ``rotate-data-key`` and ``rotate-master-key``: orchestration only, the work is
+in `pipelines.store` (`ResultsStore.rotate_data_key`, `crypto.KeyStore.rewrap`).
+
+Tenants are named by id here, never by name: flow parameters, logs and artifacts live in
+Prefect's database, which an erasure does not reach. The new master key is read from a file
+whose path is the parameter — the key itself never becomes a parameter.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+
+from pipelines.config import load_params
+from pipelines.store import ResultsStore
+from pipelines.store.crypto import PLATFORM, LocalMasterKey
+
+
+@flow(name="rotate-data-key", log_prints=True)
+def rotate_data_key_flow(
+    params_path: str = "params.yaml",
+    profile: str | None = None,
+    owner: str = PLATFORM,
+    batch: int = 1000,
+) -> dict[str, Any]:
+    """Re-seal one owner's values under a new data key, online, in batches; a rerun resumes.
+
+    Args:
+        params_path: params.yaml to read.
+        profile: a profile of params.yaml merged over it; empty for none.
+        owner: a tenant's id (never its name: names stay out of Prefect), or ``_platform`` for
+            the probabilities.
+        batch: rows re-sealed per transaction.
+    """
+    store = ResultsStore.from_params(load_params(params_path, profile).store)
+    try:
+        store.verify_keys()
+        if owner != PLATFORM and store.find_tenant(owner).tenant_id != owner:
+            raise ValueError("owner: give the tenant's id, not its name (names stay out of Prefect)")
+        done = store.rotate_data_key(owner, batch=batch)
+    finally:
+        store.close()
+    get_run_logger().info(
+        "data key of %s: version %s, %d values re-sealed in %d batches, %d old version(s) destroyed, %.1f s",
+        done["owner"],
+        done["version"],
+        done["resealed"],
+        done["batches"],
+        done.get("retired", 0),
+        done["seconds"],
+    )
+    create_table_artifact(
+        key="rotate-data-key", table=[{k: str(v) for k, v in done.items()}], description="Data-key rotation"
+    )
+    return done
+
+
+@flow(name="rotate-master-key", log_prints=True)
+def rotate_master_key_flow(
+    new_key_file: str,
+    params_path: str = "params.yaml",
+    profile: str | None = None,
+) -> dict[str, Any]:
+    """Re-wrap every data key under the master key in `new_key_file`; no tenant row is touched.
+
+    Args:
+        new_key_file: path of a file holding the new master key (``tenants keygen --out``), as
+            the flow's process sees it; the key never becomes a parameter.
+        params_path: params.yaml to read.
+        profile: a profile of params.yaml merged over it; empty for none.
+    """
+    new = LocalMasterKey.from_text(Path(new_key_file).read_text(), f"key file {new_key_file}")
+    store = ResultsStore.from_params(load_params(params_path, profile).store)
+    try:
+        store.verify_keys()
+        if store.vault.keys is None:
+            raise ValueError("encryption is off (store.encryption: false): there is no master key to rotate")
+        started = time.perf_counter()
+        n = store.vault.keys.rewrap(new)
+        seconds = time.perf_counter() - started
+    finally:
+        store.close()
+    done = {"data_keys": n, "master_key_id": new.key_id, "seconds": round(seconds, 3)}
+    get_run_logger().info(
+        "re-wrapped %d data keys under master key %s in %.2f s; give the processes the new key",
+        n,
+        new.key_id,
+        seconds,
+    )
+    create_table_artifact(key="rotate-master-key", table=[done], description="Master-key rotation")
+    return done
