@@ -456,6 +456,7 @@ class EndpointsParams(_Frozen):
     models: bool = True  # POST /models
     results: bool = True  # POST /results/latest and /results/range
     stream: bool = True  # GET /stream
+    export: bool = True  # POST /export (the tenant's whole data package)
 
 
 class ServingParams(_Frozen):

@@ -8,7 +8,7 @@
                                      [--pin MODEL=VERSION] [--unpin]
     python -m pipelines.tenants rotate-key TENANT
     python -m pipelines.tenants remove TENANT --yes
-    python -m pipelines.tenants export TENANT --out FILE.parquet|FILE.csv
+    python -m pipelines.tenants export TENANT --out FILE.zip|FILE.parquet|FILE.csv
     python -m pipelines.tenants webhook TENANT URL | --status | --remove
     python -m pipelines.tenants erasures
     python -m pipelines.tenants keygen [--out FILE]
@@ -25,10 +25,12 @@ processes need that key (MT5PROB_MASTER_KEY / MT5PROB_MASTER_KEY_FILE; the old o
 MT5PROB_MASTER_KEY_PREVIOUS until they have restarted). ``rotate-data-key`` re-seals a tenant's
 values (``_platform``: the probabilities) under a new data key, online, in batches; rerun it
 after a crash and it resumes.
-``export`` writes all of its results (portability) atomically. ``webhook`` sets the tenant's
-webhook (pipelines/webhooks.py: its results POSTed as they are committed, HMAC-signed with the
-secret it prints once), shows its delivery state, or removes it. The store is ``store:`` in
-params.yaml (``--params``, ``--profile``).
+``export`` writes its whole package (portability: settings, subscription and pin
+history, results, audit trail; JSON and Parquet with a manifest and SHA-256 checksums — see
+pipelines/store/export.py) to a .zip, or only its results to .parquet or .csv, atomically.
+``webhook`` sets the tenant's webhook (pipelines/webhooks.py: its results POSTed as they
+are committed, HMAC-signed with the secret it prints once), shows its delivery state, or
+removes it. The store is ``store:`` in params.yaml (``--params``, ``--profile``).
 """
 
 from __future__ import annotations
@@ -53,12 +55,19 @@ def _pins(values: Sequence[str]) -> dict[str, str]:
 
 
 def export_results(store: ResultsStore, ref: str, out: Path) -> int:
-    """Write every result row of the tenant to `out` (.parquet or .csv), atomically."""
+    """Write the tenant's package (`out` .zip: `pipelines.store.export`) or every result row of
+    it (.parquet or .csv) to `out`, atomically; returns the number of results."""
     from pipelines.atomic_files import write_atomic
 
-    if out.suffix not in (".parquet", ".csv"):
-        raise StoreError(f"--out {out}: use a .parquet or .csv file name")
+    if out.suffix not in (".zip", ".parquet", ".csv"):
+        raise StoreError(f"--out {out}: use a .zip (the whole package), .parquet or .csv file name")
     tenant = store.find_tenant(ref)
+    if out.suffix == ".zip":
+        from pipelines.store.export import export_package
+
+        data, manifest = export_package(store, tenant.tenant_id, actor="admin:export")
+        write_atomic(out, lambda h: h.write(data))  # type: ignore[attr-defined]
+        return int(manifest["files"]["results.parquet"]["rows"])
     with store.tenant(tenant.tenant_id, actor="admin:export") as session:
         frame = session.probabilities()
         session.audit("tenant.export", {"rows": len(frame), "file": out.name})
@@ -111,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     remove = sub.add_parser("remove", help="delete a tenant and all of its results")
     remove.add_argument("tenant")
     remove.add_argument("--yes", action="store_true", help="confirm")
-    export = sub.add_parser("export", help="write a tenant's results to Parquet or CSV")
+    export = sub.add_parser("export", help="a tenant's package (.zip) or its results (.parquet, .csv)")
     export.add_argument("tenant")
     export.add_argument("--out", type=Path, required=True)
     hook = sub.add_parser("webhook", help="set, show or remove a tenant's webhook")

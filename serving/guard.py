@@ -46,6 +46,7 @@ SWITCHES = {
     "/results/latest": "results",
     "/results/range": "results",
     "/stream": "stream",
+    "/export": "export",
 }
 TENANT_STATE = "mt5prob_tenant"  # scope["state"] key of the tenant the guard authenticated
 from serving.errors import bounded  # noqa: E402 - one line, at most MAX_MESSAGE characters

@@ -35,6 +35,7 @@ from typing import Annotated, Any
 
 import bentoml
 import numpy as np
+from bentoml.validators import ContentType
 from pydantic import Field
 
 from serving.docs import docs_app
@@ -604,6 +605,29 @@ class ScoringService:
             return ResultsResponse(tenant=me.name, rows=result_rows(frame)), {}
 
         return await self._guard(ctx, "results_range", handler)
+
+    @bentoml.api(route="/export")
+    async def export(
+        self, ctx: bentoml.Context = None  # type: ignore[assignment]
+    ) -> Annotated[Path, ContentType("application/zip")]:
+        """Your whole data package (portability): settings, subscription and pin history,
+        results and audit trail as JSON and Parquet, with a manifest and SHA-256 checksums
+        (a zip; pipelines/store/export.py says what is in it)."""
+
+        async def handler() -> tuple[Any, dict[str, str]]:
+            from starlette.responses import Response
+
+            from pipelines.store.export import export_package
+
+            me = self._tenant(ctx)
+            data, manifest = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: export_package(self.store, me.tenant_id, actor=f"api:{me.tenant_id}")
+            )
+            name = f"mt5prob-{me.tenant_id}-{manifest['created_at'][:10]}.zip"
+            headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+            return Response(data, media_type="application/zip", headers=headers), {}
+
+        return await self._guard(ctx, "export", handler)
 
     def _own(self, me: Any, asked: str | None) -> Any:
         if asked and asked not in (me.tenant_id, me.name):

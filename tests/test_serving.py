@@ -493,6 +493,26 @@ def test_results_endpoints(env):
     assert post(env, "/results/range", {"start": t0.isoformat(), "end": t0.isoformat()}).status_code == 400
     assert len(post(env, "/results/latest", {}, tenant="beta").json()["rows"]) == 1
 
+    # portability: the caller's own whole package, a zip whose checksums hold
+    import io
+    import zipfile
+
+    from pipelines.store.export import verify_package
+
+    r = post(env, "/export", {}, tenant="beta")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/zip", r.text[:300]
+    assert "attachment" in r.headers["content-disposition"]
+    manifest = verify_package(r.content)
+    assert manifest["tenant_id"] == env["beta"].tenant_id
+    archive = zipfile.ZipFile(io.BytesIO(r.content))
+    settings = json.loads(archive.read("tenant.json"))
+    assert settings["name"] == "beta" and settings["pins"] == {NAME: "1"}
+    results = pd.read_parquet(io.BytesIO(archive.read("results.parquet")))
+    assert results.model_version.tolist() == ["1"] and results.probability.tolist() == [0.4]
+    everything = b"".join(archive.read(n) for n in archive.namelist())
+    assert env["acme"].tenant_id.encode() not in everything and env["keys"]["beta"].encode() not in everything
+    assert post(env, "/export", {}, tenant=None).status_code == 401
+
 
 class SseClient:
     """A GET /stream reader on its own thread: parsed events as they arrive."""

@@ -479,3 +479,51 @@ def test_rotations_run_as_prefect_flows_that_name_tenants_by_id_only(prefect_har
     assert mine and any(tenant.tenant_id in str(a.data) for a in mine)
     assert not any(NAME in str(a.data) + (a.description or "") for a in artifacts)
     assert not any(NAME in (entry.message or "") for entry in logs)
+
+
+def test_export_package_holds_settings_history_results_and_audit_with_checksums(store, tmp_path):
+    import io
+    import zipfile
+
+    import pandas as pd
+
+    from pipelines.store.export import verify_package
+    from pipelines.tenants import export_results
+
+    tenant, key = store.add_tenant(NAME, FOLLOWS, long_above=0.6, short_below=0.4, pins={"m": "1"})
+    other, _ = store.add_tenant("other", FOLLOWS)
+    secret = store.set_webhook(NAME, HOOK)
+    store.update_tenant(NAME, long_above=0.65)  # a second subscription interval
+    store.write_scores(_scores())
+    out = tmp_path / "package.zip"
+    assert export_results(store, NAME, out) == 0  # pinned to version 1 of "m", followed scores: none
+    store.update_tenant(NAME, pins={})
+    store.write_scores([s._replace(bar_time=s.bar_time + timedelta(days=1)) for s in _scores()])
+    assert export_results(store, NAME, out) == 3
+    data = out.read_bytes()
+    manifest = verify_package(data)
+    assert manifest["tenant_id"] == tenant.tenant_id and manifest["files"]["results.parquet"]["rows"] == 3
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    settings = json.loads(archive.read("tenant.json"))
+    assert settings["name"] == NAME and settings["long_above"] == 0.65 and settings["pins"] == {}
+    assert settings["webhook"]["url"] == HOOK and "secret" not in settings["webhook"]
+    subs = json.loads(archive.read("subscriptions.json"))
+    assert [s["long_above"] for s in subs] == [0.6, 0.65] and subs[0]["valid_to"] is not None
+    assert [p["version"] for p in json.loads(archive.read("pins.json"))] == ["1"]
+    results = pd.read_parquet(io.BytesIO(archive.read("results.parquet")))
+    assert results.probability.tolist() == list(PROBABILITIES)
+    assert results.signal.tolist() == ["flat", "short", "long"]  # under 0.65 / 0.4
+    audit = pd.read_parquet(io.BytesIO(archive.read("audit.parquet")))
+    assert {"tenant.add", "webhook.set", "tenant.update"} <= set(audit.action)
+    sums = archive.read("SHA256SUMS").decode().splitlines()
+    assert len(sums) == len(manifest["files"]) and all(len(line.split()[0]) == 64 for line in sums)
+    everything = b"".join(archive.read(n) for n in archive.namelist())
+    assert secret.encode() not in everything and key.encode() not in everything
+    assert other.tenant_id.encode() not in everything  # nothing of another tenant
+    # a damaged package is told apart
+    damaged = io.BytesIO()
+    with zipfile.ZipFile(damaged, "w") as z:
+        for n in archive.namelist():
+            z.writestr(n, archive.read(n) + (b" " if n == "tenant.json" else b""))
+    with pytest.raises(ValueError, match="tenant.json does not match its checksum"):
+        verify_package(damaged.getvalue())

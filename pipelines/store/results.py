@@ -1321,6 +1321,36 @@ class TenantSession:
         q = sa.select(sa.func.max(p.event_id)).where(p.tenant_id == self.tenant_id)
         return int(self.conn.execute(q).scalar() or 0)
 
+    def webhook(self) -> Webhook | None:
+        """This tenant's webhook and its delivery state, or None."""
+        w = webhook_table.c
+        row = self.conn.execute(sa.select(webhook_table).where(w.tenant_id == self.tenant_id)).first()
+        return None if row is None else _webhook_from_row(row, self.vault)
+
+    def subscription_history(self) -> list[dict[str, Any]]:
+        """What this tenant followed and with which thresholds, over time (valid_from ≤ t <
+        valid_to, UTC; valid_to None: still open), oldest first."""
+        s = subscriptions.c
+        q = (
+            sa.select(
+                s.symbol, s.timeframe, s.horizon, s.label_kind, s.long_above, s.short_below,
+                s.valid_from, s.valid_to,
+            )
+            .where(s.tenant_id == self.tenant_id)
+            .order_by(s.id)
+        )  # fmt: skip
+        return [_with_utc(dict(r)) for r in self.conn.execute(q).mappings()]
+
+    def pin_history(self) -> list[dict[str, Any]]:
+        """This tenant's pinned model versions over time (same validity rule), oldest first."""
+        p = pin_table.c
+        q = (
+            sa.select(p.model_name, p.version, p.valid_from, p.valid_to)
+            .where(p.tenant_id == self.tenant_id)
+            .order_by(p.id)
+        )
+        return [_with_utc(dict(r)) for r in self.conn.execute(q).mappings()]
+
     def audit_log(self) -> pd.DataFrame:
         """This tenant's audit trail, oldest first: actor, action, detail (JSON text), at (UTC)."""
         q = (
@@ -1347,6 +1377,10 @@ class TenantSession:
     def execute(self, statement: Any, parameters: Any = None) -> Any:
         """Raw SQL inside this tenant's transaction (RLS still applies on PostgreSQL)."""
         return self.conn.execute(sa.text(statement) if isinstance(statement, str) else statement, parameters)
+
+
+def _with_utc(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: _utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
 
 
 def _frame(result: Any, vault: Vault) -> pd.DataFrame:
