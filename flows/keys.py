@@ -1,5 +1,6 @@
-"""Prefect flows ``rotate-data-key`` and ``rotate-master-key``: orchestration only, the work is
-in `pipelines.store` (`ResultsStore.rotate_data_key`, `crypto.KeyStore.rewrap`).
+"""Prefect flows of tenant data protection — ``rotate-data-key``, ``rotate-master-key`` and
+``prune-audit``: orchestration only, the work is in `pipelines.store`
+(`ResultsStore.rotate_data_key`, `crypto.KeyStore.rewrap`, `ResultsStore.prune_audit`).
 
 Tenants are named by id here, never by name: flow parameters, logs and artifacts live in
 Prefect's database, which an erasure does not reach. The new master key is read from a file
@@ -93,3 +94,24 @@ def rotate_master_key_flow(
     )
     create_table_artifact(key="rotate-master-key", table=[done], description="Master-key rotation")
     return done
+
+
+@flow(name="prune-audit", log_prints=True)
+def prune_audit_flow(params_path: str = "params.yaml", profile: str | None = None) -> int:
+    """Delete audit rows older than ``store.audit_retention_days`` (every tenant).
+
+    Args:
+        params_path: params.yaml to read.
+        profile: a profile of params.yaml merged over it; empty for none.
+    """
+    params = load_params(params_path, profile)
+    store = ResultsStore.from_params(params.store)
+    try:
+        store.verify_keys()
+        gone = store.prune_audit(params.store.audit_retention_days)
+    finally:
+        store.close()
+    get_run_logger().info(
+        "pruned %d audit rows older than %g days", gone, params.store.audit_retention_days
+    )
+    return gone

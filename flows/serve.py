@@ -24,6 +24,7 @@ live-score timers and pauses live-worker; true runs live-worker and pauses the t
 | monitor/monitor | monitor (drift, live calibration) | ``monitor_cron`` (hourly) |
 | rotate-data-key/rotate-data-key | re-seal one owner's values under a new data key | on demand |
 | rotate-master-key/rotate-master-key | re-wrap every data key under a new master key | on demand |
+| prune-audit/prune-audit | delete audit rows past their retention | ``prune_audit_cron`` (daily) |
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from datetime import timedelta
 from typing import Any
 
 from flows.ingest import ingest_history_flow, ingest_live_flow
-from flows.keys import rotate_data_key_flow, rotate_master_key_flow
+from flows.keys import prune_audit_flow, rotate_data_key_flow, rotate_master_key_flow
 from flows.live import live_worker_deployment
 from flows.live_score import live_score_deployment
 from flows.monitor import monitor_flow
@@ -102,6 +103,13 @@ def deployments(params_path: str = "params.yaml", profile: str | None = None) ->
             parameters=common,
             tags=["tenants"],
             description="Re-wrap every data key under the master key in a file; tenant rows untouched.",
+        ),
+        prune_audit_flow.to_deployment(
+            name="prune-audit",
+            parameters=common,
+            tags=["tenants"],
+            cron=params.schedules.prune_audit_cron,
+            description="Delete audit rows older than store.audit_retention_days.",
         ),
     ]
 

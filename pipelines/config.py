@@ -373,6 +373,7 @@ class StoreParams(_Frozen):
     # a process re-reads a data key (and which version is current) this often: how late a
     # destroyed or rotated key is noticed elsewhere; a data-key rotation waits twice this
     key_cache_seconds: float = Field(60.0, gt=0, le=3600)
+    audit_retention_days: float = Field(365.0, gt=0)  # audit rows older than this are pruned (prune-audit)
 
 
 class LiveScoreParams(_Frozen):
@@ -430,6 +431,7 @@ class SchedulesParams(_Frozen):
     live_worker: bool = False
     retrain_cron: str = "0 3 * * 6"  # weekly retraining (Saturday 03:00 UTC, markets closed)
     monitor_cron: str = "15 * * * *"  # hourly monitoring
+    prune_audit_cron: str = "30 2 * * *"  # daily: audit rows past store.audit_retention_days go
 
 
 class LimitsParams(_Frozen):

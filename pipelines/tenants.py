@@ -14,6 +14,7 @@
     python -m pipelines.tenants keygen [--out FILE]
     python -m pipelines.tenants rotate-master-key --new-key-file FILE
     python -m pipelines.tenants rotate-data-key TENANT|_platform [--batch N]
+    python -m pipelines.tenants prune-audit
 
 TENANT is an id or a name. ``add`` and ``rotate-key`` print the API key once; only its hash
 is stored. ``remove`` erases the tenant (right to be forgotten): its data keys are destroyed
@@ -24,7 +25,8 @@ re-wraps every data key under the key in FILE — tenant rows are not touched �
 processes need that key (MT5PROB_MASTER_KEY / MT5PROB_MASTER_KEY_FILE; the old one may stay in
 MT5PROB_MASTER_KEY_PREVIOUS until they have restarted). ``rotate-data-key`` re-seals a tenant's
 values (``_platform``: the probabilities) under a new data key, online, in batches; rerun it
-after a crash and it resumes.
+after a crash and it resumes. ``prune-audit`` deletes audit rows older than
+``store.audit_retention_days`` (the prune-audit deployment runs it daily).
 ``export`` writes its whole package (portability: settings, subscription and pin
 history, results, audit trail; JSON and Parquet with a manifest and SHA-256 checksums — see
 pipelines/store/export.py) to a .zip, or only its results to .parquet or .csv, atomically.
@@ -136,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rekey = sub.add_parser("rotate-data-key", help="re-seal a tenant's values under a new data key")
     rekey.add_argument("owner", help="a tenant id or name, or _platform for the probabilities")
     rekey.add_argument("--batch", type=int, default=1000)
+    sub.add_parser("prune-audit", help="delete audit rows older than store.audit_retention_days")
     args = parser.parse_args(argv)
 
     if args.command == "keygen":
@@ -190,6 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(json.dumps(record, default=str))
         elif args.command == "rotate-master-key":
             print(_rotate_master(store, args.new_key_file))
+        elif args.command == "prune-audit":
+            days = params.store.audit_retention_days
+            print(f"pruned {store.prune_audit(days)} audit rows older than {days:g} days")
         elif args.command == "rotate-data-key":
             done = store.rotate_data_key(args.owner, batch=args.batch)
             print(

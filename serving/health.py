@@ -30,8 +30,7 @@ _GC_PAUSE = bentoml.metrics.Histogram(
 )
 _GC_FREEZES = bentoml.metrics.Counter(
     name="mt5prob_gc_freezes",
-    documentation="Times the service hid its long-lived objects from the collector (at start and "
-    "whenever the set of loaded model versions changed)",
+    documentation="Times the service hid its long-lived objects from the collector (once, at start)",
 )
 _GC_STARTED: list[float] = []
 
@@ -54,7 +53,6 @@ class Health:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._frozen_for: frozenset[tuple[str, str]] | None = None
 
     # ------------------------------------------------------------ reading
     def reasons(self) -> list[str]:
@@ -100,23 +98,18 @@ class Health:
             self._model_errors = errors
         return self.reasons()
 
-    def freeze_long_lived(self) -> float | None:
-        """When the set of loaded model versions changed (and at start): collect, then hide every
-        object alive now (libraries, models, caches) from the cyclic collector (`gc.freeze`).
+    def freeze_long_lived(self) -> float:
+        """At start, before serving: collect, then hide every object alive now (the libraries,
+        the champion, caches) from the cyclic collector (`gc.freeze`); returns the seconds spent.
 
         Why: a full collection walks every live object with the GIL held; in the service that
-        took 100-300 ms once the models were loaded, and it fell at random on a request or a
-        stream push (issue 13's SSE tail). Frozen objects are still freed by reference counting;
-        an evicted model's reference cycles are reclaimed here, at the next change (unfreeze,
-        collect, freeze again). Returns the seconds spent, or None when nothing changed."""
-        loaded = frozenset(self.models.loaded())
-        if loaded == self._frozen_for:
-            return None
+        took 100-300 ms, most of it the imported libraries, and it fell at random on a request
+        or a stream push (issue 13's SSE tail). Frozen objects are still freed by reference
+        counting. Not repeated when other versions load later: that full pass would itself be
+        such a stall (a /livez probe saw 0.3 s), and a model adds few objects to walk."""
         started = time.perf_counter()
-        gc.unfreeze()
         gc.collect()
         gc.freeze()
-        self._frozen_for = loaded
         _GC_FREEZES.inc()
         spent = time.perf_counter() - started
         log.info("froze %d long-lived objects in %.0f ms", gc.get_freeze_count(), spent * 1000)
@@ -139,7 +132,6 @@ class Health:
             started = time.monotonic()
             try:
                 self.check()
-                self.freeze_long_lived()
             except Exception:  # noqa: BLE001 - the checker must outlive any one failure
                 log.exception("health check failed")
             if started - trimmed >= TRIM_SECONDS:

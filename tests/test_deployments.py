@@ -31,6 +31,7 @@ NAMES = {
     "monitor",
     "rotate-data-key",
     "rotate-master-key",
+    "prune-audit",
 }
 
 

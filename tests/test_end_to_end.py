@@ -59,6 +59,8 @@ def test_demo_runs_the_whole_loop_and_every_surface_answers(copy, prefect_harnes
 
     port = free_port()
     env = {**os.environ, "VENV": str(Path(sys.executable).parent.parent), "PORT": str(port)}
+    for name in ("MT5PROB_MASTER_KEY", "MT5PROB_MASTER_KEY_FILE"):  # a new user has none: the demo makes one
+        env.pop(name, None)
     demo = subprocess.run(["./run", "demo"], cwd=copy, env=env, capture_output=True, text=True, timeout=900)
     pid_file = copy / "outputs" / "demo" / "serve.pid"
     try:
@@ -87,14 +89,23 @@ def test_demo_runs_the_whole_loop_and_every_surface_answers(copy, prefect_harnes
         assert {r["model_version"] for r in latest.json()["rows"]} == {champion}
 
         # result rows per tenant in the store (6 replayed bars × the symbols each follows)
-        with sqlite3.connect(copy / "results.db") as db:
-            per_tenant = dict(
-                db.execute(
-                    "SELECT t.name, count(*) FROM tenant_results p JOIN tenants t USING (tenant_id) "
-                    "GROUP BY t.name"
-                ).fetchall()
-            )
+        # (names are sealed: read through the store, with the master key the demo used)
+        from pipelines.store import ResultsStore
+        from pipelines.store.crypto import LocalMasterKey
+
+        key_file = copy / "outputs" / "demo" / "master.key"
+        assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+        master = LocalMasterKey.from_text(key_file.read_text())
+        store = ResultsStore(f"sqlite:///{copy / 'results.db'}", masters=[master])
+        per_tenant = {}
+        for t in store.list_tenants():
+            with store.tenant(t.tenant_id, "test") as session:
+                per_tenant[t.name] = len(session.probabilities())
+        store.close()
         assert per_tenant == {"demo-acme": 12, "demo-beta": 6}  # fast profile: EURUSD and XAUUSD
+        with sqlite3.connect(copy / "results.db") as db:  # and no tenant name in the clear
+            sealed = db.execute("SELECT count(*) FROM tenants WHERE instr(name_sealed, CAST('demo-' AS BLOB)) > 0").fetchone()[0]
+        assert sealed == 0
 
         # DVC: everything the demo produced is what dvc.yaml says it should be
         dvc = Path(sys.executable).with_name("dvc")

@@ -227,26 +227,23 @@ def test_loaded_versions_are_bounded_lru(env):
     assert post(env, "/score", {"rows": X}, tenant="beta").json()["version"] == "1"  # reloaded on demand
 
 
-def test_long_lived_objects_are_hidden_from_the_collector_again_when_the_loaded_models_change(env):
+def test_long_lived_objects_are_hidden_from_the_collector_once_at_start(env):
     """The service's full cyclic collections (100-300 ms with the GIL held) fell on stream
-    pushes: what is alive once models are loaded is frozen, and again after each change."""
+    pushes: what is alive once the champion is loaded is frozen, once, before serving — not
+    again when other versions load (that pass would be such a stall itself)."""
 
     def freezes() -> float:
         metrics = httpx.get(env["url"] + "/metrics", timeout=5).text
         line = next(x for x in metrics.splitlines() if x.startswith("mt5prob_gc_freezes_total"))
         return float(line.split()[-1])
 
-    assert freezes() >= 1  # at start, once the champion was loaded
-    before = freezes()
     X = env["X"][-1:].tolist()
-    for tenant in ("beta", "gamma", "acme"):  # pins 1 and 3 and the champion: the loaded set changes
+    for tenant in ("beta", "gamma", "acme"):  # pins 1 and 3 and the champion: other versions load
         assert post(env, "/score", {"rows": X}, tenant=tenant).status_code == 200
-    deadline = time.monotonic() + 10
-    while freezes() == before and time.monotonic() < deadline:
-        time.sleep(0.2)
+    time.sleep(2.5)  # two health checks
+    assert freezes() == 1
     metrics = httpx.get(env["url"] + "/metrics", timeout=5).text
     assert 'mt5prob_gc_pause_seconds_count{generation="0"}' in metrics  # every pass is timed
-    assert freezes() > before
 
 
 def test_bentoml_build_packages_the_service(tmp_path):

@@ -459,6 +459,9 @@ def test_rotations_run_as_prefect_flows_that_name_tenants_by_id_only(prefect_har
         rotate_data_key_flow(params_path=str(params), owner=NAME)
     new_file = tmp_path / "new.key"
     assert tenants_cli(["keygen", "--out", str(new_file)]) == 0
+    from flows.keys import prune_audit_flow
+
+    assert prune_audit_flow(params_path=str(params)) == 0  # nothing past a year old
     done = rotate_master_key_flow(new_key_file=str(new_file), params_path=str(params))
     new = LocalMasterKey.from_text(new_file.read_text())
     assert done["master_key_id"] == new.key_id and done["data_keys"] == 2  # the tenant's and _platform's
@@ -527,3 +530,18 @@ def test_export_package_holds_settings_history_results_and_audit_with_checksums(
             z.writestr(n, archive.read(n) + (b" " if n == "tenant.json" else b""))
     with pytest.raises(ValueError, match="tenant.json does not match its checksum"):
         verify_package(damaged.getvalue())
+
+
+def test_audit_rows_past_their_retention_are_pruned_and_erasure_records_stay(store):
+    tenant, _ = store.add_tenant(NAME, FOLLOWS)
+    gone, _ = store.add_tenant("gone", FOLLOWS)
+    with store.tenant(tenant.tenant_id, "test") as session:
+        for i in range(25):
+            session.audit("note", {"i": i})
+    store.remove_tenant("gone")
+    now = datetime.now(UTC)
+    assert store.prune_audit(30, now=now) == 0  # all of them are fresh
+    assert store.prune_audit(30, now=now + timedelta(days=31), batch=10) == 26  # 25 notes + tenant.add
+    with store.tenant(tenant.tenant_id, "test") as session:
+        assert session.audit_log().empty
+    assert len(store.erasures()) == 1

@@ -663,6 +663,22 @@ class ResultsStore:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         return counts
 
+    # ---------------------------------------------------------------- retention
+    def prune_audit(self, retention_days: float, now: datetime | None = None, batch: int = 10_000) -> int:
+        """Delete audit rows older than `retention_days` (every tenant; admin connection), in
+        batches of `batch` rows so a large backlog never holds one long transaction; returns how
+        many went. Erasure records are not audit rows and stay."""
+        cutoff = (now or _now()) - timedelta(days=retention_days)
+        gone = 0
+        while True:
+            with self.admin_engine.begin() as conn:
+                ids = conn.execute(
+                    sa.select(audit.c.id).where(audit.c.at < cutoff).order_by(audit.c.id).limit(batch)
+                ).scalars().all()
+                if not ids:
+                    return gone
+                gone += conn.execute(audit.delete().where(audit.c.id.in_(ids))).rowcount
+
     # ---------------------------------------------------------------- key rotation
     def rotate_data_key(
         self,
