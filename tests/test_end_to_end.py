@@ -104,7 +104,8 @@ def test_demo_runs_the_whole_loop_and_every_surface_answers(copy, prefect_harnes
         store.close()
         assert per_tenant == {"demo-acme": 12, "demo-beta": 6}  # fast profile: EURUSD and XAUUSD
         with sqlite3.connect(copy / "results.db") as db:  # and no tenant name in the clear
-            sealed = db.execute("SELECT count(*) FROM tenants WHERE instr(name_sealed, CAST('demo-' AS BLOB)) > 0").fetchone()[0]
+            clear = "SELECT count(*) FROM tenants WHERE instr(name_sealed, CAST('demo-' AS BLOB)) > 0"
+            sealed = db.execute(clear).fetchone()[0]
         assert sealed == 0
 
         # DVC: everything the demo produced is what dvc.yaml says it should be
