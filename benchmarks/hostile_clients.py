@@ -153,6 +153,7 @@ def main() -> int:  # noqa: PLR0915 - one scenario, read top to bottom
     from pipelines.store.crypto import new_master_key_text
 
     os.environ.setdefault("MT5PROB_MASTER_KEY", new_master_key_text())
+    os.environ.setdefault("MT5PROB_ALLOW_PASSWORDLESS", "1")  # the local server trusts its clients
     import numpy as np
     import sqlalchemy as sa
     import yaml

@@ -149,6 +149,7 @@ def main() -> None:
     from pipelines.store.crypto import new_master_key_text
 
     os.environ.setdefault("MT5PROB_MASTER_KEY", new_master_key_text())
+    os.environ.setdefault("MT5PROB_ALLOW_PASSWORDLESS", "1")  # the local server trusts its clients
     from pipelines.store import ResultsStore, app_url
 
     results = {}

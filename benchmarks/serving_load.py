@@ -179,6 +179,7 @@ def main() -> None:
     from pipelines.store.crypto import new_master_key_text
 
     os.environ.setdefault("MT5PROB_MASTER_KEY", new_master_key_text())
+    os.environ.setdefault("MT5PROB_ALLOW_PASSWORDLESS", "1")  # the local server trusts its clients
     from pipelines.registry import Registry
     from serving.devserver import free_port, running_service
 

@@ -575,14 +575,15 @@ def describe_errors(exc: ValidationError) -> str:
 
 
 def run_cli(main: Callable[[], int]) -> int:
-    """Run an entry point's `main`; a `ParamsError` (bad params.yaml) or a `KeyringError` (no
-    master key, or the wrong one) becomes one line on stderr and exit code 2 instead of a
-    traceback."""
+    """Run an entry point's `main`; a `ParamsError` (bad params.yaml), a `KeyringError` (no
+    master key, or the wrong one) or a `StoreError` (e.g. an app role without a password)
+    becomes one line on stderr and exit code 2 instead of a traceback."""
     from pipelines.store.crypto import KeyringError
+    from pipelines.store.results import StoreError
 
     try:
         return main()
-    except (ParamsError, KeyringError) as exc:
+    except (ParamsError, KeyringError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

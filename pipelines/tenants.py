@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = load_params(args.params, args.profile)
     try:
         store = ResultsStore.from_params(params.store)
-    except KeyringError as exc:
+    except (KeyringError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:

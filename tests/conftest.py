@@ -12,6 +12,9 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # suite's own, fixed, so every process it starts (services, workers, flows) opens the same keys
 TEST_MASTER_KEY = "dGVzdC1vbmx5LW1hc3Rlci1rZXktbXQ1cHJvYi0zMmI"
 os.environ.setdefault("MT5PROB_MASTER_KEY", TEST_MASTER_KEY)
+# this machine's PostgreSQL trusts local connections: the app role has no password here (outside
+# tests a passwordless app URL is refused, pipelines/store/results.py)
+os.environ.setdefault("MT5PROB_ALLOW_PASSWORDLESS", "1")
 
 from datetime import UTC, datetime  # noqa: E402
 

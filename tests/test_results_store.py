@@ -158,10 +158,26 @@ def test_tenant_isolation(store):
             assert (
                 s.execute("SELECT count(*) FROM audit WHERE tenant_id = :b", {"b": b.tenant_id}).scalar() == 0
             )
-            for sql in ("UPDATE scores SET probability_sealed = NULL", "DELETE FROM scores"):
+            # least privilege: no results deleted or rewritten, no audit row written or altered
+            # directly — only appended through mt5prob_audit, for this tenant, at the current time
+            for sql in (
+                "UPDATE scores SET probability_sealed = NULL",
+                "DELETE FROM scores",
+                "INSERT INTO audit (tenant_id, actor, action, detail_sealed, at) "
+                f"VALUES ('{a.tenant_id}', 'x', 'forged', '\\x00', now() - interval '1 day')",
+                "UPDATE audit SET action = 'forged'",
+                "DELETE FROM audit",
+            ):
                 with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
                     with s.conn.begin_nested():
                         s.execute(sql)
+            with pytest.raises(sa.exc.DBAPIError, match="is not the current time"):
+                with s.conn.begin_nested():
+                    s.execute("SELECT mt5prob_audit('x', 'forged', '\\x00', now() - interval '1 day')")
+            s.audit("note", {"ok": True})  # the API's own path works
+        with pytest.raises(sa.exc.DBAPIError, match="acts for no tenant"):
+            with store.engine.begin() as conn:
+                conn.execute(sa.text("SELECT mt5prob_audit('x', 'forged', '\\x00', now())"))
         with pytest.raises(sa.exc.ProgrammingError, match="row-level security"):
             with store.tenant(a.tenant_id, "test") as s:  # a tenant cannot forge a score
                 s.execute(

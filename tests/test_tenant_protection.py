@@ -545,3 +545,30 @@ def test_audit_rows_past_their_retention_are_pruned_and_erasure_records_stay(sto
     with store.tenant(tenant.tenant_id, "test") as session:
         assert session.audit_log().empty
     assert len(store.erasures()) == 1
+
+
+def test_an_app_role_without_a_password_is_refused_outside_tests(monkeypatch, tmp_path):
+    for name in ("MT5PROB_ALLOW_PASSWORDLESS", "PGPASSWORD", "PGPASSFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.pgpass
+    with pytest.raises(StoreError, match="no password"):
+        ResultsStore("postgresql+psycopg://mt5prob_app@127.0.0.1:5432/test")
+    ResultsStore("postgresql+psycopg://mt5prob_app:s3cret@127.0.0.1:5432/test").close()
+    (tmp_path / ".pgpass").write_text("127.0.0.1:5432:test:mt5prob_app:s3cret\n")
+    ResultsStore("postgresql+psycopg://mt5prob_app@127.0.0.1:5432/test").close()
+    ResultsStore(f"sqlite:///{tmp_path / 'r.db'}").close()  # a file has no roles
+
+
+@pytest.mark.postgres
+def test_migrate_gives_the_app_role_the_password_its_url_names(pg_database, pg_server):
+    from pipelines.store import app_url
+
+    admin = pg_database("password")
+    url = sa.make_url(app_url(admin)).set(password="s3cret-for-tests").render_as_string(hide_password=False)
+    store = ResultsStore(url, admin)
+    store.migrate()
+    store.close()
+    with pg_server.connect() as conn:
+        q = "SELECT rolpassword FROM pg_authid WHERE rolname = 'mt5prob_app'"
+        stored = conn.execute(sa.text(q)).scalar()
+    assert stored and stored.startswith(("SCRAM-SHA-256$", "md5"))

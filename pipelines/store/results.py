@@ -396,6 +396,7 @@ class ResultsStore:
         key store at `keys_url` (default `crypto.keys_url_for`), wrapped by `masters` (default:
         the master key in the environment, then any previous ones) — missing: `MasterKeyError`
         here, before anything is read or written. Off: values are stored marked plain."""
+        _require_password(url)
         self.url = url
         self.admin_url = admin_url or url
         self.engine = _engine(url, statement_timeout_ms, connect_timeout)
@@ -465,6 +466,11 @@ class ResultsStore:
         with self.admin_engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
+            password = sa.make_url(self.url).password
+            if self.dialect == "postgresql" and password and sa.make_url(self.url).username == APP_ROLE:
+                # the app role authenticates with the password its URL gives
+                quoted = conn.execute(sa.text("SELECT quote_literal(:p)"), {"p": password}).scalar_one()
+                conn.execute(sa.text(f"ALTER ROLE {APP_ROLE} WITH PASSWORD {quoted}"))
         if self.vault.keys is not None:
             self.vault.keys.grant_read(APP_ROLE)  # the role exists now (migration 0001)
 
@@ -1067,17 +1073,32 @@ def _set_tenant(conn: sa.Connection, tenant_id: str) -> None:
 
 
 def _audit(
-    conn: sa.Connection, vault: Vault, tenant_id: str, actor: str, action: str, detail: Mapping[str, Any]
+    conn: sa.Connection,
+    vault: Vault,
+    tenant_id: str,
+    actor: str,
+    action: str,
+    detail: Mapping[str, Any],
+    as_app: bool = False,
 ) -> None:
-    """One audit row; its detail sealed under the tenant's key, bound to the row by action and time."""
+    """One audit row; its detail sealed under the tenant's key, bound to the row by action and
+    time. `as_app` on PostgreSQL: through ``mt5prob_audit`` (migration 0008), the only way the
+    application role can append one (the tenant is the session's, the time the database's)."""
     at = _now()
     text = json.dumps(detail, sort_keys=True, default=str)
+    sealed = vault.seal_text(tenant_id, "audit", "detail", _audit_row(action, at), text)
+    if as_app and conn.dialect.name == "postgresql":
+        conn.execute(
+            sa.text("SELECT mt5prob_audit(:actor, :action, :detail, :at)"),
+            {"actor": actor, "action": action, "detail": sealed, "at": at},
+        )
+        return
     conn.execute(
         audit.insert().values(
             tenant_id=tenant_id,
             actor=actor,
             action=action,
-            detail_sealed=vault.seal_text(tenant_id, "audit", "detail", _audit_row(action, at), text),
+            detail_sealed=sealed,
             at=at,
         )
     )
@@ -1388,7 +1409,7 @@ class TenantSession:
         return pd.DataFrame(rows, columns=["actor", "action", "detail", "at"])
 
     def audit(self, action: str, detail: Mapping[str, Any]) -> None:
-        _audit(self.conn, self.vault, self.tenant_id, self.actor, action, detail)
+        _audit(self.conn, self.vault, self.tenant_id, self.actor, action, detail, as_app=True)
 
     def execute(self, statement: Any, parameters: Any = None) -> Any:
         """Raw SQL inside this tenant's transaction (RLS still applies on PostgreSQL)."""
@@ -1422,6 +1443,30 @@ def _frame(result: Any, vault: Vault) -> pd.DataFrame:
             pd.to_datetime(frame[col], utc=True) if len(frame) else pd.Series([], dtype="datetime64[ns, UTC]")
         )
     return frame
+
+
+PASSWORDLESS_ENV = "MT5PROB_ALLOW_PASSWORDLESS"  # "1": a local test server with trust auth
+
+
+def _require_password(url: str) -> None:
+    """The application role must authenticate: a PostgreSQL URL without a password is refused
+    unless libpq has one elsewhere (PGPASSWORD, PGPASSFILE, ~/.pgpass) or ``MT5PROB_ALLOW_PASSWORDLESS=1``
+    says this is a local server with trust authentication (the test suite, the benchmarks)."""
+    import os
+
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "postgresql" or parsed.password:
+        return
+    if os.environ.get(PASSWORDLESS_ENV) == "1" or os.environ.get("PGPASSWORD"):
+        return
+    passfile = Path(os.environ.get("PGPASSFILE", Path.home() / ".pgpass"))
+    if passfile.is_file():
+        return
+    raise StoreError(
+        f"store.url connects as {parsed.username or 'the default user'} with no password: give the app role "
+        "one (in the URL, PGPASSWORD or ~/.pgpass; `tenants migrate` sets it from store.url), or set "
+        f"{PASSWORDLESS_ENV}=1 for a local server with trust authentication"
+    )
 
 
 def app_url(admin_url: str, role: str = APP_ROLE) -> str:
