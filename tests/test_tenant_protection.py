@@ -572,3 +572,52 @@ def test_migrate_gives_the_app_role_the_password_its_url_names(pg_database, pg_s
         q = "SELECT rolpassword FROM pg_authid WHERE rolname = 'mt5prob_app'"
         stored = conn.execute(sa.text(q)).scalar()
     assert stored and stored.startswith(("SCRAM-SHA-256$", "md5"))
+
+
+def test_master_key_rotation_under_live_writes_loses_nothing(store):
+    """Another process writes audit rows and scores while the master key is rotated: its
+    unwrapped data keys stay valid (the data keys did not change), nothing fails, and a process
+    holding only the new master key reads everything afterwards."""
+    import threading
+
+    tenant, _ = store.add_tenant(NAME, FOLLOWS)
+    other = ResultsStore(store.url, store.admin_url, keys_url=store.vault.keys.admin_url)
+    stop, written, errors = threading.Event(), [], []
+    t0 = datetime(2024, 3, 1, tzinfo=UTC)
+
+    def writer() -> None:
+        i = 0
+        try:
+            while not stop.is_set():
+                with other.tenant(tenant.tenant_id, "live") as session:
+                    session.audit("note", {"i": i})
+                bar = t0 + timedelta(minutes=5 * i)
+                other.write_scores([ScoreRow("EURUSD", "M5", bar, 12, "direction", "m", "1", 0.5, True, bar)])
+                written.append(i)
+                i += 1
+                time.sleep(0.005)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        new = LocalMasterKey.from_text(new_master_key_text())
+        assert store.vault.keys.rewrap(new) >= 2  # the tenant's, the platform's (and others' on PG)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        thread.join()
+        other.close()
+    assert not errors and len(written) > 5, errors
+    fresh = ResultsStore(store.url, store.admin_url, keys_url=store.vault.keys.admin_url, masters=[new])
+    try:
+        fresh.verify_keys()
+        with fresh.tenant(tenant.tenant_id, "test") as session:
+            notes = [json.loads(d)["i"] for d in session.audit_log().query("action == 'note'").detail]
+            results = session.probabilities()
+        assert notes == written and len(results) == len(written)
+    finally:
+        fresh.close()
+        store.vault.keys.rewrap(LocalMasterKey.from_env())  # the session's key store, as it was
