@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -189,8 +190,8 @@ def test_tenant_isolation(store):
             with store.tenant(a.tenant_id, "test") as s:  # nor follow anything (admin only)
                 s.execute(
                     "INSERT INTO subscriptions (tenant_id, symbol, timeframe, horizon, label_kind, "
-                    "long_above, short_below, valid_from) "
-                    "VALUES (:b, 'EURUSD', 'M5', 12, 'direction', 0.5, 0.5, now())",
+                    "thresholds_sealed, valid_from) "
+                    "VALUES (:b, 'EURUSD', 'M5', 12, 'direction', '\\x00', now())",
                     {"b": b.tenant_id},
                 )
         with store.engine.connect() as conn:  # no tenant set at all: no tenant's results
@@ -280,9 +281,12 @@ def test_directory_lists_subscriptions_without_keys_or_names(store):
     listed = {t.tenant_id: t for t in store.directory()}
     assert set(listed) == {a.tenant_id, b.tenant_id} and listed[a.tenant_id].pins == {"m": "2"}
     b_listed = listed[b.tenant_id]
-    assert b_listed.follows == (Subscription("EURUSD", "M5", 12),) and b_listed.long_above == 0.6
-    # scoring works with ids: a tenant's name is its own (sealed), the directory never opens it
+    assert b_listed.follows == (Subscription("EURUSD", "M5", 12),)
+    # scoring works with ids and follows: a tenant's name and thresholds are its own (sealed),
+    # the directory never opens them
     assert all(t.name == t.tenant_id for t in listed.values())
+    assert all(np.isnan(t.long_above) and np.isnan(t.short_below) for t in listed.values())
+    assert store.find_tenant("b").long_above == 0.6  # the admin opens them
     assert key not in repr(listed)
     if store.dialect == "postgresql":
         with store.engine.connect() as conn:  # the app role cannot read the key columns directly

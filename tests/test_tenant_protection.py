@@ -123,11 +123,11 @@ def _scores() -> list[ScoreRow]:
 def _plain_forms(p: float) -> list[bytes]:
     """How a probability could sit in a dump: as text (any rounding a dump might print), or as
     an 8-byte IEEE double either way round."""
-    return [repr(p).encode(), f"{p:.6f}".encode(), struct.pack(">d", p), struct.pack("<d", p)]
+    return [repr(p).encode(), f"{p:.4f}".encode(), struct.pack(">d", p), struct.pack("<d", p)]
 
 
 def test_a_dump_of_the_store_holds_no_probability_name_webhook_or_audit_detail_in_the_clear(store, tmp_path):
-    tenant, _ = store.add_tenant(NAME, FOLLOWS, long_above=0.6, short_below=0.4)
+    tenant, _ = store.add_tenant(NAME, FOLLOWS, long_above=0.6137, short_below=0.3861)
     secret = store.set_webhook(NAME, HOOK)
     with store.tenant(tenant.tenant_id, "test") as session:
         session.audit("note", {"contact": "ops@zebra-capital.example"})
@@ -136,7 +136,7 @@ def test_a_dump_of_the_store_holds_no_probability_name_webhook_or_audit_detail_i
     assert tenant.tenant_id.encode() in dump and b"EURUSD" in dump  # the dump is real
     for plain in (NAME, HOOK, secret, "ops@zebra-capital.example", "zebra"):
         assert plain.encode() not in dump and plain.encode("utf-16-le") not in dump, plain
-    for p in PROBABILITIES:
+    for p in (*PROBABILITIES, 0.6137, 0.3861):  # the probabilities, the tenant's thresholds
         for form in _plain_forms(p):
             assert form not in dump, (p, form)
     # and the tenant reads them back exactly, with its signals

@@ -302,19 +302,22 @@ def _subscription(symbol: str, timeframe: str, horizon: int, label_kind: str = "
 
 
 def _tenant_from_row(row: Any, vault: Vault | None) -> Tenant:
-    """A tenant from its row; its name opened with `vault` (None: the name is not read — the
-    scoring directory, which works with ids only — and the tenant's id stands in for it)."""
+    """A tenant from its row; its name and thresholds opened with `vault` (None: they are not
+    read — the scoring directory works with ids and follows only — the tenant's id stands in for
+    its name and the thresholds are NaN)."""
     follows = row.follows if not isinstance(row.follows, str) else json.loads(row.follows)
     pins = row.pins if not isinstance(row.pins, str) else json.loads(row.pins)
-    name = row.tenant_id
+    name, (la, sb) = row.tenant_id, (float("nan"), float("nan"))
     if vault is not None:
-        name = vault.open_text(row.tenant_id, "tenants", "name", row.tenant_id, row.name_sealed)
+        t = row.tenant_id
+        name = vault.open_text(t, "tenants", "name", t, row.name_sealed)
+        la, sb = json.loads(vault.open(t, "tenants", "thresholds", t, row.thresholds_sealed))
     return Tenant(
         tenant_id=row.tenant_id,
         name=name,
         follows=tuple(_subscription(**f) for f in follows),
-        long_above=row.long_above,
-        short_below=row.short_below,
+        long_above=la,
+        short_below=sb,
         pins={str(k): str(v) for k, v in (pins or {}).items()},
         created_at=_utc(row.created_at),
     )
@@ -506,14 +509,13 @@ class ResultsStore:
                     key_id=key_id,
                     key_hash=_hash_key(key),
                     follows=[s.as_dict() for s in follows],
-                    long_above=long_above,
-                    short_below=short_below,
+                    thresholds_sealed=_seal_thresholds(self.vault, tenant_id, long_above, short_below),
                     pins={str(k): str(v) for k, v in (pins or {}).items()},
                     created_at=now,
                     key_rotated_at=now,
                 )
             )
-            _open_subscriptions(conn, tenant_id, follows, long_above, short_below, now)
+            _open_subscriptions(conn, self.vault, tenant_id, follows, long_above, short_below, now)
             _open_pins(conn, tenant_id, pins or {}, now)
             _audit(conn, self.vault, tenant_id, actor, "tenant.add", {"name": name})
         tenant = Tenant(tenant_id, name, tuple(follows), long_above, short_below, dict(pins or {}), now)
@@ -577,7 +579,7 @@ class ResultsStore:
         la = tenant.long_above if long_above is None else long_above
         sb = tenant.short_below if short_below is None else short_below
         _validate_thresholds(la, sb)
-        values.update(long_above=la, short_below=sb)
+        values["thresholds_sealed"] = _seal_thresholds(self.vault, tenant.tenant_id, la, sb)
         if pins is not None:
             values["pins"] = {str(k): str(v) for k, v in pins.items()}
         now = _now()
@@ -586,11 +588,12 @@ class ResultsStore:
             conn.execute(tenants.update().where(tenants.c.tenant_id == tenant.tenant_id).values(**values))
             if (set(new_follows), la, sb) != (set(tenant.follows), tenant.long_above, tenant.short_below):
                 _close(conn, subscriptions, tenant.tenant_id, now)
-                _open_subscriptions(conn, tenant.tenant_id, new_follows, la, sb, now)
+                _open_subscriptions(conn, self.vault, tenant.tenant_id, new_follows, la, sb, now)
             if pins is not None and values["pins"] != dict(tenant.pins):
                 _close(conn, pin_table, tenant.tenant_id, now)
                 _open_pins(conn, tenant.tenant_id, values["pins"], now)
-            detail = {k: str(v) for k, v in values.items()}
+            detail = {k: str(v) for k, v in values.items() if k != "thresholds_sealed"}
+            detail.update(long_above=str(la), short_below=str(sb))  # sealed with the audit row
             _audit(conn, self.vault, tenant.tenant_id, actor, "tenant.update", detail)
         return self.find_tenant(tenant.tenant_id)
 
@@ -1114,8 +1117,8 @@ def _of_tenant(table: sa.Table, owner: str) -> Any:
 
 
 def _sealed_columns(owner: str) -> list[_Sealed]:
-    """Every sealed value `owner` has: the scores for the platform; a tenant's name, webhook URL
-    and secret and audit details."""
+    """Every sealed value `owner` has: the scores for the platform; a tenant's name, thresholds
+    (settings and subscription history), webhook URL and secret and audit details."""
     if owner == PLATFORM:
         return [
             (
@@ -1131,6 +1134,14 @@ def _sealed_columns(owner: str) -> list[_Sealed]:
         ]  # fmt: skip
     return [
         (tenants, "tenant_id", "name_sealed", lambda r: r.tenant_id, _of_tenant),
+        (tenants, "tenant_id", "thresholds_sealed", lambda r: r.tenant_id, _of_tenant),
+        (
+            subscriptions,
+            "id",
+            "thresholds_sealed",
+            lambda r: subscription_row_key(r.symbol, r.timeframe, r.horizon, r.label_kind, r.valid_from),
+            _of_tenant,
+        ),
         (webhook_table, "tenant_id", "url_sealed", lambda r: r.tenant_id, _of_tenant),
         (webhook_table, "tenant_id", "secret_sealed", lambda r: r.tenant_id, _of_tenant),
         (audit, "id", "detail_sealed", lambda r: _audit_row(r.action, r.at), _of_tenant),
@@ -1141,24 +1152,48 @@ def _audit_row(action: str, at: datetime) -> str:
     return f"{action}|{_utc(at).isoformat(timespec='microseconds')}"
 
 
+def _seal_thresholds(vault: Vault, tenant_id: str, long_above: float, short_below: float) -> bytes:
+    value = json.dumps([long_above, short_below]).encode()
+    return vault.seal(tenant_id, "tenants", "thresholds", tenant_id, value)
+
+
+def subscription_row_key(
+    symbol: str, timeframe: str, horizon: int, label_kind: str, valid_from: datetime | str
+) -> str:
+    """A subscription row's natural key (what its sealed thresholds are bound to)."""
+    if isinstance(valid_from, str):  # raw SQL on SQLite (a migration) reads times as text
+        valid_from = datetime.fromisoformat(valid_from)
+    start = _utc(valid_from).isoformat(timespec="microseconds")
+    return f"{symbol}|{timeframe}|{int(horizon)}|{label_kind}|{start}"
+
+
+def _open_thresholds(vault: Vault, tenant_id: str, row: Any, valid_from: datetime) -> tuple[float, float]:
+    key = subscription_row_key(row.symbol, row.timeframe, row.horizon, row.label_kind, valid_from)
+    la, sb = json.loads(vault.open(tenant_id, "subscriptions", "thresholds", key, row.thresholds_sealed))
+    return float(la), float(sb)
+
+
 def _open_subscriptions(
     conn: sa.Connection,
+    vault: Vault,
     tenant_id: str,
     follows: Iterable[Subscription],
     long_above: float,
     short_below: float,
     now: datetime,
 ) -> None:
-    rows = [
-        {
-            **s.as_dict(),
-            "tenant_id": tenant_id,
-            "long_above": long_above,
-            "short_below": short_below,
-            "valid_from": now,
-        }
-        for s in dict.fromkeys(follows)
-    ]
+    value = json.dumps([long_above, short_below]).encode()
+    rows = []
+    for s in dict.fromkeys(follows):
+        key = subscription_row_key(s.symbol, s.timeframe, s.horizon, s.label_kind, now)
+        rows.append(
+            {
+                **s.as_dict(),
+                "tenant_id": tenant_id,
+                "thresholds_sealed": vault.seal(tenant_id, "subscriptions", "thresholds", key, value),
+                "valid_from": now,
+            }
+        )
     if rows:
         conn.execute(subscriptions.insert(), rows)
 
@@ -1292,7 +1327,7 @@ class TenantSession:
         q = q.order_by(tenant_results.c.bar_time.desc(), tenant_results.c.symbol, tenant_results.c.timeframe)
         if limit:
             q = q.limit(limit)
-        frame = _frame(self.conn.execute(q), self.vault)
+        frame = _frame(self.conn.execute(q), self.vault, self.tenant_id)
         self.audit(
             "results.read",
             {"symbol": symbol, "timeframe": timeframe, "start": start, "end": end, "rows": len(frame)},
@@ -1327,7 +1362,7 @@ class TenantSession:
             .where(p.tenant_id == self.tenant_id)
             .order_by(p.symbol, p.timeframe, p.horizon, p.label_kind, p.event_id.desc())
         )
-        frame = _frame(self.conn.execute(q), self.vault)
+        frame = _frame(self.conn.execute(q), self.vault, self.tenant_id)
         if len(frame):  # several model versions for the same bar: keep the most recent score
             frame = frame.drop_duplicates(["symbol", "timeframe", "horizon", "label_kind"]).reset_index(
                 drop=True
@@ -1350,7 +1385,7 @@ class TenantSession:
         )
         if through is not None:
             q = q.where(p.event_id <= through)
-        return _frame(self.conn.execute(q), self.vault)
+        return _frame(self.conn.execute(q), self.vault, self.tenant_id)
 
     def last_event_id(self) -> int:
         """The newest event id this tenant has (0 when none): where a new stream starts."""
@@ -1370,13 +1405,18 @@ class TenantSession:
         s = subscriptions.c
         q = (
             sa.select(
-                s.symbol, s.timeframe, s.horizon, s.label_kind, s.long_above, s.short_below,
-                s.valid_from, s.valid_to,
+                s.symbol, s.timeframe, s.horizon, s.label_kind, s.thresholds_sealed, s.valid_from, s.valid_to
             )
             .where(s.tenant_id == self.tenant_id)
             .order_by(s.id)
         )  # fmt: skip
-        return [_with_utc(dict(r)) for r in self.conn.execute(q).mappings()]
+        out = []
+        for r in self.conn.execute(q):
+            la, sb = _open_thresholds(self.vault, self.tenant_id, r, r.valid_from)
+            row = {c: getattr(r, c) for c in ("symbol", "timeframe", "horizon", "label_kind")}
+            out.append(_with_utc({**row, "long_above": la, "short_below": sb, "valid_from": r.valid_from,
+                                  "valid_to": r.valid_to}))
+        return out
 
     def pin_history(self) -> list[dict[str, Any]]:
         """This tenant's pinned model versions over time (same validity rule), oldest first."""
@@ -1420,7 +1460,7 @@ def _with_utc(row: dict[str, Any]) -> dict[str, Any]:
     return {k: _utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
 
 
-def _frame(result: Any, vault: Vault) -> pd.DataFrame:
+def _frame(result: Any, vault: Vault, tenant_id: str) -> pd.DataFrame:
     """A tenant's result rows (RESULT_COLUMNS) from rows of the view: each probability opened,
     each signal derived under the thresholds the tenant had when the score was committed (the
     one rule of `models.policy.ThresholdPolicy`)."""
@@ -1430,8 +1470,16 @@ def _frame(result: Any, vault: Vault) -> pd.DataFrame:
     data["probability"] = p
     signal = np.full(len(rows), "flat", dtype=object)
     if rows:
-        la = np.array([r.long_above for r in rows], dtype=float)
-        sb = np.array([r.short_below for r in rows], dtype=float)
+        opened: dict[tuple, tuple[float, float]] = {}  # once per subscription row
+        for r in rows:
+            sub = (r.symbol, r.timeframe, r.horizon, r.label_kind, r.subscription_from)
+            if sub not in opened:
+                opened[sub] = _open_thresholds(vault, tenant_id, r, r.subscription_from)
+        thresholds = [
+            opened[(r.symbol, r.timeframe, r.horizon, r.label_kind, r.subscription_from)] for r in rows
+        ]
+        la = np.array([t[0] for t in thresholds], dtype=float)
+        sb = np.array([t[1] for t in thresholds], dtype=float)
         for low, high in set(zip(sb.tolist(), la.tolist(), strict=True)):
             mine = (la == high) & (sb == low)
             sides = ThresholdPolicy(high, low).sides(p[mine])

@@ -40,8 +40,8 @@ tenants = sa.Table(
     sa.Column("key_id", sa.String(32), nullable=False, unique=True),
     sa.Column("key_hash", sa.String(64), nullable=False),  # sha256 hex of the whole key
     sa.Column("follows", sa.JSON, nullable=False),  # [{symbol, timeframe, horizon, label_kind}]
-    sa.Column("long_above", sa.Float, nullable=False),
-    sa.Column("short_below", sa.Float, nullable=False),
+    # JSON [long_above, short_below] on P(up), sealed under the tenant's key (migration 0009)
+    sa.Column("thresholds_sealed", sa.LargeBinary, nullable=False),
     sa.Column("pins", sa.JSON, nullable=False),  # {model name: version}
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("key_rotated_at", sa.DateTime(timezone=True), nullable=False),
@@ -106,8 +106,9 @@ subscriptions = sa.Table(
     sa.Column("timeframe", sa.String(8), nullable=False),
     sa.Column("horizon", sa.Integer, nullable=False),
     sa.Column("label_kind", sa.String(32), nullable=False),
-    sa.Column("long_above", sa.Float, nullable=False),
-    sa.Column("short_below", sa.Float, nullable=False),
+    # JSON [long_above, short_below], sealed under the tenant's key, bound to this row's series
+    # and valid_from (`results.subscription_row_key`)
+    sa.Column("thresholds_sealed", sa.LargeBinary, nullable=False),
     sa.Column("valid_from", sa.DateTime(timezone=True), nullable=False),
     sa.Column("valid_to", sa.DateTime(timezone=True), nullable=True),
 )
@@ -149,8 +150,8 @@ tenant_results = sa.Table(  # the view's shape, for queries (created by the migr
     sa.Column("horizon", sa.Integer),
     sa.Column("label_kind", sa.String(32)),
     sa.Column("probability_sealed", sa.LargeBinary),
-    sa.Column("long_above", sa.Float),
-    sa.Column("short_below", sa.Float),
+    sa.Column("subscription_from", sa.DateTime(timezone=True)),
+    sa.Column("thresholds_sealed", sa.LargeBinary),
     sa.Column("followed", sa.Boolean),
     sa.Column("model_name", sa.String(200)),
     sa.Column("model_version", sa.String(32)),
