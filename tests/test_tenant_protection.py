@@ -170,8 +170,8 @@ def test_master_key_rotation_rewraps_data_keys_and_touches_no_tenant_row(tmp_pat
     assert oct(new_file.stat().st_mode & 0o777) == "0o600"
     assert tenants_cli(["--params", str(params), "rotate-master-key", "--new-key-file", str(new_file)]) == 0
     said = capsys.readouterr().out
-    # 20 tenants' keys and the platform's (scores)
-    assert "re-wrapped 21 data keys" in said and "no tenant row touched" in said
+    # 20 tenants' keys, the platform's (scores) and the name index's
+    assert "re-wrapped 22 data keys" in said and "no tenant row touched" in said
     new = LocalMasterKey.from_text(new_file.read_text())
     store = ResultsStore(url, masters=[new])
     store.verify_keys()
@@ -464,7 +464,7 @@ def test_rotations_run_as_prefect_flows_that_name_tenants_by_id_only(prefect_har
     assert prune_audit_flow(params_path=str(params)) == 0  # nothing past a year old
     done = rotate_master_key_flow(new_key_file=str(new_file), params_path=str(params))
     new = LocalMasterKey.from_text(new_file.read_text())
-    assert done["master_key_id"] == new.key_id and done["data_keys"] == 2  # the tenant's and _platform's
+    assert done["master_key_id"] == new.key_id and done["data_keys"] == 3  # the tenant, _platform, _lookup
     store = ResultsStore(url, masters=[new])
     assert store.find_tenant(NAME).tenant_id == tenant.tenant_id
     store.close()
@@ -621,3 +621,36 @@ def test_master_key_rotation_under_live_writes_loses_nothing(store):
     finally:
         fresh.close()
         store.vault.keys.rewrap(LocalMasterKey.from_env())  # the session's key store, as it was
+
+
+def test_the_service_does_not_start_with_the_wrong_master_key(tmp_path, monkeypatch):
+    from serving.devserver import running_service
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    store = ResultsStore(url)
+    store.migrate()
+    store.add_tenant(NAME, FOLLOWS)
+    store.close()
+    params = tmp_path / "params.yaml"
+    registry = f"sqlite:///{tmp_path / 'm.db'}"
+    params.write_text(f"store: {{url: '{url}'}}\nregistry: {{tracking_uri: '{registry}'}}\n")
+    monkeypatch.setenv("MT5PROB_MASTER_KEY", new_master_key_text())
+    log = tmp_path / "serve.log"
+    with pytest.raises((RuntimeError, TimeoutError)):  # it exits, or never becomes ready
+        with running_service(params, log=log, timeout=45):
+            pass
+    text = log.read_text()
+    assert "wrong master key" in text and NAME not in text
+
+
+def test_names_are_found_through_the_key_stores_index_and_a_half_done_add_does_not_block_one(store):
+    store.vault.claim_name("ghost0000000000", NAME)  # an add that died after claiming the name
+    tenant, _ = store.add_tenant(NAME, FOLLOWS)
+    assert store.find_tenant(NAME).tenant_id == tenant.tenant_id
+    with pytest.raises(StoreError, match="exists already"):
+        store.add_tenant(NAME, FOLLOWS)
+    with store.admin_engine.connect() as conn:  # the results hold no digest of the name
+        columns = [c["name"] for c in sa.inspect(conn).get_columns("tenants")]
+    assert not any("digest" in c for c in columns)
+    store.remove_tenant(NAME)
+    assert store.vault.find_name(NAME) is None  # gone with the keys

@@ -193,7 +193,17 @@ keystore_check = sa.Table(
     sa.Column("master_key_id", sa.String(32), nullable=False),
     sa.Column("wrapped", sa.LargeBinary, nullable=False),
 )
+# names (of tenants) by keyed digest → owner: kept here, beside the keys, not in the results
+# store — a digest in a results backup would outlive an erasure and confirm a guessed name;
+# here it goes when the owner's keys go
+name_index = sa.Table(
+    "name_index",
+    _meta,
+    sa.Column("digest", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(64), nullable=False, index=True),
+)
 _CHECK = b"mt5prob key store"
+LOOKUP = "_lookup"  # owner of the key the name digests are made with (re-wrapped, never re-keyed)
 
 
 def keys_url_for(results_url: str) -> str:
@@ -268,6 +278,40 @@ class KeyStore:
             mine = conn.execute(sa.select(data_keys.c.version).where(data_keys.c.owner == PLATFORM)).first()
         if mine is None:  # made once, here, by the migrating admin: processes never race to
             self.new_key(PLATFORM)
+        with self.admin_engine.connect() as conn:
+            mine = conn.execute(sa.select(data_keys.c.version).where(data_keys.c.owner == LOOKUP)).first()
+        if mine is None:
+            self.new_key(LOOKUP)
+
+    # ------------------------------------------------------------ names
+    def _digest(self, name: str) -> str:
+        _, key = self.current(LOOKUP)
+        return hmac.new(key, name.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def claim_name(self, owner: str, name: str) -> bool:
+        """Record `name` as `owner`'s; False when another owner has it already."""
+        digest = self._digest(name)
+        try:
+            with self.admin_engine.begin() as conn:
+                q = sa.select(name_index.c.owner).where(name_index.c.digest == digest)
+                have = conn.execute(q).scalar()
+                if have is not None:
+                    return have == owner
+                conn.execute(name_index.insert().values(digest=digest, owner=owner))
+        except sa.exc.IntegrityError:  # another process claimed it just now
+            return False
+        return True
+
+    def release_name(self, name: str) -> None:
+        """Forget `name` (its owner no longer exists: an add that did not complete)."""
+        with self.admin_engine.begin() as conn:
+            conn.execute(name_index.delete().where(name_index.c.digest == self._digest(name)))
+
+    def find_name(self, name: str) -> str | None:
+        """The owner `name` belongs to, or None."""
+        digest = self._digest(name)
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(name_index.c.owner).where(name_index.c.digest == digest)).scalar()
 
     def grant_read(self, role: str) -> None:
         """PostgreSQL: let `role` (the app role) read wrapped keys, and nothing else."""
@@ -275,7 +319,7 @@ class KeyStore:
             return
         with self.admin_engine.begin() as conn:
             if conn.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).first():
-                conn.execute(sa.text(f"GRANT SELECT ON data_keys, keystore_check TO {role}"))
+                conn.execute(sa.text(f"GRANT SELECT ON data_keys, keystore_check, name_index TO {role}"))
 
     def verify(self) -> None:
         """Raise `MasterKeyError` with one clear message unless this process's master key opens
@@ -432,6 +476,7 @@ class KeyStore:
         them — in the store, its replicas and its backups — is unreadable. Idempotent."""
         with self.admin_engine.begin() as conn:
             n = conn.execute(data_keys.delete().where(data_keys.c.owner == owner)).rowcount
+            conn.execute(name_index.delete().where(name_index.c.owner == owner))
         self._forget(owner)
         return int(n)
 
@@ -558,3 +603,15 @@ class Vault:
     def preload(self, owners: Sequence[str]) -> None:
         if self.keys is not None:
             self.keys.preload(owners)
+
+    def claim_name(self, owner: str, name: str) -> bool | None:
+        """Record a tenant's name in the key store's index (None: encryption is off, no index)."""
+        return None if self.keys is None else self.keys.claim_name(owner, name)
+
+    def find_name(self, name: str) -> str | None | bool:
+        """The tenant id `name` belongs to, None if none, False when there is no index (off)."""
+        return False if self.keys is None else self.keys.find_name(name)
+
+    def release_name(self, name: str) -> None:
+        if self.keys is not None:
+            self.keys.release_name(name)

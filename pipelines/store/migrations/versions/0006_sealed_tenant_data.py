@@ -72,6 +72,7 @@ def upgrade() -> None:
 
     for t in bind.execute(sa.text("SELECT tenant_id, name FROM tenants")).all():
         vault.new_owner(t.tenant_id)
+        vault.claim_name(t.tenant_id, t.name)  # the key store's name index (lookups by name)
         bind.execute(
             sa.text("UPDATE tenants SET name_sealed = :s WHERE tenant_id = :t"),
             {"s": vault.seal_text(t.tenant_id, "tenants", "name", t.tenant_id, t.name), "t": t.tenant_id},
