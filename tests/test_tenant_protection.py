@@ -637,7 +637,7 @@ def test_the_service_does_not_start_with_the_wrong_master_key(tmp_path, monkeypa
     monkeypatch.setenv("MT5PROB_MASTER_KEY", new_master_key_text())
     log = tmp_path / "serve.log"
     with pytest.raises((RuntimeError, TimeoutError)):  # it exits, or never becomes ready
-        with running_service(params, log=log, timeout=45):
+        with running_service(params, log=log, timeout=25):
             pass
     text = log.read_text()
     assert "wrong master key" in text and NAME not in text
