@@ -562,12 +562,12 @@ class ResultsStore:
             if owner is None:
                 return None
             return conn.execute(sa.select(tenants).where(tenants.c.tenant_id == owner)).first()
-        rows = conn.execute(sa.select(tenants)).all()
+        rows = conn.execute(sa.select(tenants.c.tenant_id, tenants.c.name_sealed)).all()
         self.vault.preload([r.tenant_id for r in rows])
         for r in rows:
             try:
                 if self.vault.open_text(r.tenant_id, "tenants", "name", r.tenant_id, r.name_sealed) == name:
-                    return r
+                    return conn.execute(sa.select(tenants).where(tenants.c.tenant_id == r.tenant_id)).first()
             except KeyDestroyed:
                 continue
         return None
