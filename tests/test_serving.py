@@ -737,7 +737,9 @@ def test_rollback_and_promotion_under_load_without_failures(env):
 def _wait_for_version(env, version: str, timeout: float) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        if post(env, "/score", {"rows": env["X"][-1:].tolist()}).json()["version"] == version:
+        r = post(env, "/score", {"rows": env["X"][-1:].tolist()})
+        # a non-200 here is retried: the load threads record every one they meet, with its body
+        if r.status_code == 200 and r.json()["version"] == version:
             return time.monotonic() - started
         time.sleep(0.05)
     raise AssertionError(f"service did not move to version {version} within {timeout} s")
