@@ -116,6 +116,9 @@ def env(tmp_path_factory):
                     "auth_cache_seconds": 0,
                     "max_loaded_versions": 2,
                     "stream_max_per_tenant": 3,
+                    # rate limits are tested in test_hostile; here they would turn the rollback
+                    # test's three unpaced load threads (one tenant) into 429s on a fast run
+                    "limits": {"per_tenant_rps": 0},
                     "max_body_bytes": 2**20,
                 },
                 # streams must be woken by the bus: the fallback re-read is far off
