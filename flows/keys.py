@@ -9,7 +9,6 @@ whose path is the parameter — the key itself never becomes a parameter.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from prefect.artifacts import create_table_artifact
 
 from pipelines.config import load_params
 from pipelines.store import ResultsStore
-from pipelines.store.crypto import PLATFORM, LocalMasterKey
+from pipelines.store.crypto import PLATFORM
 
 
 @flow(name="rotate-data-key", log_prints=True)
@@ -74,23 +73,17 @@ def rotate_master_key_flow(
         params_path: params.yaml to read.
         profile: a profile of params.yaml merged over it; empty for none.
     """
-    new = LocalMasterKey.from_text(Path(new_key_file).read_text(), f"key file {new_key_file}")
     store = ResultsStore.from_params(load_params(params_path, profile).store)
     try:
         store.verify_keys()
-        if store.vault.keys is None:
-            raise ValueError("encryption is off (store.encryption: false): there is no master key to rotate")
-        started = time.perf_counter()
-        n = store.vault.keys.rewrap(new)
-        seconds = time.perf_counter() - started
+        done = store.rotate_master_key(Path(new_key_file))
     finally:
         store.close()
-    done = {"data_keys": n, "master_key_id": new.key_id, "seconds": round(seconds, 3)}
     get_run_logger().info(
         "re-wrapped %d data keys under master key %s in %.2f s; give the processes the new key",
-        n,
-        new.key_id,
-        seconds,
+        done["data_keys"],
+        done["master_key_id"],
+        done["seconds"],
     )
     create_table_artifact(key="rotate-master-key", table=[done], description="Master-key rotation")
     return done

@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipelines.store import ResultsStore, StoreError, Subscription
-from pipelines.store.crypto import KeyringError, LocalMasterKey, new_master_key_text
+from pipelines.store.crypto import KeyringError, new_master_key_text
 
 
 def _pins(values: Sequence[str]) -> dict[str, str]:
@@ -234,18 +234,10 @@ def _keygen(out: Path | None) -> int:
 
 
 def _rotate_master(store: ResultsStore, new_key_file: Path) -> str:
-    import time
-
-    if store.vault.keys is None:
-        raise StoreError("encryption is off (store.encryption: false): there is no master key to rotate")
-    try:
-        new = LocalMasterKey.from_text(new_key_file.read_text(), f"key file {new_key_file}")
-    except OSError as exc:
-        raise StoreError(f"cannot read {new_key_file}: {exc.strerror}") from None
-    started = time.perf_counter()
-    n = store.vault.keys.rewrap(new)
+    done = store.rotate_master_key(new_key_file)
     return (
-        f"re-wrapped {n} data keys under master key {new.key_id} in {time.perf_counter() - started:.2f} s "
+        f"re-wrapped {done['data_keys']} data keys under master key {done['master_key_id']} "
+        f"in {done['seconds']:.2f} s "
         "(no tenant row touched); give the processes the new key "
         "(old one in MT5PROB_MASTER_KEY_PREVIOUS until they restart)"
     )

@@ -699,6 +699,20 @@ class ResultsStore:
                 gone += conn.execute(audit.delete().where(audit.c.id.in_(ids))).rowcount
 
     # ---------------------------------------------------------------- key rotation
+    def rotate_master_key(self, new_key_file: Path) -> dict[str, Any]:
+        """Re-wrap every data key under the master key in `new_key_file` (no tenant row is
+        touched); returns the number of data keys, the new key's id and the seconds taken."""
+        if self.vault.keys is None:
+            raise StoreError("encryption is off (store.encryption: false): there is no master key to rotate")
+        try:
+            new = LocalMasterKey.from_text(new_key_file.read_text(), f"key file {new_key_file}")
+        except OSError as exc:
+            raise StoreError(f"cannot read {new_key_file}: {exc.strerror}") from None
+        started = time.perf_counter()
+        n = self.vault.keys.rewrap(new)
+        seconds = round(time.perf_counter() - started, 3)
+        return {"data_keys": n, "master_key_id": new.key_id, "seconds": seconds}
+
     def rotate_data_key(
         self,
         owner: str,
