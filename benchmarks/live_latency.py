@@ -86,6 +86,7 @@ class Sse(threading.Thread):
         self.last = after
         self.url: str | None = None
         self.got: list[tuple[int, float, float]] = []
+        self.committed: dict[int, float] = {}  # event id → its committed_at (epoch s)
         self.reconnects = 0
         self.drops: list[tuple[float, str]] = []  # (when, why) a connection ended
         self._stop = threading.Event()
@@ -111,6 +112,9 @@ class Sse(threading.Thread):
                                 d = json.loads(line[6:])
                                 closed = datetime.fromisoformat(d["bar_closed_at"]).timestamp()
                                 self.got.append((d["event_id"], closed, now))
+                                self.committed[d["event_id"]] = datetime.fromisoformat(
+                                    d["committed_at"]
+                                ).timestamp()
                                 self.last = d["event_id"]
                     why = "closed by the server"
                 except Exception as exc:  # noqa: BLE001 — the service restarts: resume from the last id
@@ -436,6 +440,8 @@ def main() -> None:
     missed = want - have
     live_ids = {r.id for r in live_rows}
     received = [now - closed for c in clients for i, closed, now in c.got if not disrupted(closed)]
+    # the delivery part alone: committed (the worker's stamp) → received by the client
+    delivery = [now - c.committed[i] for c in clients for i, closed, now in c.got if not disrupted(closed)]
     late = [now - closed for c in clients for i, closed, now in c.got if disrupted(closed)]
     dup_stream = sum(len(c.got) - len({i for i, _, _ in c.got}) for c in clients)
     complete_streams = [live_ids <= {i for i, _, _ in c.got} for c in clients]
@@ -457,9 +463,7 @@ def main() -> None:
     )
     worst = sorted(
         {
-            (float(r.closed), r.timeframe): float(r.lag)
-            for r in live_rows
-            if not disrupted(float(r.closed))
+            (float(r.closed), r.timeframe): float(r.lag) for r in live_rows if not disrupted(float(r.closed))
         }.items(),
         key=lambda kv: -kv[1],
     )[:5]
@@ -493,6 +497,10 @@ def main() -> None:
         f"events {[len(c.got) for c in clients]} of {len(live_ids)}): steady-state bar close → received "
         f"p50 {q(received, 0.5):.0f} ms, p99 {q(received, 0.99):.0f} ms; during faults "
         f"{len(late):,} events, max {q(late, 1.0) / 1e3:.1f} s"
+    )
+    print(
+        f"  of which committed → received (bus, read, send): p50 {q(delivery, 0.5):.0f} ms, "
+        f"p99 {q(delivery, 0.99):.0f} ms"
     )
     slow_sse = sorted(
         ((now - closed, closed) for c in clients for i, closed, now in c.got if not disrupted(closed)),
