@@ -210,14 +210,16 @@ def ingest_history(
     symbols: Sequence[str] | None = None,
     timeframes: Sequence[str] | None = None,
     check: bool = True,
+    end: datetime | None = None,
 ) -> list[SeriesReport]:
     """Fetch, validate and append every configured series (see module docstring).
 
     `client` must be initialised. Raises `IngestError`/`TerminalError`/`ContractError` before
     writing anything if any series fails. `check` = False skips asking the terminal whether
-    the symbols exist (a caller that checked them once since connecting).
+    the symbols exist (a caller that checked them once since connecting). `end` (UTC): take
+    only bars that closed by then (default: the terminal's now).
     """
-    batches = fetch_validated(client, store, contract, params, symbols, timeframes, check)
+    batches = fetch_validated(client, store, contract, params, symbols, timeframes, check, end)
     return append_validated(store, batches)
 
 
@@ -229,6 +231,7 @@ def fetch_validated(
     symbols: Sequence[str] | None = None,
     timeframes: Sequence[str] | None = None,
     check: bool = True,
+    end: datetime | None = None,
 ) -> list[Batch]:
     """The first half of `ingest_history`: every series' new rows fetched and run through the
     data contract (`Batch.result`: good rows, quarantined rows), nothing written. Raises
@@ -240,6 +243,13 @@ def fetch_validated(
     if check:
         check_symbols(client, symbols)
     now = int(client.now_utc().timestamp())
+    if end is not None:
+        if end.timestamp() <= params.history_start.timestamp():
+            raise IngestError(
+                f"--end {end:%Y-%m-%d %H:%M} UTC is not after the start "
+                f"{params.history_start:%Y-%m-%d %H:%M} UTC"
+            )
+        now = min(now, int(end.timestamp()))
     keys = [SeriesKey("bars", s, tf) for s in symbols for tf in timeframes]
     if params.ticks:
         keys += [SeriesKey("ticks", s) for s in symbols]
@@ -359,6 +369,33 @@ def _print_reports(reports: Sequence[SeriesReport]) -> None:
         print(frame.to_string(index=False))
 
 
+def _utc_arg(text: str) -> datetime:
+    """A command-line time: ISO 8601 date or date-time; without an offset it is UTC."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(  # noqa: B904 — argparse shows only this message
+            f"{text!r} is not a date or date-time (2024-01-01 or 2024-01-01T06:00)"
+        )
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def _already_stored(store: BarStore, params: DataParams) -> list[str]:
+    """Series that already hold bars: --start does not apply to them (ingestion appends)."""
+    out = []
+    for symbol in params.symbols:
+        for tf in params.timeframes:
+            key = SeriesKey("bars", symbol, tf)
+            mark = store.watermark(key)
+            if mark is not None:
+                out.append(
+                    f"note: {key} already holds bars through {_iso(mark)} UTC: --start applies only to "
+                    f"series not stored yet (ingestion appends after the watermark; remove {params.root} "
+                    "to start over)"
+                )
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from pipelines.config import load_params
     from pipelines.terminal import initialize_kwargs, open_terminal
@@ -373,6 +410,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", default=None, help="a profile from params.yaml (e.g. fast)")
     parser.add_argument("--symbols", nargs="*", help="override data.symbols")
     parser.add_argument("--timeframes", nargs="*", help="override data.timeframes")
+    parser.add_argument(
+        "--start",
+        type=_utc_arg,
+        help="history: first bar time, UTC (2024-01-01 or 2024-01-01T06:00), overriding data.history_start "
+        "for series not stored yet",
+    )
+    parser.add_argument("--end", type=_utc_arg, help="history: take only bars closed by this UTC time")
     parser.add_argument("--polls", type=int, help="live: stop after this many polls")
     parser.add_argument("--duration", type=float, help="live: stop after this many seconds")
     args = parser.parse_args(argv)
@@ -383,6 +427,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["symbols"] = args.symbols
     if args.timeframes:
         overrides["timeframes"] = args.timeframes
+    if args.start is not None:
+        overrides["history_start"] = args.start.isoformat()
+    if args.mode == "live" and (args.start or args.end):
+        parser.error("--start/--end apply to `history`; live follows the terminal from the stored watermark")
     params = load_params(args.params, args.profile, {"data": overrides} if overrides else None).data
     client = open_terminal(params)
     store = BarStore(params.root)
@@ -390,7 +438,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.mode == "history":
             connect(client, **initialize_kwargs(params))
-            _print_reports(ingest_history(client, store, contract, params))
+            if args.start is not None:
+                for line in _already_stored(store, params):
+                    print(line)
+            _print_reports(ingest_history(client, store, contract, params, end=args.end))
         else:
             stats = ingest_live(
                 client,

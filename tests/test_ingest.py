@@ -182,6 +182,27 @@ def test_cli_entry(data_params, tmp_path, capsys):
     assert "EURUSD H1" in out and "XAUUSD" not in out
 
 
+def test_cli_history_window_overrides_start_and_stops_at_end(data_params, tmp_path, capsys):
+    path = _write_params(tmp_path, _params(data_params, timeframes=["H1"]))
+    argv = ["history", "--params", str(path), "--symbols", "EURUSD"]
+    assert main([*argv, "--start", "2024-01-03", "--end", "2024-01-05T06:00"]) == 0
+    store = BarStore(data_params.root)
+    bars = store.read(SeriesKey("bars", "EURUSD", "H1"))
+    first, last = bars["time"].min(), bars["time"].max()
+    assert first >= pd.Timestamp("2024-01-03", tz="UTC") and first < pd.Timestamp("2024-01-03 02:00", tz="UTC")
+    assert last == pd.Timestamp("2024-01-05 05:00", tz="UTC")  # the last bar closed by 06:00
+    capsys.readouterr()
+    # a stored series keeps appending from its watermark: --start says it does not apply
+    assert main([*argv, "--start", "2024-01-02", "--end", "2024-01-08"]) == 0
+    assert "already holds bars through 2024-01-05T05:00:00+00:00" in capsys.readouterr().out
+    assert store.read(SeriesKey("bars", "EURUSD", "H1"))["time"].min() == first
+    with pytest.raises(SystemExit):
+        main([*argv, "--start", "January"])
+    assert "is not a date" in capsys.readouterr().err
+    assert main([*argv, "--start", "2024-01-06", "--end", "2024-01-05"]) == 2
+    assert "is not after the start" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_live_ingest_survives_an_outage_without_gaps(tmp_path, contract):
     params = DataParams.model_validate(
