@@ -182,3 +182,33 @@ def test_irregular_time_widths_take_the_general_parser(tmp_path):
     bad_day.write_text(HEADER + "\n" + rows[0].replace("2024.02.29", "2023.02.29") + "\n")
     with pytest.raises(ExportFormatError, match="line 2 column <DATE>: cannot parse '2023.02.29'"):
         read_bar_export(bad_day)
+
+
+def test_higher_timeframes_are_built_from_any_lower_export_on_the_broker_grid(tmp_path, sim):
+    """An H1 export gives H4 and D1, an M5 export gives M15 and H1, exactly the terminal's
+    own bars (the simulator's broker runs on server time, UTC+2/+3): prices and volumes."""
+    window = (utc(2024, 1, 8), utc(2024, 1, 20))
+    write_bar_export(tmp_path / "EURUSD_H1.csv", sim.copy_rates_range("EURUSD", C.TIMEFRAME_H1, *window), 5)
+    write_bar_export(tmp_path / "GBPUSD_M5.csv", sim.copy_rates_range("GBPUSD", C.TIMEFRAME_M5, *window), 5)
+    client = ExportFileClient(tmp_path)
+    assert client.initialize()
+    inside = (utc(2024, 1, 9), utc(2024, 1, 18))  # whole bars of every timeframe on both sides
+    for symbol, tf, source in (
+        ("EURUSD", "H4", "H1"),
+        ("EURUSD", "D1", "H1"),
+        ("GBPUSD", "M15", "M5"),
+        ("GBPUSD", "H1", "M5"),
+        ("GBPUSD", "D1", "M5"),
+    ):
+        assert client.source(symbol, tf) == source
+        built = client.copy_rates_range(symbol, C.TIMEFRAMES[tf], *inside)
+        truth = sim.copy_rates_range(symbol, C.TIMEFRAMES[tf], *inside)
+        assert len(built) == len(truth) > 0, (symbol, tf)
+        for field in ("time", "open", "high", "low", "close", "tick_volume"):
+            np.testing.assert_allclose(built[field], truth[field], rtol=1e-9, err_msg=f"{symbol} {tf} {field}")
+    # nothing lower than H1 for EURUSD: M15 cannot be built, and the error says what would fix it
+    assert client.copy_rates_range("EURUSD", C.TIMEFRAME_M15, *inside) is None
+    code, message = client.last_error()
+    assert code == C.RES_E_NOT_FOUND
+    assert "no M15 bar export for EURUSD" in message and "EURUSD has H1" in message
+    assert "EURUSD_M5.csv" in message and "data.timeframes" in message

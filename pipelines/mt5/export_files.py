@@ -490,6 +490,22 @@ def _infer_digits(prices: np.ndarray) -> int:
     return 8
 
 
+def _length(tf: str) -> int:
+    """Sortable bar length (MN1 longest)."""
+    return 31 * 86400 if tf == "MN1" else timeframe_seconds(tf)
+
+
+def _tiles(lower: str, higher: str) -> bool:
+    """Whether bars of `lower` nest exactly inside bars of `higher` on the broker's grid: a
+    shorter bar length that divides the longer (any intraday or daily one for W1 and MN1; D1
+    for MN1, not W1 for MN1)."""
+    if lower == higher or _length(lower) >= _length(higher):
+        return False
+    if higher == "MN1":
+        return lower != "W1"
+    return timeframe_seconds(higher) % timeframe_seconds(lower) == 0
+
+
 class ExportFileClient(LocalTerminal):
     """An MT5 terminal whose history is a folder of exported files.
 
@@ -497,8 +513,10 @@ class ExportFileClient(LocalTerminal):
     default name, e.g. ``EURUSD_M1_202401020000_202401312359.csv``), ``{SYMBOL}{minutes}.csv``
     for MT4 CSVs (``EURUSD60.csv``), and ``{SYMBOL}_TICKS[_anything].csv`` for tick exports.
     Several files for one series are merged (later files win on equal times). A timeframe with
-    no file of its own is aggregated from the M1 file when there is one. `digits` per symbol
-    may be given; otherwise they are inferred from the prices.
+    no file of its own is aggregated from the longest lower timeframe that tiles it (`source`:
+    M5 → M15, H1, H4, D1; H1 → H4, D1; any intraday one → W1, MN1), on the broker's grid: the
+    files' times are server time, as the terminal writes them. `digits` per symbol may be
+    given; otherwise they are inferred from the prices.
     """
 
     def __init__(self, directory: str | Path, digits: dict[str, int] | None = None) -> None:
@@ -555,11 +573,18 @@ class ExportFileClient(LocalTerminal):
                     rates = rates[np.argsort(rates["time"], kind="stable")]
                     rates = rates[np.r_[rates["time"][1:] != rates["time"][:-1], True]]
                 self._rates_cache[key] = rates
-            elif tf != "M1" and (symbol, "M1") in self._bar_files:
-                self._rates_cache[key] = aggregate_rates(self._load_rates(symbol, "M1"), tf)
+            elif (source := self.source(symbol, tf)) is not None:
+                self._rates_cache[key] = aggregate_rates(self._load_rates(symbol, source), tf)
             else:
                 self._rates_cache[key] = np.zeros(0, dtype=RATES_DTYPE)
         return self._rates_cache[key]
+
+    def source(self, symbol: str, tf: str) -> str | None:
+        """The timeframe `symbol`'s `tf` bars are built from when it has no file of its own:
+        the longest one with a file that tiles `tf` (its bars nest exactly in `tf`'s); None
+        when there is none."""
+        candidates = [t for (s, t) in self._bar_files if s == symbol and _tiles(t, tf)]
+        return max(candidates, key=_length) if candidates else None
 
     def _load_ticks(self, symbol: str) -> np.ndarray:
         if symbol not in self._ticks_cache:
@@ -659,7 +684,16 @@ class ExportFileClient(LocalTerminal):
         ok = super()._check(symbol, timeframe)
         if ok and symbol is not None and timeframe is not None:
             tf = timeframe_name(timeframe)
-            if (symbol, tf) not in self._bar_files and (symbol, "M1") not in self._bar_files:
-                self._fail(RES_E_NOT_FOUND, f"no {tf} bar export for {symbol} in {self.directory}")
+            if (symbol, tf) not in self._bar_files and self.source(symbol, tf) is None:
+                have = sorted({t for (s, t) in self._bar_files if s == symbol}, key=_length)
+                lower = [t for t in TIMEFRAMES if _tiles(t, tf)]
+                self._fail(
+                    RES_E_NOT_FOUND,
+                    f"no {tf} bar export for {symbol} in {self.directory}, and none it can be built from "
+                    f"({symbol} has {', '.join(have) or 'no bar files'}; {tf} is built from any of "
+                    f"{', '.join(sorted(lower, key=_length)[-4:])} or lower): export {symbol} {tf} from "
+                    f"the terminal, or a lower timeframe such as {symbol}_M5.csv, or drop {tf} from "
+                    "data.timeframes",
+                )
                 return False
         return ok
