@@ -79,6 +79,7 @@ class SeriesReport:
     watermark_before: str | None = None
     watermark_after: str | None = None
     rules: dict[str, int] = field(default_factory=dict)
+    zero_spread: int = 0  # good bars whose spread is 0 (exports often carry none)
 
 
 @dataclass
@@ -198,6 +199,7 @@ def _prepare(
         quarantined=result.n_bad,
         watermark_before=_iso(mark, key.unit),
         rules=dict(result.rule_counts),
+        zero_spread=int((result.good["spread"] == 0).sum()) if key.kind == "bars" and len(result.good) else 0,
     )
     return Batch(key, result, last, report)
 
@@ -366,7 +368,20 @@ def _print_reports(reports: Sequence[SeriesReport]) -> None:
         return
     frame["rules"] = frame["rules"].map(lambda d: ", ".join(f"{k}={v}" for k, v in d.items()) or "-")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(frame.to_string(index=False))
+        print(frame.drop(columns="zero_spread").to_string(index=False))
+    for line in spread_notes(reports):
+        print(line)
+
+
+def spread_notes(reports: Sequence[SeriesReport]) -> list[str]:
+    """One note per series whose new bars carry a zero spread: costs would be understated, so
+    the backtest charges ``models.backtest.assumed_spread_pips`` on those bars instead."""
+    return [
+        f"note: {r.series}: spread is 0 on {r.zero_spread:,} of {r.written or r.fetched:,} bars (the export "
+        "carries none?); the backtest charges models.backtest.assumed_spread_pips there"
+        for r in reports
+        if r.zero_spread
+    ]
 
 
 def _utc_arg(text: str) -> datetime:

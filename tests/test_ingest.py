@@ -148,6 +148,19 @@ def test_export_files_ingest_with_quarantine(data_params, contract, tmp_path, si
     assert again.written == 0 and again.quarantined == 0
 
 
+def test_an_export_without_spread_is_reported_once_per_series(data_params, tmp_path, sim, capsys):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    rates = sim.copy_rates_range("EURUSD", C.TIMEFRAME_M5, utc(2024, 1, 2), utc(2024, 1, 9))
+    rates["spread"] = 0  # as many real exports carry it
+    write_bar_export(folder / "EURUSD_M5_export.csv", rates, 5)
+    params = _params(_export_params(data_params, folder), timeframes=["M5", "H1"])
+    assert main(["history", "--params", str(_write_params(tmp_path, params))]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 2 and all("assumed_spread_pips" in n for n in notes)  # M5, and H1 built from it
+    assert notes[0].startswith(f"note: EURUSD M5: spread is 0 on {len(rates):,} of {len(rates):,} bars")
+
+
 def test_too_many_bad_rows_write_nothing(data_params, contract, tmp_path, sim):
     params = _export_params(data_params, _export_dir(tmp_path, sim, corrupt=list(range(50, 90))))
     with pytest.raises(ContractError, match=r"EURUSD M5: 40 bad rows .* first at 2024-01-02 04:10:00 UTC"):
