@@ -17,7 +17,9 @@ standard error (over whole days) beside the difference.
 
 Targets (issue 4): planted signal — registered model's holdout log loss within 2% of the
 Bayes-optimal log loss, ECE ≤ 0.01, stacked ≤ best single base learner; random walk — log
-loss ≤ base-rate log loss + 0.001 and ECE ≤ 0.02; training ≤ 5 minutes on 2 cores.
+loss ≤ base-rate log loss + 0.001 and ECE ≤ 0.02; training ≤ 5 minutes on 2 cores. Issue 16:
+the holdout figures with their 95 % block-bootstrap intervals (`pipelines.evaluate.report`),
+and the promotion gate promotes the planted signal and refuses the random walk (no skill).
 
     python benchmarks/train_targets.py [--bars 200000] [--trials 10] [--forward-weeks 207]
 """
@@ -179,6 +181,7 @@ def main() -> None:
             f"register {r['train_s']:.0f} s; tuned {r['tuned']}"
         )
         print(_line(f"holdout ({m['holdout_rows']:,} rows)", m))
+        print("\n".join("  " + line for line in evaluate.report(m, 1.0).splitlines()))
         print(_line(f"forward ({f['rows']:,} rows)", f))
         d = f["stacked_minus_best"]
         print(
@@ -187,6 +190,7 @@ def main() -> None:
         )
         print(f"  gate: {'promoted' if r['decision'].promoted else 'rejected'} — {r['decision'].reason}")
     p, w = results["planted"]["forward"], results["random walk"]["forward"]
+    gate_p, gate_w = results["planted"]["decision"], results["random walk"]["decision"]
     best = p["stacked_minus_best"]
     checks = [
         (
@@ -206,6 +210,16 @@ def main() -> None:
             w["registered"]["log_loss"] <= w["registered"]["base_rate_log_loss"] + 0.001,
         ),
         ("random walk: ECE <= 0.02", f"{w['registered']['ece']:.4f}", w["registered"]["ece"] <= 0.02),
+        (
+            "planted: the gate finds skill, promotes",
+            f"edge low {gate_p.skill.low:+.5f}",
+            gate_p.promoted and gate_p.has_skill,
+        ),
+        (
+            "random walk: the gate finds none, refuses",
+            f"edge {gate_w.skill.low:+.5f}..{gate_w.skill.high:+.5f}",
+            not gate_w.promoted and not gate_w.has_skill,
+        ),
         (
             "training <= 300 s (planted)",
             f"{results['planted']['train_s']:.0f} s",

@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from pipelines.config import load_params
-from pipelines.register import gate
+from pipelines.register import gate, gate_summary
 from pipelines.registry import Registry, model_name
 
 
@@ -49,17 +49,18 @@ def promote_flow(
     params = load_params(params_path, profile)
     model = _name(params, name)
     decision = gate(params, model)
-    verdict = "promoted to champion" if decision.promoted else "kept as challenger"
-    get_run_logger().info("%s v%s %s: %s", model, decision.challenger, verdict, decision.reason)
+    summary = gate_summary(model, str(decision.challenger), decision)
+    get_run_logger().info("%s", summary)
     create_markdown_artifact(
-        key="promote",
-        markdown=f"**{model}** version {decision.challenger} {verdict}: {decision.reason}",
+        key="promote", markdown="\n\n".join(line.strip() for line in summary.splitlines())
     )
     return {
         "name": model,
         "version": decision.challenger,
         "promoted": decision.promoted,
         "reason": decision.reason,
+        "skill": "demonstrated" if decision.has_skill else "none",
+        "edge": decision.skill.as_dict(),
     }
 
 

@@ -30,7 +30,12 @@ def featurize_task(params: Params) -> dict[str, int]:
 @task(cache_policy=NO_CACHE)
 def train_task(params: Params) -> dict[str, Any]:
     bundle = train.run(params)
-    return {"oof_scores": bundle["oof_scores"], "train_rows": bundle["train_rows"], "tuned": bundle["tuned"]}
+    return {
+        "oof_scores": bundle["oof_scores"],
+        "train_rows": bundle["train_rows"],
+        "tuned": bundle["tuned"],
+        "overfitting": bundle.get("overfitting", {}),
+    }
 
 
 @task(cache_policy=NO_CACHE)
@@ -41,7 +46,15 @@ def evaluate_task(params: Params) -> dict[str, Any]:
 @task(cache_policy=NO_CACHE)
 def register_task(params: Params) -> dict[str, Any]:
     name, version, decision = register.register(params)
-    return {"name": name, "version": version, "promoted": decision.promoted, "reason": decision.reason}
+    print(register.gate_summary(name, version, decision))
+    return {
+        "name": name,
+        "version": version,
+        "promoted": decision.promoted,
+        "reason": decision.reason,
+        "skill": "demonstrated" if decision.has_skill else "none",
+        "edge": decision.skill.as_dict(),
+    }
 
 
 @flow(name="featurize", log_prints=True)
@@ -114,13 +127,19 @@ def train_flow(
     rows = [
         {"predictor": name, **{k: round(v, 5) for k, v in m.items() if isinstance(v, float)}}
         for name, m in metrics.items()
-        if isinstance(m, dict) and "log_loss" in m
+        if isinstance(m, dict) and isinstance(m.get("log_loss"), float)
     ]
     create_table_artifact(
         key="train-metrics",
         table=rows,
         description=f"holdout metrics; {registration['name']} v{registration['version']}: "
         f"{registration['reason']}",
+    )
+    create_markdown_artifact(
+        key="evaluation",
+        markdown="Holdout figures with their 95% block-bootstrap intervals\n\n```\n"
+        + evaluate.report(metrics, params.models.backtest.assumed_spread_pips)
+        + "\n```",
     )
     png = (params.outputs / "evaluate" / "reliability.png").read_bytes()
     create_markdown_artifact(

@@ -188,10 +188,14 @@ def fit_stacked(
     l2: float = 1e-3,
     calibration: tuple[str, ...] = ("none", "platt", "temperature", "isotonic"),
     regime_index: Sequence[int] = (),
+    horizon: int = 1,
+    block_rows: int | None = None,
 ) -> StackedModel:
     """Fit the stack: OOF base probabilities → non-negative logistic meta → calibrator (see
     module). `regime_index`: feature columns of `X` fed to the meta-learner too (`RegimeInputs`,
-    scaled on these training rows only)."""
+    scaled on these training rows only). `horizon` (bars per label) and `block_rows` (rows whose
+    outcomes overlap) put the calibration choice in view of the effective sample size
+    (`models.calibration.choose_calibrator`)."""
     probs, yo, rows = _covered(factories, X, y, folds, oof)
     regime = RegimeInputs(tuple(regime_index)).fit(X) if len(regime_index) else None
     z = logit(probs) if regime is None else regime.design(logit(probs), X[rows])
@@ -199,7 +203,7 @@ def fit_stacked(
     meta_oof = _walk_forward_meta(z, yo, blocks=5, l2=l2, n_free=n_free)
     scored = ~np.isnan(meta_oof)
     calibrator, scores = (
-        choose_calibrator(meta_oof[scored], yo[scored], calibration)
+        choose_calibrator(meta_oof[scored], yo[scored], calibration, horizon=horizon, block_rows=block_rows)
         if scored.sum() > 200
         else (Identity(), {})
     )
@@ -234,10 +238,16 @@ def fit_ensemble(
     oof: np.ndarray | None = None,
     base: list[BaseLearner] | None = None,
     calibration: tuple[str, ...] = ("none", "platt", "temperature", "isotonic"),
+    horizon: int = 1,
+    block_rows: int | None = None,
 ) -> EnsembleModel:
-    """Calibrate each base learner on its OOF probabilities, then fit simplex weights."""
+    """Calibrate each base learner on its OOF probabilities (`choose_calibrator` with
+    `horizon` and `block_rows`), then fit simplex weights."""
     probs, yo, _ = _covered(factories, X, y, folds, oof)
-    calibrators = [choose_calibrator(probs[:, j], yo, calibration)[0] for j in range(probs.shape[1])]
+    calibrators = [
+        choose_calibrator(probs[:, j], yo, calibration, horizon=horizon, block_rows=block_rows)[0]
+        for j in range(probs.shape[1])
+    ]
     calibrated = np.column_stack([c.transform(probs[:, j]) for j, c in enumerate(calibrators)])
 
     def loss(v: np.ndarray) -> float:

@@ -271,6 +271,9 @@ class BacktestParams(_Frozen):
 
     threshold: float = Field(0.55, gt=0.5, lt=1)
     commission_pips: float = Field(0.2, ge=0)
+    # charged where a bar's spread is zero or missing (exports often carry SPREAD 0), reported
+    # per symbol in the backtest; 0 turns the assumption off
+    assumed_spread_pips: float = Field(1.0, ge=0)
 
 
 class StackParams(_Frozen):
@@ -342,7 +345,13 @@ class TuneParams(_Frozen):
 
 
 class GateParams(_Frozen):
+    """The promotion gate (`models.gate`): ECE limit and its ceiling, and the two-sided
+    confidence level whose lower bounds must exclude zero (skill over the base rate, and
+    improvement over the champion)."""
+
     max_ece: float = Field(0.02, gt=0)
+    ece_ceiling: float = Field(0.05, gt=0, le=1)  # how far the noise floor may raise max_ece
+    level: float = Field(0.95, gt=0.5, lt=1)
 
 
 class RegistryParams(_Frozen):

@@ -4,11 +4,24 @@ Metrics for the registered predictor, the stack, the ensemble and each base lear
 loss, Brier, ECE (15 bins), AUC, accuracy, base-rate log loss (training base rate); on
 simulator data with direction labels also the Bayes-optimal log loss from the planted true
 probabilities and the relative gap to it. A threshold-policy backtest (long when p > t,
-short when p < 1 − t; the bar's spread and a commission charged, in pips) reports trades,
-hit rate, PnL, Sharpe and max drawdown. Writes ``outputs/evaluate/``: ``metrics.json`` (the
-registered predictor's headline, what ``dvc metrics show`` prints: `headline`), ``details.json`` (every
-predictor, the backtest), the reliability diagram and probability histogram as CSV data
-(``dvc plots show`` / ``dvc plots diff``) and as PNGs (MLflow, Prefect).
+short when p < 1 − t; the bar's spread — or `assumed_spread_pips` where the data's spread is
+zero or missing — and a commission charged, in pips) reports trades, hit rate, PnL, Sharpe
+and max drawdown.
+
+Every figure a user reads comes with its uncertainty: for the registered predictor, 95 %
+block-bootstrap intervals (`models.uncertainty`: blocks of whole UTC days, longer when a label
+spans more, every symbol of a day in one block) for log loss, its improvement over the base
+rate, ECE and AUC, and per symbol for the backtest's PnL, Sharpe and hit rate; the number of
+independent labels behind them; the reliability diagram's per-bin counts and confidence bands;
+and, for each Optuna study, the probability that choosing its best trial overfits
+(`pipelines.train.tuning_overfitting`).
+
+Writes ``outputs/evaluate/``: ``metrics.json`` (the registered predictor's headline, what
+``dvc metrics show`` prints: `headline`), ``details.json`` (every predictor, the intervals,
+the backtest), ``predictions.parquet`` (every holdout row: symbol, bar open time UTC, label,
+each predictor's probability, the registered one named), the reliability diagram and
+probability histogram as CSV data (``dvc plots show`` / ``dvc plots diff``) and as PNGs
+(MLflow, Prefect).
 
     python -m pipelines.evaluate [--params params.yaml] [--profile fast]
 """
@@ -25,10 +38,20 @@ import joblib
 import numpy as np
 
 from features.bars import pip_size
-from models.metrics import reliability, summary
+from models.metrics import auc, ece, reliability, summary
 from models.policy import ThresholdPolicy
+from models.uncertainty import (
+    Interval,
+    block_ids,
+    block_seconds,
+    bootstrap_mean,
+    bootstrap_statistic,
+    effective_labels,
+    row_log_loss,
+)
 from pipelines.atomic_files import staged_dir, write_atomic, write_text_atomic
 from pipelines.config import BacktestParams, Params
+from pipelines.mt5.constants import timeframe_seconds
 from pipelines.train import TrainingData, load_training_data, splits
 
 
@@ -63,7 +86,16 @@ def true_probabilities(data: TrainingData, rows: np.ndarray, params: Params) -> 
     return out
 
 
-def _policy(pnl: np.ndarray, day: np.ndarray) -> dict[str, float]:
+def _sharpe(per_day: np.ndarray) -> float:
+    """Annualised (√252) Sharpe ratio of daily PnL; NaN when it has no spread."""
+    sd = per_day.std()
+    return float(per_day.mean() / sd * np.sqrt(252)) if per_day.size > 1 and sd > 0 else float("nan")
+
+
+def _policy(pnl: np.ndarray, day: np.ndarray, block_days: int, level: float = 0.95) -> dict[str, Any]:
+    """Trades, hit rate, PnL, Sharpe and max drawdown of one symbol's trades (`pnl` in pips,
+    `day` each trade's UTC day), with block-bootstrap intervals (`block_days`-day blocks) for
+    PnL, Sharpe and hit rate."""
     if pnl.size == 0:
         return {
             "trades": 0.0,
@@ -71,40 +103,106 @@ def _policy(pnl: np.ndarray, day: np.ndarray) -> dict[str, float]:
             "pnl_pips": 0.0,
             "sharpe": float("nan"),
             "max_drawdown_pips": 0.0,
+            "intervals": {},
         }
     equity = np.cumsum(pnl)
-    _, daily = np.unique(day, return_inverse=True)
+    days, daily = np.unique(day, return_inverse=True)
     per_day = np.bincount(daily, weights=pnl)
-    sharpe = float(per_day.mean() / per_day.std() * np.sqrt(252)) if per_day.std() > 0 else float("nan")
+    day_blocks = days // max(int(block_days), 1)
+    trade_blocks = day // max(int(block_days), 1)
+    intervals = {
+        "pnl_pips": bootstrap_statistic(np.sum, (pnl,), trade_blocks, level, draws=400).as_dict(),
+        "sharpe": bootstrap_statistic(_sharpe, (per_day,), day_blocks, level, draws=400).as_dict(),
+        "hit_rate": bootstrap_mean((pnl > 0).astype(float), trade_blocks, level, draws=400).as_dict(),
+    }
     return {
         "trades": float(pnl.size),
         "hit_rate": float(np.mean(pnl > 0)),
         "pnl_pips": float(pnl.sum()),
-        "sharpe": sharpe,
+        "sharpe": _sharpe(per_day),
         "max_drawdown_pips": float(np.max(np.maximum.accumulate(equity) - equity)),
+        "intervals": intervals,
     }
 
 
 def backtest(
-    p: np.ndarray, data: TrainingData, rows: np.ndarray, cfg: BacktestParams
-) -> dict[str, dict[str, float]]:
+    p: np.ndarray, data: TrainingData, rows: np.ndarray, cfg: BacktestParams, block_days: int = 1
+) -> dict[str, dict[str, Any]]:
     """Threshold policy on the holdout rows, per symbol (pips are per-symbol units).
 
     Long when p > threshold, short when p < 1 − threshold, each signal held to its label's end
-    (positions may overlap); the bar's spread and the commission are charged in pips. Sharpe
-    is annualised from daily PnL (√252), so overlapping positions do not inflate it.
+    (positions may overlap); the bar's spread and the commission are charged in pips — where
+    the data's spread is zero or missing (many exports), `cfg.assumed_spread_pips` instead, and
+    the symbol's ``spread_assumed_rows`` says on how many rows. Sharpe is annualised from
+    daily PnL (√252), so overlapping positions do not inflate it; intervals resample blocks of
+    `block_days` days.
     """
     side = ThresholdPolicy.symmetric(cfg.threshold).sides(p)
     pip = np.array([pip_size(x) for x in data.point[rows]])
     move = (np.exp(data.ret[rows]) - 1.0) * data.close[rows] / pip
-    cost = data.spread[rows] * data.point[rows] / pip + cfg.commission_pips
+    spread = data.spread[rows] * data.point[rows] / pip
+    missing = ~(np.isfinite(spread) & (spread > 0))
+    spread = np.where(missing, cfg.assumed_spread_pips, spread)
+    cost = spread + cfg.commission_pips
     pnl = side * move - cost
     day = (data.t0[rows] // 86400).astype(np.int64)
     out = {}
     for symbol in np.unique(data.symbol[rows]):
-        pick = (data.symbol[rows] == symbol) & (side != 0)
-        out[str(symbol)] = _policy(pnl[pick], day[pick])
+        mine = data.symbol[rows] == symbol
+        pick = mine & (side != 0)
+        out[str(symbol)] = {
+            **_policy(pnl[pick], day[pick], block_days),
+            "spread_assumed_rows": int(np.sum(missing & mine)),
+        }
     return out
+
+
+def spread_report(result: dict[str, dict[str, Any]], assumed: float) -> list[str]:
+    """One line per symbol whose data carried no spread on some rows (reported once)."""
+    return [
+        f"{symbol}: spread zero or missing on {r['spread_assumed_rows']:,} holdout rows; the backtest "
+        f"charged the assumed {assumed} pips there (models.backtest.assumed_spread_pips)"
+        for symbol, r in result.items()
+        if r.get("spread_assumed_rows")
+    ]
+
+
+def intervals(
+    y: np.ndarray, p: np.ndarray, train_rate: float, blocks: np.ndarray, level: float = 0.95
+) -> dict[str, dict[str, float]]:
+    """Block-bootstrap intervals of the registered predictor's headline figures: log loss, its
+    improvement over the training base rate (``edge``, nats per row), ECE and AUC."""
+    rows = row_log_loss(y, p)
+    return {
+        "log_loss": bootstrap_mean(rows, blocks, level).as_dict(),
+        "edge": bootstrap_mean(row_log_loss(y, np.full(y.size, train_rate)) - rows, blocks, level).as_dict(),
+        "ece": bootstrap_statistic(ece, (y, p), blocks, level, draws=300).as_dict(),
+        "auc": bootstrap_statistic(auc, (y, p), blocks, level, draws=300).as_dict(),
+    }
+
+
+def predictions_table(
+    data: TrainingData, rows: np.ndarray, preds: dict[str, np.ndarray], registered: str, p_true: Any
+) -> bytes:
+    """Every holdout row as Parquet: symbol, bar_time (bar open, UTC), decision_time (its
+    close, UTC), label, ``p_<predictor>`` for each predictor (and ``p_true`` on the
+    simulator), ``registered`` naming the registered predictor's column."""
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "symbol": data.symbol[rows].astype(str),
+            "bar_time": pd.to_datetime(data.bar_time[rows], unit="s", utc=True),
+            "decision_time": pd.to_datetime(data.t0[rows], unit="s", utc=True),
+            "label": data.y[rows].astype(float),
+            **{f"p_{name}": np.asarray(p, dtype=float) for name, p in preds.items()},
+            **({"p_true": p_true} if p_true is not None else {}),
+            "registered": f"p_{registered}",
+        }
+    )
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
 
 
 def _png(fig: Any) -> bytes:
@@ -113,10 +211,28 @@ def _png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
-def reliability_figure(y: np.ndarray, p: np.ndarray, p_true: np.ndarray | None) -> Any:
+def reliability_bands(
+    freq: np.ndarray, count: np.ndarray, design_effect: float = 1.0, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson confidence band of each bin's observed frequency, on the bin's effective count
+    (rows / `design_effect`: overlapping labels carry less than one outcome each)."""
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + level / 2))
+    n = np.maximum(count / max(design_effect, 1.0), 1e-9)
+    f = np.nan_to_num(freq)
+    centre = (f + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(f * (1 - f) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+
+
+def reliability_figure(
+    y: np.ndarray, p: np.ndarray, p_true: np.ndarray | None, design_effect: float = 1.0
+) -> Any:
     """The reliability diagram (15 equal-width bins): every bin's point inside the axes —
     predicted means *and* observed frequencies, which can lie far outside the predictions on
-    a thin bin — each labelled with its row count, so a wild point on ten rows reads as such."""
+    a thin bin — each labelled with its row count and drawn with its 95 % band
+    (`reliability_bands`), so a wild point on ten rows reads as such."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,11 +241,22 @@ def reliability_figure(y: np.ndarray, p: np.ndarray, p_true: np.ndarray | None) 
     mean_p, freq, count = reliability(y, p)
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
     used = count > 0
+    low, high = reliability_bands(freq, count, design_effect)
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect")
     ax.plot(mean_p[used], freq[used], marker="o", label="model")
+    ax.errorbar(
+        mean_p[used],
+        freq[used],
+        yerr=[freq[used] - low[used], high[used] - freq[used]],
+        fmt="none",
+        capsize=2,
+        color="C0",
+        alpha=0.6,
+        label="95% band",
+    )
     for x, f, n in zip(mean_p[used], freq[used], count[used], strict=True):
         ax.annotate(f"{int(n):,}", (x, f), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    shown = [mean_p[used], freq[used]]
+    shown = [mean_p[used], freq[used], low[used], high[used]]
     if p_true is not None:
         tp, tf, tc = reliability(y, p_true)
         ax.plot(tp[tc > 0], tf[tc > 0], marker=".", alpha=0.6, label="planted truth")
@@ -148,14 +275,17 @@ def reliability_figure(y: np.ndarray, p: np.ndarray, p_true: np.ndarray | None) 
     return fig
 
 
-def plot_data(y: np.ndarray, p: np.ndarray) -> dict[str, bytes]:
+def plot_data(y: np.ndarray, p: np.ndarray, design_effect: float = 1.0) -> dict[str, bytes]:
     """The plots as DVC-native data (CSV, one row per point), so ``dvc plots diff`` overlays
-    experiments: ``reliability.csv`` (predicted, observed, rows per used bin of 15) and
-    ``histogram.csv`` (p, rows per bin of 50 on [0, 1])."""
+    experiments: ``reliability.csv`` (predicted, observed, its 95 % band observed_low and
+    observed_high, rows per used bin of 15) and ``histogram.csv`` (p, rows per bin of 50 on
+    [0, 1])."""
     mean_p, freq, count = reliability(y, p)
+    low, high = reliability_bands(freq, count, design_effect)
     used = count > 0
-    lines = ["predicted,observed,rows"] + [
-        f"{x:.6f},{f:.6f},{int(n)}" for x, f, n in zip(mean_p[used], freq[used], count[used], strict=True)
+    lines = ["predicted,observed,observed_low,observed_high,rows"] + [
+        f"{x:.6f},{f:.6f},{lo:.6f},{hi:.6f},{int(n)}"
+        for x, f, lo, hi, n in zip(mean_p[used], freq[used], low[used], high[used], count[used], strict=True)
     ]
     counts, edges = np.histogram(p, bins=50, range=(0.0, 1.0))
     centres = (edges[:-1] + edges[1:]) / 2
@@ -167,7 +297,9 @@ def plot_data(y: np.ndarray, p: np.ndarray) -> dict[str, bytes]:
     }
 
 
-def plots(y: np.ndarray, p: np.ndarray, p_true: np.ndarray | None) -> dict[str, bytes]:
+def plots(
+    y: np.ndarray, p: np.ndarray, p_true: np.ndarray | None, design_effect: float = 1.0
+) -> dict[str, bytes]:
     """Reliability diagram and probability histogram as PNG bytes (for MLflow and Prefect
     artifacts, with the planted truth drawn in), plus their data as CSV (`plot_data`)."""
     import matplotlib
@@ -175,7 +307,7 @@ def plots(y: np.ndarray, p: np.ndarray, p_true: np.ndarray | None) -> dict[str, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = reliability_figure(y, p, p_true)
+    fig = reliability_figure(y, p, p_true, design_effect)
     out = {"reliability.png": _png(fig)}
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -186,20 +318,24 @@ def plots(y: np.ndarray, p: np.ndarray, p_true: np.ndarray | None) -> dict[str, 
     ax.legend()
     out["histogram.png"] = _png(fig)
     plt.close(fig)
-    return {**out, **plot_data(y, p)}
+    return {**out, **plot_data(y, p, design_effect)}
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, float | int]:
     """The registered predictor's headline, flat and narrow (what ``dvc metrics show``
-    prints): holdout ``rows``, ``log_loss``, the training base rate's log loss ``base_rate``,
-    their difference ``edge`` (> 0 is skill), ``ece``, ``auc`` and, on the simulator, the
-    relative gap to the Bayes-optimal log loss ``bayes_gap``. The rest is in ``details.json``."""
+    prints, one line of at most ~120 characters): holdout ``rows``, ``log_loss``, its
+    improvement over the training base rate ``edge`` (> 0 is skill) with its 95 % interval
+    ``edge_low``/``edge_high`` (skill only when ``edge_low`` > 0), ``ece``, ``auc`` and, on the
+    simulator, the relative gap to the Bayes-optimal log loss ``bayes_gap``. The rest — the
+    base rate's log loss, the independent labels, every interval — is in ``details.json``."""
     reg = metrics["registered"]
+    edge = metrics["intervals"]["edge"]
     out = {
         "rows": int(metrics["holdout_rows"]),
         "log_loss": float(reg["log_loss"]),
-        "base_rate": float(reg["base_rate_log_loss"]),
         "edge": float(reg["base_rate_log_loss"] - reg["log_loss"]),
+        "edge_low": float(edge["low"]),
+        "edge_high": float(edge["high"]),
         "ece": float(reg["ece"]),
         "auc": float(reg["auc"]),
     }
@@ -234,9 +370,19 @@ def evaluate(
     metrics: dict[str, Any] = {name: summary(y, p, p_true, rate) for name, p in preds.items()}
     registered = preds[bundle["registered"]]
     metrics["registered"] = {**summary(y, registered, p_true, rate), "kind": bundle["registered"]}
-    metrics["backtest"] = backtest(registered, data, rows, params.models.backtest)
+    span = block_seconds(params.labels.horizon, timeframe_seconds(data.manifest["base_timeframe"]))
+    blocks = block_ids(data.bar_time[rows], rows.size, span)
+    metrics["intervals"] = intervals(y, registered, rate, blocks)
+    metrics["effective_labels"] = effective_labels(rows.size, params.labels.horizon, data.symbol[rows])
+    metrics["bootstrap_blocks"] = int(np.unique(blocks).size)
+    metrics["bootstrap_block_days"] = span // 86_400
+    metrics["backtest"] = backtest(registered, data, rows, params.models.backtest, span // 86_400)
     metrics["holdout_rows"] = int(rows.size)
-    return metrics, plots(y, registered, p_true)
+    metrics["overfitting"] = bundle.get("overfitting", {})  # PBO of each Optuna study's choice
+    design = rows.size / max(metrics["effective_labels"], 1.0)
+    files = plots(y, registered, p_true, design)
+    files["predictions.parquet"] = predictions_table(data, rows, preds, bundle["registered"], p_true)
+    return metrics, files
 
 
 def run(params: Params) -> dict[str, Any]:
@@ -253,13 +399,50 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     params = params_from_cli("python -m pipelines.evaluate", __doc__, argv)
     metrics = run(params)
-    r = metrics["registered"]
-    gap = f", Bayes gap {r['bayes_gap']:.2%}" if "bayes_gap" in r else ""
-    print(
-        f"holdout {metrics['holdout_rows']} rows: log loss {r['log_loss']:.4f} (base rate "
-        f"{r['base_rate_log_loss']:.4f}{gap}), ECE {r['ece']:.4f}, AUC {r['auc']:.3f}"
-    )
+    print(report(metrics, params.models.backtest.assumed_spread_pips))
     return 0
+
+
+def report(metrics: dict[str, Any], assumed_spread_pips: float) -> str:
+    """The evaluation as a user reads it: every figure with its 95 % interval."""
+    r, ci = metrics["registered"], metrics["intervals"]
+
+    def iv(key: str, digits: int = 4) -> str:
+        return Interval(**{k: v for k, v in ci[key].items() if k != "blocks"}, blocks=0).text(digits)
+
+    gap = f", Bayes gap {r['bayes_gap']:.2%}" if "bayes_gap" in r else ""
+    lines = [
+        f"holdout {metrics['holdout_rows']:,} rows ≈ {metrics['effective_labels']:,.0f} independent labels, "
+        f"{metrics['bootstrap_blocks']} blocks of {metrics['bootstrap_block_days']} day(s); 95% intervals:",
+        f"  log loss {iv('log_loss')} (base rate {r['base_rate_log_loss']:.4f}{gap})",
+        f"  edge over the base rate {iv('edge', 5)} nats/row"
+        + ("" if ci["edge"]["low"] > 0 else " — covers zero: no demonstrated skill"),
+        f"  ECE {iv('ece')}, AUC {iv('auc', 3)}",
+    ]
+    for symbol, b in metrics["backtest"].items():
+        if not b["trades"]:
+            lines.append(f"  backtest {symbol}: no trades")
+            continue
+        bi = b["intervals"]
+
+        def bt(key: str, digits: int, bi: dict = bi) -> str:
+            return Interval(**{k: v for k, v in bi[key].items() if k != "blocks"}, blocks=0).text(digits)
+
+        lines.append(
+            f"  backtest {symbol}: {b['trades']:.0f} trades, PnL {bt('pnl_pips', 1)} pips, "
+            f"Sharpe {bt('sharpe', 2)}, hit rate {bt('hit_rate', 3)}"
+        )
+    lines += [f"  {line}" for line in spread_report(metrics["backtest"], assumed_spread_pips)]
+    pbo = metrics.get("overfitting") or {}
+    if pbo:
+        lines.append(
+            "  tuning, probability of backtest overfitting (CSCV over the trials' fold log losses): "
+            + ", ".join(
+                f"{name} {v['pbo']:.2f} ({v['trials']:.0f} trials × {v['partitions']:.0f} folds)"
+                for name, v in pbo.items()
+            )
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

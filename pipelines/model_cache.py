@@ -68,6 +68,12 @@ class UnknownModel(LookupError):
     """A model name or version (or alias) that is not served."""
 
 
+class NoSkill(LookupError):
+    """A model whose versions were all refused by the promotion gate for want of skill: it has
+    no champion, and its probabilities are not served as if they were informative. The
+    message names the latest challenger and the gate's interval."""
+
+
 class ModelUnavailable(RuntimeError):
     """A version that exists but cannot be served now: its artifact failed to load (it is
     marked broken and not retried for ``broken_seconds``) or the registry cannot be reached.
@@ -85,6 +91,7 @@ class LoadedModel:
     meta: dict[str, Any]
     device: str
     loaded_at: float = field(default_factory=time.time)
+    skill: str = "unknown"  # the gate's verdict (version tag gate_skill): demonstrated, none, unknown
 
     @property
     def feature_spec(self) -> FeatureSpec | None:
@@ -121,6 +128,7 @@ class ModelCache:
         self._loaded: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
         self._lock = threading.RLock()
         self._load_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._no_skill: dict[str, str] = {}  # name → why it has no champion (the gate found no skill)
         self.changes: list[tuple[float, str, str, str | None, str]] = []  # (when, name, alias, old, new)
 
     @property
@@ -164,6 +172,10 @@ class ModelCache:
                 ) from exc
             return name, ref
         version = self.aliases(name).get(ref)
+        if version is None and ref == self.default_alias:
+            why = self.no_skill(name)
+            if why is not None:
+                raise NoSkill(why)
         if version is None:
             raise UnknownModel(f"model {name!r} has no alias {ref!r} (aliases: {sorted(self.aliases(name))})")
         return name, version
@@ -219,13 +231,49 @@ class ModelCache:
         pyfunc = self.registry.load(name, version)
         inner = pyfunc.unwrap_python_model()
         place(inner.predictor, self.device)
+        tags = self.registry.version_tags(name, version)
         model = LoadedModel(
-            name, version, inner, list(inner.columns), dict(getattr(inner, "meta", {})), self.device
+            name,
+            version,
+            inner,
+            list(inner.columns),
+            dict(getattr(inner, "meta", {})),
+            self.device,
+            skill=tags.get("gate_skill", "unknown"),
         )
         log.info(
             "loaded %s version %s on %s in %.2f s", name, version, self.device, time.perf_counter() - started
         )
         return model
+
+    def no_skill(self, name: str) -> str | None:
+        """Why `name` has no champion when the gate found no skill in it (else None)."""
+        with self._lock:
+            return self._no_skill.get(name)
+
+    def _note_skill(self, name: str, aliases: dict[str, str]) -> None:
+        """Remember why `name` has no champion when its challenger was refused for want of
+        skill (read from the challenger's ``gate_*`` tags), so requests get that answer."""
+        why = None
+        challenger = aliases.get("challenger")
+        if self.default_alias not in aliases and challenger is not None:
+            try:
+                tags = self.registry.version_tags(name, challenger)
+            except Exception:  # noqa: BLE001 — the registry blinked: the next refresh reads it
+                tags = {}
+            if tags.get("gate_skill") == "none":
+                low, high = tags.get("gate_edge_low", "?"), tags.get("gate_edge_high", "?")
+                edge = f"{tags.get('gate_edge', '?')} [{low}, {high}]"
+                why = (
+                    f"model {name} has no {self.default_alias}: the promotion gate found no skill (version "
+                    f"{challenger}: log-loss improvement over the base rate {edge} nats/row does not exclude "
+                    "zero); ask for a version number to score anyway"
+                )
+        with self._lock:
+            if why is None:
+                self._no_skill.pop(name, None)
+            else:
+                self._no_skill[name] = why
 
     def _evict(self) -> None:
         aliased = {(n, v) for n, a in self._aliases.items() for v in a.values()}
@@ -278,6 +326,7 @@ class ModelCache:
                     pass  # marked broken: requests for it answer 503 naming it until it loads
             with self._lock:
                 self._aliases[name] = fresh
+            self._note_skill(name, fresh)
             for alias in sorted(set(fresh) | set(current)):
                 if fresh.get(alias) != current.get(alias):
                     changes.append((name, alias, current.get(alias), fresh.get(alias)))

@@ -15,13 +15,15 @@ import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import joblib
 import pandas as pd
 
 from models.gate import GateDecision
+from models.uncertainty import block_seconds
 from pipelines.config import Params
+from pipelines.mt5.constants import timeframe_seconds
 from pipelines.registry import Registry, lineage, model_name
 from pipelines.train import load_training_data, splits
 
@@ -35,20 +37,48 @@ def flat(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
-def holdout(params: Params, data: Any = None) -> tuple[pd.DataFrame, Any, Any]:
-    """The holdout rows of the featurized data (`data`, read when not given), in time order —
-    features, labels and each row's symbol: what the gate compares on."""
+class Holdout(NamedTuple):
+    """The holdout rows in time order: features, labels, each row's symbol and bar open time
+    (UTC epoch seconds), and the base bar length in seconds."""
+
+    X: pd.DataFrame
+    y: Any
+    symbols: Any
+    times: Any
+    bar_seconds: int
+
+
+def holdout(params: Params, data: Any = None) -> Holdout:
+    """The holdout rows of the featurized data (`data`, read when not given): what the gate
+    compares on."""
     if data is None:
         data = load_training_data(params.outputs / "featurize", params.labels.kind)
     test, _ = splits(data, params.models)
     rows = test.test
-    return pd.DataFrame(data.X[rows], columns=data.columns), data.y[rows], data.symbol[rows]
+    return Holdout(
+        pd.DataFrame(data.X[rows], columns=data.columns),
+        data.y[rows],
+        data.symbol[rows],
+        data.bar_time[rows],
+        timeframe_seconds(data.manifest["base_timeframe"]),
+    )
 
 
-def _gate(registry: Registry, params: Params, name: str, held: Any = None) -> GateDecision:
-    X, y, symbols = holdout(params) if held is None else held
-    max_ece = params.registry.gate.max_ece
-    return registry.promotion_gate(name, X, y, max_ece, params.labels.horizon, symbols)
+def _gate(registry: Registry, params: Params, name: str, held: Holdout | None = None) -> GateDecision:
+    held = holdout(params) if held is None else held
+    gate = params.registry.gate
+    return registry.promotion_gate(
+        name,
+        held.X,
+        held.y,
+        gate.max_ece,
+        params.labels.horizon,
+        held.symbols,
+        times=held.times,
+        block_seconds=block_seconds(params.labels.horizon, held.bar_seconds),
+        ece_ceiling=gate.ece_ceiling,
+        level=gate.level,
+    )
 
 
 def gate(params: Params, name: str) -> GateDecision:
@@ -64,7 +94,7 @@ def register(params: Params, repo: Path = Path(".")) -> tuple[str, str, GateDeci
     metrics = json.loads((out / "evaluate" / "details.json").read_text())
     data = load_training_data(out / "featurize", params.labels.kind)
     held = holdout(params, data)
-    X = held[0]
+    X = held.X
     name = model_name(
         params.registry.name_prefix,
         params.registry.symbol_group,
@@ -143,9 +173,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     params = params_from_cli("python -m pipelines.register", __doc__, argv)
     name, version, decision = register(params)
-    verdict = "promoted to champion" if decision.promoted else "kept as challenger"
-    print(f"{name} version {version}: {verdict} — {decision.reason}")
+    print(gate_summary(name, version, decision))
     return 0
+
+
+def gate_summary(name: str, version: str, decision: GateDecision) -> str:
+    """What `register` and the train flow tell the user about a gated version: the decision,
+    the skill over the base rate with its interval, and — when there is no champion — that
+    the service will not serve this model as informative."""
+    verdict = "promoted to champion" if decision.promoted else "kept as challenger"
+    s = decision.skill
+    skill = (
+        f"skill over the base rate: {s.text(5)} nats/row ({s.level:.0%} interval, {s.blocks} independent "
+        f"time blocks, {decision.rows:,} rows)"
+    )
+    lines = [f"{name} version {version}: {verdict} — {decision.reason}"]
+    if decision.has_skill:
+        lines.append(f"  {skill}")
+    else:
+        lines.append(f"  NO SKILL: {skill} — the interval does not exclude zero")
+    if not decision.promoted and decision.champion is None:
+        lines.append(
+            f"  {name} has no champion: no version has shown skill here, and the scoring service answers "
+            "requests for it with that status instead of probabilities"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

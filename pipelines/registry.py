@@ -189,6 +189,10 @@ class Registry:
                 return None
             raise
 
+    def version_tags(self, name: str, version: str) -> dict[str, str]:
+        """The tags of one registered version (its gate decision, lineage, champion history)."""
+        return dict(self.client.get_model_version(name, str(version)).tags or {})
+
     def load(self, name: str, ref: str) -> Any:
         """``ref`` is an alias (``champion``) or a version number."""
         uri = f"models:/{name}/{ref}" if ref.isdigit() else f"models:/{name}@{ref}"
@@ -202,9 +206,15 @@ class Registry:
         max_ece: float,
         horizon: int = 1,
         groups: np.ndarray | None = None,
+        *,
+        times: np.ndarray | None = None,
+        block_seconds: int = 86_400,
+        ece_ceiling: float = 0.05,
+        level: float = 0.95,
     ) -> GateDecision:
         """Score challenger and champion on the same rows, decide with `models.gate.decide`
-        (`max_ece`, label overlap `horizon` within each of `groups`, rows in time order),
+        (`max_ece` and its `ece_ceiling`, label overlap `horizon` within each of `groups`, rows
+        in time order, bootstrap blocks of `block_seconds` of `times` at confidence `level`),
         record the decision as ``gate_*`` tags on the challenger and promote when it says so."""
         challenger = self.alias_version(name, "challenger")
         if challenger is None:
@@ -214,7 +224,18 @@ class Registry:
         p_old = None
         if champion is not None and champion != challenger:
             p_old = self.load(name, champion).predict(X)["p_up"].to_numpy()
-        decision = decide(y, p_new, p_old, max_ece=max_ece, horizon=horizon, groups=groups)
+        decision = decide(
+            y,
+            p_new,
+            p_old,
+            max_ece=max_ece,
+            ece_ceiling=ece_ceiling,
+            horizon=horizon,
+            groups=groups,
+            times=times,
+            block_seconds=block_seconds,
+            level=level,
+        )
         decision = replace(decision, challenger=challenger, champion=champion)
         for key, value in decision.tags().items():
             self.client.set_model_version_tag(name, challenger, key, value)

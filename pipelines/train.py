@@ -158,29 +158,11 @@ def tune_learners(
         space = tune_cfg.spaces.get(name)
         if not space:
             continue
-        # a study answers one question: same rows, labels, folds, fixed settings and space
-        key = hashlib.sha256(
-            json.dumps(
-                [
-                    data.manifest["feature_spec"],
-                    data.manifest["direction"],
-                    data.manifest["label_kind"],
-                    int(y.size),
-                    horizon,
-                    models.cv.model_dump(),
-                    models.seed,
-                    getattr(models, LEARNERS[name].section).model_dump(),
-                    space,
-                ],
-                sort_keys=True,
-                default=str,
-            ).encode()
-        ).hexdigest()[:10]
 
         def build(params: dict[str, Any], name: str = name) -> Any:
             return learner_factories(models, purge_rows, {name: params}, data.columns)[name]()
 
-        study_name = f"{name}-{data.manifest['label_kind']}-h{horizon}-{key}"
+        study_name = _study_name(data, models, int(y.size), horizon, name, space)
         logger = TrialLogger(tracking_uri, study_name) if tracking_uri and tune_cfg.log_to_mlflow else None
         with logger or nullcontext():
             result = tune(
@@ -200,6 +182,73 @@ def tune_learners(
         if oof_out is not None and result.oof is not None:
             oof_out[name] = result.oof
     return best
+
+
+def _study_name(
+    data: TrainingData, models: ModelsParams, rows: int, horizon: int, name: str, space: Any
+) -> str:
+    """A study answers one question: same rows, labels, folds, fixed settings and space."""
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                data.manifest["feature_spec"],
+                data.manifest["direction"],
+                data.manifest["label_kind"],
+                rows,
+                horizon,
+                models.cv.model_dump(),
+                models.seed,
+                getattr(models, LEARNERS[name].section).model_dump(),
+                space,
+            ],
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()[:10]
+    return f"{name}-{data.manifest['label_kind']}-h{horizon}-{key}"
+
+
+def tuning_overfitting(
+    data: TrainingData, models: ModelsParams, tune_cfg: TuneParams, horizon: int
+) -> dict[str, dict[str, float]]:
+    """Per tuned learner, how much choosing its best trial overfits: the probability of
+    backtest overfitting (`models.uncertainty.probability_of_overfitting`) over the study's
+    completed trials, with each walk-forward fold's log loss as a partition (read back from
+    the per-fold running means the trials reported). Learners without a study, or with fewer
+    than two complete trials, are left out."""
+    import optuna
+
+    from models.uncertainty import fold_values, probability_of_overfitting
+
+    holdout, folds = splits(data, models)
+    rows = int(holdout.train.size)
+    out: dict[str, dict[str, float]] = {}
+    for name in models.learners:
+        space = tune_cfg.spaces.get(name)
+        if not space:
+            continue
+        try:
+            study = optuna.load_study(
+                study_name=_study_name(data, models, rows, horizon, name, space), storage=tune_cfg.storage
+            )
+        except KeyError:  # no such study (tuning off, or another storage)
+            continue
+        columns = [
+            v
+            for t in study.trials
+            if t.state == optuna.trial.TrialState.COMPLETE
+            and (v := fold_values(t.intermediate_values, len(folds))) is not None
+        ]
+        if len(columns) < 2:
+            continue
+        perf = np.column_stack(columns)  # folds × trials, log loss (lower is better)
+        usable = perf.shape[0] - perf.shape[0] % 2
+        out[name] = {
+            "pbo": probability_of_overfitting(perf[-usable:]),
+            "trials": float(perf.shape[1]),
+            "partitions": float(usable),
+        }
+    return out
 
 
 def _progress(total: int, desc: str, disable: bool | None = None, file: Any = None) -> Any:
@@ -246,9 +295,8 @@ def train(
     regime_index = regime_columns(data.columns, models.stack.regime_features)  # fail before fitting
     holdout, folds = splits(data, models)
     tr = holdout.train
-    factories = learner_factories(
-        models, purge_rows=horizon * len(data.manifest["symbols"]), tuned=tuned, columns=data.columns
-    )
+    overlap = horizon * len(data.manifest["symbols"])  # rows (symbols interleaved) sharing an outcome
+    factories = learner_factories(models, purge_rows=overlap, tuned=tuned, columns=data.columns)
     X, y = data.X[tr], data.y[tr]
     known = {k: v for k, v in (oof or {}).items() if k in factories}
     fits = len(factories) + (len(factories) - len(known)) * len(folds)
@@ -266,8 +314,20 @@ def train(
         l2=models.stack.l2,
         calibration=models.calibration,
         regime_index=regime_index,
+        horizon=horizon,
+        block_rows=overlap,
     )
-    ensemble = fit_ensemble(factories, X, y, folds, oof=probs, base=base, calibration=models.calibration)
+    ensemble = fit_ensemble(
+        factories,
+        X,
+        y,
+        folds,
+        oof=probs,
+        base=base,
+        calibration=models.calibration,
+        horizon=horizon,
+        block_rows=overlap,
+    )
     return {
         "stacked": stacked,
         "ensemble": ensemble,
@@ -306,6 +366,8 @@ def run(params: Params) -> dict[str, Any]:
         else None
     )
     bundle = train(data, params.models, params.labels.horizon, tuned, oof)
+    if params.tune.enabled:
+        bundle["overfitting"] = tuning_overfitting(data, params.models, params.tune, params.labels.horizon)
     save_bundle(bundle, params.outputs / "train")
     return bundle
 

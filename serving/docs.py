@@ -30,6 +30,8 @@ ERRORS = {
     "401": "no API key, or an unknown one (send it in the key header or as a bearer token)",
     "403": "another tenant's results or pinned version",
     "404": "unknown model, version or alias; or this endpoint is switched off (serving.endpoints)",
+    "409": "the model has no champion because the promotion gate found no skill in any version: the "
+    "message names the latest challenger and its interval; ask for a version number to score anyway",
     "413": "the body is over serving.max_body_bytes",
     "415": "the body is not application/json",
     "429": "over a rate or concurrency limit (serving.limits); wait Retry-After seconds",

@@ -6,7 +6,9 @@ A thread re-checks every ``serving.health_interval_seconds``: the store with ``S
 (PostgreSQL: bounded by ``store.connect_timeout_seconds`` and ``statement_timeout_ms``), the
 registry by whether the last alias refresh could read MLflow, and each served model by
 whether its default alias resolves to a version that is loaded (or loads now; a version whose
-artifact fails is backed off, `pipelines.model_cache.ModelUnavailable`). A request that meets
+artifact fails is backed off, `pipelines.model_cache.ModelUnavailable`). A model with no
+champion because the promotion gate found no skill in it is not a failure: requests for it
+are answered 409 with the gate's reason (`pipelines.model_cache.NoSkill`). A request that meets
 a failing store reports it at once (`store_failed`), so readiness drops before the next check.
 """
 
@@ -87,6 +89,8 @@ class Health:
         errors = []
         for name in self.models.names:
             version = self.models.aliases(name).get(self.alias)
+            if version is None and self.models.no_skill(name) is not None:
+                continue  # the gate found no skill: a state the service answers (409), not an outage
             if version is None:
                 errors.append(f"{name} has no {self.alias} version")
                 continue

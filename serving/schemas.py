@@ -45,6 +45,12 @@ class ScoreResponse(BaseModel):
     version: str = Field(description="registered model version that produced the probabilities")
     alias: str | None = Field(None, description="the alias the request resolved through, if any")
     probabilities: list[float] = Field(description="P(up) per input row, in input order")
+    skill: str = Field(
+        "unknown",
+        description="the promotion gate's verdict on this version: 'demonstrated' (its log-loss improvement "
+        "over the base rate has a lower confidence bound above zero), 'none' (it does not: these "
+        "probabilities carry no demonstrated information), 'unknown' (gated before the gate asked)",
+    )
 
 
 class BarsInput(BaseModel):
@@ -68,6 +74,12 @@ class BarsScoreResponse(BaseModel):
     bar_time: str = Field(description="open time (UTC, ISO 8601) of the scored bar: the newest given")
     probability: float = Field(description="P(up) over the model's horizon from that bar's close")
     features: int = Field(description="number of feature columns computed")
+    skill: str = Field(
+        "unknown",
+        description="the promotion gate's verdict on this version: 'demonstrated' (its log-loss improvement "
+        "over the base rate has a lower confidence bound above zero), 'none' (it does not: these "
+        "probabilities carry no demonstrated information), 'unknown' (gated before the gate asked)",
+    )
 
 
 class ModelInfo(BaseModel):
@@ -76,6 +88,9 @@ class ModelInfo(BaseModel):
     loaded_versions: list[str]
     default_version: str | None = Field(description="what a request without a version gets (pin or alias)")
     columns: int | None = None
+    no_skill: str | None = Field(
+        None, description="why this model has no champion when the promotion gate found no skill in it"
+    )
 
 
 class ModelsResponse(BaseModel):

@@ -320,7 +320,7 @@ class ScoringService:
 
     def _resolve(self, tenant: Any, model: str | None, version: str | None) -> tuple[Any, str | None]:
         """The loaded model for this tenant's request, and the alias it came through."""
-        from pipelines.model_cache import BadVersion, ModelUnavailable, UnknownModel, canonical_ref
+        from pipelines.model_cache import BadVersion, ModelUnavailable, NoSkill, UnknownModel, canonical_ref
 
         try:
             version = canonical_ref(version) if version is not None else None
@@ -343,6 +343,8 @@ class ScoringService:
                     )
             name, resolved = self.models.resolve(name, ref)
             return self.models.get(name, resolved), (None if ref.isdigit() else ref)
+        except NoSkill as exc:  # the gate found no skill: a state of the model, not a bad request
+            raise ApiError(HTTPStatus.CONFLICT, str(exc)) from exc
         except UnknownModel as exc:
             raise ApiError(HTTPStatus.NOT_FOUND, str(exc)) from exc
         except ModelUnavailable as exc:
@@ -477,7 +479,11 @@ class ScoringService:
             _ROWS.labels(model=loaded.name, version=loaded.version).inc(len(P))
             labels = {"model": loaded.name, "version": loaded.version}
             return ScoreResponse(
-                model=loaded.name, version=loaded.version, alias=alias, probabilities=P.tolist()
+                model=loaded.name,
+                version=loaded.version,
+                alias=alias,
+                probabilities=P.tolist(),
+                skill=loaded.skill,
             ), labels
 
         return await self._guard(ctx, "score", handler)
@@ -529,6 +535,7 @@ class ScoringService:
                 bar_time=bar_time,
                 probability=float(P[0]),
                 features=len(loaded.columns),
+                skill=loaded.skill,
             ), {"model": loaded.name, "version": loaded.version}
 
         return await self._guard(ctx, "score_bars", handler)
@@ -555,6 +562,7 @@ class ScoringService:
                         loaded_versions=sorted((v for n, v in loaded if n == name), key=int),
                         default_version=default,
                         columns=cols,
+                        no_skill=self.models.no_skill(name),
                     )
                 )
             return ModelsResponse(tenant=tenant.name, models=infos), {}
@@ -608,7 +616,8 @@ class ScoringService:
 
     @bentoml.api(route="/export")
     async def export(
-        self, ctx: bentoml.Context = None  # type: ignore[assignment]
+        self,
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> Annotated[Path, ContentType("application/zip")]:
         """Your whole data package (portability): settings, subscription and pin history,
         results and audit trail as JSON and Parquet, with a manifest and SHA-256 checksums

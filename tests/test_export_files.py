@@ -205,7 +205,9 @@ def test_higher_timeframes_are_built_from_any_lower_export_on_the_broker_grid(tm
         truth = sim.copy_rates_range(symbol, C.TIMEFRAMES[tf], *inside)
         assert len(built) == len(truth) > 0, (symbol, tf)
         for field in ("time", "open", "high", "low", "close", "tick_volume"):
-            np.testing.assert_allclose(built[field], truth[field], rtol=1e-9, err_msg=f"{symbol} {tf} {field}")
+            np.testing.assert_allclose(
+                built[field], truth[field], rtol=1e-9, err_msg=f"{symbol} {tf} {field}"
+            )
     # nothing lower than H1 for EURUSD: M15 cannot be built, and the error says what would fix it
     assert client.copy_rates_range("EURUSD", C.TIMEFRAME_M15, *inside) is None
     code, message = client.last_error()

@@ -202,7 +202,9 @@ def test_cli_history_window_overrides_start_and_stops_at_end(data_params, tmp_pa
     store = BarStore(data_params.root)
     bars = store.read(SeriesKey("bars", "EURUSD", "H1"))
     first, last = bars["time"].min(), bars["time"].max()
-    assert first >= pd.Timestamp("2024-01-03", tz="UTC") and first < pd.Timestamp("2024-01-03 02:00", tz="UTC")
+    assert first >= pd.Timestamp("2024-01-03", tz="UTC") and first < pd.Timestamp(
+        "2024-01-03 02:00", tz="UTC"
+    )
     assert last == pd.Timestamp("2024-01-05 05:00", tz="UTC")  # the last bar closed by 06:00
     capsys.readouterr()
     # a stored series keeps appending from its watermark: --start says it does not apply

@@ -34,6 +34,7 @@ from serving.devserver import REPO, running_service
 pytestmark = pytest.mark.slow
 
 NAME = "mt5prob-test-M5-direction-h12"
+NOSKILL = "mt5prob-noise-M5-direction-h12"  # every version refused by the gate for want of skill
 SPEC = FeatureSpec(
     "M5",
     ("H1",),
@@ -96,6 +97,14 @@ def env(tmp_path_factory):
         if version != "3":
             registry.set_champion(NAME, version, reason="test setup", actor="test")
     registry.client.delete_registered_model_alias(NAME, "challenger")  # v3: not aliased
+    # a model of shuffled labels: the gate finds no skill on the newest rows, so no champion
+    noise = LogisticLearner(C=1e-4).fit(X, np.random.default_rng(0).permutation(y[ok]))
+    registry.log_and_register(NOSKILL, noise, fm.columns, example, {}, {}, {"git_commit": "t"}, [], meta=meta)
+    held = slice(len(X) - 2000, None)
+    refused = registry.promotion_gate(
+        NOSKILL, pd.DataFrame(X[held], columns=fm.columns), y[ok][held], max_ece=0.05, horizon=12
+    )
+    assert not refused.promoted and not refused.has_skill, refused.reason
     store = ResultsStore(f"sqlite:///{root / 'results.db'}")
     store.migrate()
     follows = [Subscription("EURUSD", "M5", 12)]
@@ -109,7 +118,7 @@ def env(tmp_path_factory):
                 "registry": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"},
                 "store": {"url": f"sqlite:///{root / 'results.db'}"},
                 "serving": {
-                    "models": [NAME],
+                    "models": [NAME, NOSKILL],
                     "reload_interval_seconds": 0.5,
                     "max_batch_rows": 500,
                     "max_bars": 3000,
@@ -219,6 +228,26 @@ def test_pinned_tenant_gets_its_version(env):
     models = post(env, "/models", {}, tenant="beta").json()
     assert models["tenant"] == "beta" and models["models"][0]["default_version"] == "1"
     assert models["models"][0]["aliases"]["champion"] == "2"
+
+
+def test_a_model_without_skill_is_not_served_as_informative(env):
+    """The gate refused every version of NOSKILL for want of skill: asking for its champion
+    answers 409 with the gate's interval, not probabilities; a version asked for by number is
+    scored and says it has no demonstrated skill; the champion of a skilled model says it has."""
+    X = env["X"][-3:].tolist()
+    r = post(env, "/score", {"rows": X, "model": NOSKILL})
+    assert r.status_code == 409, r.text
+    why = r.json()["error"]
+    assert f"model {NOSKILL} has no champion: the promotion gate found no skill (version 1: " in why
+    assert "does not exclude zero" in why and "ask for a version number" in why, why
+    bars = post(env, "/score_bars", {"symbol": "EURUSD", "bars": _payload(env["bars"]), "model": NOSKILL})
+    assert bars.status_code == 409 and "no skill" in bars.json()["error"]
+    catalog = {m["name"]: m for m in post(env, "/models", {}).json()["models"]}
+    assert catalog[NOSKILL]["no_skill"] == why and catalog[NAME]["no_skill"] is None
+    anyway = post(env, "/score", {"rows": X, "model": NOSKILL, "version": "1"})
+    assert anyway.status_code == 200 and anyway.json()["skill"] == "none"
+    # NAME's versions were set champion by hand, never gated: the service does not pretend
+    assert post(env, "/score", {"rows": X}).json()["skill"] == "unknown"
 
 
 def test_loaded_versions_are_bounded_lru(env):

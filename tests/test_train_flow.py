@@ -26,7 +26,7 @@ def test_train_flow_registers_and_publishes(prefect_harness, tmp_path):
             "root": str(tmp_path / "data"),
             "symbols": ["EURUSD"],
             "timeframes": ["M15", "H1"],
-            "simulator": {"end": "2024-02-25T00:00:00", "signal_strength": 0.5},
+            "simulator": {"end": "2024-02-25T00:00:00", "signal_strength": 2.0},
         },
         "features": {"base_timeframe": "M15", "higher_timeframes": ["H1"]},
         "labels": {"horizon": 4},
@@ -53,10 +53,14 @@ def test_train_flow_registers_and_publishes(prefect_harness, tmp_path):
     ingest_history(client, BarStore(data.root), make_contract(data), data)
     result = train_flow(params_path=str(path), horizon=4, trials=3)
     assert result["registration"]["version"] == "1" and result["registration"]["promoted"]
+    assert result["registration"]["skill"] == "demonstrated" and result["registration"]["edge"]["low"] > 0
     assert set(result["train"]["tuned"]) == {"logistic"}  # only learners with a search space
+    # how much picking the best of the study's trials overfits, over its walk-forward folds
+    pbo = result["train"]["overfitting"]["logistic"]
+    assert 0.0 <= pbo["pbo"] <= 1.0 and pbo["trials"] >= 2 and pbo["partitions"] == 2
     assert result["registered"]["log_loss"] < result["registered"]["base_rate_log_loss"] + 0.01
     with get_client(sync_client=True) as prefect:
-        keys = ["train-metrics", "reliability-diagram"]
+        keys = ["train-metrics", "reliability-diagram", "evaluation"]
         artifacts = prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
     assert {a.key for a in artifacts} == set(keys)
 

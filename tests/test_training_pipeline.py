@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import joblib
@@ -111,13 +112,30 @@ def test_train_evaluate_register(params, tmp_path):
     assert reg["bayes_gap"] < 0.03 and reg["bayes_log_loss"] < reg["base_rate_log_loss"]
     assert set(metrics["backtest"]) == {"EURUSD", "GBPUSD"}
     assert images["reliability.png"].startswith(b"\x89PNG")
-    assert images["reliability.csv"].startswith(b"predicted,observed,rows\n")
+    assert images["reliability.csv"].startswith(b"predicted,observed,observed_low,observed_high,rows\n")
+    # every figure with its interval: the planted signal's edge excludes zero, the truth's
+    # Bayes-optimal log loss lies in the log-loss interval's neighbourhood
+    ci = metrics["intervals"]
+    assert 0 < ci["edge"]["low"] < ci["edge"]["estimate"] < ci["edge"]["high"]
+    assert ci["log_loss"]["low"] <= reg["log_loss"] <= ci["log_loss"]["high"]
+    assert ci["ece"]["low"] <= ci["ece"]["high"] and ci["auc"]["low"] > 0.5
+    assert metrics["effective_labels"] == pytest.approx(metrics["holdout_rows"] / params.labels.horizon)
+    for b in metrics["backtest"].values():
+        assert set(b["intervals"]) == {"pnl_pips", "sharpe", "hit_rate"}
+        assert b["intervals"]["pnl_pips"]["low"] <= b["pnl_pips"] <= b["intervals"]["pnl_pips"]["high"]
+    held = pd.read_parquet(io.BytesIO(images["predictions.parquet"]))
+    assert len(held) == metrics["holdout_rows"] and str(held["bar_time"].dt.tz) == "UTC"
+    assert {"symbol", "label", "p_stacked", "p_ensemble", "p_logistic", "p_true"} <= set(held.columns)
+    assert (held["registered"] == "p_stacked").all()
+    assert log_loss(held["label"], held["p_stacked"]) == pytest.approx(reg["log_loss"])
     write_evaluation(metrics, images, params.outputs / "evaluate")
     narrow = json.loads((params.outputs / "evaluate" / "metrics.json").read_text())
     assert narrow["edge"] == pytest.approx(reg["base_rate_log_loss"] - reg["log_loss"]) and len(narrow) <= 8
+    assert narrow["edge_low"] == pytest.approx(ci["edge"]["low"]) and narrow["edge_low"] > 0
     name, version, decision = register(params)
     assert name == "mt5prob-fx-M5-direction-h12" and version == "1"
-    assert decision.promoted and decision.reason == "no champion yet"
+    assert decision.promoted and decision.reason.startswith("no champion yet"), decision.reason
+    assert decision.has_skill and decision.skill.blocks >= 10
     registry = Registry(params.registry.tracking_uri)
     mv = registry.client.get_model_version(name, "1")
     assert {"git_commit", "data_dvc_md5", "params_sha256", "gate_decision", "run_id"} <= set(mv.tags)
@@ -152,6 +170,14 @@ class FirstColumn:
         return np.clip(X[:, 0].astype(float), 0.02, 0.98)
 
 
+class Coarse:
+    """Column 0 (uniform on [0.2, 0.8]) known only as below or above 0.5: calibrated, with
+    skill, less than the truth's."""
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return np.where(X[:, 0].astype(float) < 0.5, 0.35, 0.65)
+
+
 def test_promotion_gate_and_previous_champion(tmp_path):
     registry = Registry(f"sqlite:///{tmp_path / 'mlflow.db'}")
     rng = np.random.default_rng(0)
@@ -165,25 +191,30 @@ def test_promotion_gate_and_previous_champion(tmp_path):
             name, model, cols, X.head(3), {"kind": type(model).__name__}, {}, {"git_commit": "test"}, []
         )
 
-    assert publish(Constant(0.5)) == "1"
-    first = registry.promotion_gate(name, X, y, max_ece=0.05)
-    assert first.promoted and registry.alias_version(name, "champion") == "1"
+    hours = np.arange(4000) * 3600
+    assert publish(Constant(0.5)) == "1"  # honest and knows nothing: not promoted, even first
+    first = registry.promotion_gate(name, X, y, max_ece=0.05, times=hours)
+    assert not first.promoted and "no skill" in first.reason
+    assert registry.alias_version(name, "champion") is None
+    tags = registry.client.get_model_version(name, "1").tags
+    assert tags["gate_skill"] == "none" and float(tags["gate_edge_low"]) <= 0 <= float(tags["gate_edge_high"])
+    publish(Coarse())
+    second = registry.promotion_gate(name, X, y, max_ece=0.05, times=hours)
+    assert second.promoted and second.champion is None and second.has_skill
+    assert registry.alias_version(name, "champion") == "2"
     publish(FirstColumn())
-    better = registry.promotion_gate(name, X, y, max_ece=0.05)
-    assert better.promoted and better.champion == "1"
-    assert (
-        better.challenger_log_loss
-        < better.champion_log_loss
-        == pytest.approx(log_loss(y, np.full(4000, 0.5)))
-    )
-    assert registry.alias_version(name, "champion") == "2"
-    assert registry.alias_version(name, "previous_champion") == "1"
-    publish(Constant(0.9))  # badly calibrated: refused on ECE
-    refused = registry.promotion_gate(name, X, y, max_ece=0.05)
+    better = registry.promotion_gate(name, X, y, max_ece=0.05, times=hours)
+    assert better.promoted and better.champion == "2" and better.vs_champion.low > 0
+    assert better.challenger_log_loss < better.champion_log_loss
+    assert registry.alias_version(name, "champion") == "3"
+    assert registry.alias_version(name, "previous_champion") == "2"
+    publish(Constant(0.9))  # badly calibrated and no skill: refused on both
+    refused = registry.promotion_gate(name, X, y, max_ece=0.05, times=hours)
     assert not refused.promoted and "ECE" in refused.reason and "noise floor" in refused.reason
-    tags = registry.client.get_model_version(name, "3").tags
-    assert tags["gate_decision"] == "rejected" and tags["gate_champion_version"] == "2"
-    assert registry.alias_version(name, "champion") == "2"
+    assert "no skill" in refused.reason and "does not beat champion" in refused.reason
+    tags = registry.client.get_model_version(name, "4").tags
+    assert tags["gate_decision"] == "rejected" and tags["gate_champion_version"] == "3"
+    assert registry.alias_version(name, "champion") == "3"
 
 
 def test_gate_allows_for_sampling_noise_in_ece_but_not_for_miscalibration(tmp_path):
@@ -199,7 +230,7 @@ def test_gate_allows_for_sampling_noise_in_ece_but_not_for_miscalibration(tmp_pa
     name, cols = "noise-gate", ["f0", "f1"]
     registry.log_and_register(name, FirstColumn(), cols, X.head(3), {}, {}, {"git_commit": "t"}, [])
     honest = registry.promotion_gate(name, X, y, max_ece=0.005, horizon=h)
-    assert ece(y, truth) > 0.005 and honest.promoted, honest.reason
+    assert ece(y, truth) > 0.005 and "ECE" not in honest.reason, honest.reason
     tags = registry.client.get_model_version(name, "1").tags
     assert float(tags["gate_ece_noise_floor"]) > float(tags["gate_challenger_ece"])
     shifted = X.assign(f0=np.clip(truth + 0.12, 0, 1))
@@ -285,3 +316,6 @@ def test_reliability_figure_shows_every_bin_and_its_count():
     assert ys.min() == 0.0
     counts = [int(t.get_text().replace(",", "")) for t in ax.texts]
     assert len(counts) == len(xs) and sum(counts) == 5000
+    (band,) = [c for c in ax.containers if c.get_label() == "95% band"]  # one per bin, thin bins wider
+    widths = [abs(seg[1][1] - seg[0][1]) for seg in band.lines[2][0].get_segments()]
+    assert len(widths) == len(xs) and widths[int(np.argmin(counts))] > widths[int(np.argmax(counts))]
