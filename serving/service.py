@@ -208,7 +208,9 @@ class ScoringService:
         self.models.refresh()
         for name in self.models.names:
             version = self.models.aliases(name).get(self.settings.alias)
-            if version is None:
+            if version is None and self.models.no_skill(name):
+                log.warning("%s: requests get 409 — %s", name, self.models.no_skill(name))
+            elif version is None:
                 log.warning(
                     "%s has no %s yet: requests will get 404 until one is set", name, self.settings.alias
                 )
