@@ -129,6 +129,7 @@ class ModelCache:
         self._lock = threading.RLock()
         self._load_locks: dict[tuple[str, str], threading.Lock] = {}
         self._no_skill: dict[str, str] = {}  # name → why it has no champion (the gate found no skill)
+        self._skill_unread: set[str] = set()  # names whose challenger's gate tags could not be read
         self.changes: list[tuple[float, str, str, str | None, str]] = []  # (when, name, alias, old, new)
 
     @property
@@ -259,8 +260,13 @@ class ModelCache:
         if self.default_alias not in aliases and challenger is not None:
             try:
                 tags = self.registry.version_tags(name, challenger)
-            except Exception:  # noqa: BLE001 — the registry blinked: the next refresh reads it
-                tags = {}
+            except Exception as exc:  # noqa: BLE001 — the registry blinked: the next refresh reads it
+                log.warning("could not read the gate's tags of %s version %s: %s", name, challenger, exc)
+                with self._lock:
+                    self._skill_unread.add(name)
+                return
+            with self._lock:
+                self._skill_unread.discard(name)
             if tags.get("gate_skill") == "none":
                 low, high = tags.get("gate_edge_low", "?"), tags.get("gate_edge_high", "?")
                 edge = f"{tags.get('gate_edge', '?')} [{low}, {high}]"
@@ -316,7 +322,12 @@ class ModelCache:
                 errors.append(f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}")
                 log.warning("could not read aliases of %s: %s", name, errors[-1])
                 continue
-            if fresh == current:
+            with self._lock:
+                unread = name in self._skill_unread
+            if fresh == current and not unread:
+                continue
+            if fresh == current:  # only the gate's tags are still to be read
+                self._note_skill(name, fresh)
                 continue
             target = fresh.get(self.default_alias)
             if target is not None and target != current.get(self.default_alias):

@@ -95,6 +95,7 @@ def running_service(
     url = f"{scheme}://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
+        last = "no answer"
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"bentoml serve exited with {proc.returncode} (log: {log})")
@@ -102,10 +103,14 @@ def running_service(
                 with urllib.request.urlopen(f"{url}/readyz", timeout=2, context=context) as r:
                     if r.status == 200:
                         break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
+            except urllib.error.HTTPError as exc:  # 503 with the reasons: say them if it never gets ready
+                last = f"{exc.code} {exc.read()[:500].decode(errors='replace')}"
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
             if time.monotonic() > deadline:
-                raise TimeoutError(f"service not ready after {timeout:.0f} s (log: {log})")
+                raise TimeoutError(
+                    f"service not ready after {timeout:.0f} s (last /readyz: {last}; log: {log})"
+                )
             time.sleep(0.3)
         yield RunningService(url, proc.pid)
     finally:
