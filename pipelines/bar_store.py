@@ -6,6 +6,10 @@ Layout (hive partitions; times UTC)::
     data/ticks/symbol=EURUSD/part-<lo>-<hi>.parquet
     data/quarantine/bars/symbol=EURUSD/timeframe=M1/part-<lo>-<hi>.parquet
     data/quarantine/ticks/symbol=EURUSD/part-<lo>-<hi>.parquet
+    data/flags/bars/symbol=EURUSD/timeframe=H1/part-<lo>-<hi>.parquet   (time, rules)
+
+The flag log holds the open times of stored bars that broke only a soft rule of the data
+contract (a spike: kept, since a genuine news bar can be huge) and the rules they broke.
 
 Each data part covers the half-open window of bar *open* times ``(previous watermark, hi]``
 (``lo`` is the first instant after the previous watermark; names use UTC like
@@ -14,9 +18,9 @@ is the largest ``hi``: it is derived from the committed files alone, so there is
 state to fall out of step. A part may hold zero rows when a whole window was quarantined.
 
 Writes are atomic: a part is written to a hidden temporary file in the same folder, flushed,
-fsynced and renamed into place; the rename is the commit. The quarantine part of a window is
-written (under a deterministic name) *before* the data part, so a crash anywhere leaves either
-the previous state or the new one, and a re-run rewrites identical files. Appends to one series
+fsynced and renamed into place; the rename is the commit. The quarantine and flag-log parts of
+a window are written (under deterministic names) *before* the data part, so a crash anywhere
+leaves either the previous state or the new one, and a re-run rewrites identical files. Appends to one series
 are serialised with a lock file. Many small parts are compacted by the same write-then-rename;
 parts left behind by a crash mid-compaction are covered by the merged part and are ignored on
 read and removed on the next compaction.
@@ -165,11 +169,15 @@ def frame_times(frame: pd.DataFrame, unit: str) -> np.ndarray:
 FaultHook = Callable[[str], None]
 
 
+def _flag_schema(key: SeriesKey) -> pa.Schema:
+    return pa.schema([key.schema.field("time"), pa.field("rules", pa.string())])
+
+
 class BarStore:
     """Bars and ticks under `root` (see module docstring). Safe against crashes at any point.
 
     `fault_hook`, when given, is called with a stage name ("tmp_written", "quarantine_committed",
-    "data_committed", "compacted") so tests can kill the process at exactly that point.
+    "flags_committed", "data_committed", "compacted") so tests can kill the process at exactly that point.
     """
 
     def __init__(self, root: str | Path, max_parts: int = 32, fault_hook: FaultHook | None = None) -> None:
@@ -183,11 +191,11 @@ class BarStore:
         self._listings: dict[Path, tuple[int, int, tuple[Part, ...]]] = {}
 
     # --- paths and listing -------------------------------------------------------------------------
-    def series_dir(self, key: SeriesKey, quarantine: bool = False) -> Path:
-        base = self.root / "quarantine" if quarantine else self.root
+    def series_dir(self, key: SeriesKey, quarantine: bool = False, flags: bool = False) -> Path:
+        base = self.root / "quarantine" if quarantine else self.root / "flags" if flags else self.root
         return base / key.relpath()
 
-    def parts(self, key: SeriesKey, quarantine: bool = False) -> list[Part]:
+    def parts(self, key: SeriesKey, quarantine: bool = False, flags: bool = False) -> list[Part]:
         """Committed parts, oldest first, without parts covered by another (crash leftovers).
 
         A folder's listing is kept and reused while the folder's modification time is the one
@@ -197,7 +205,7 @@ class BarStore:
         so a change right after such a listing could leave the time as it was (the "racy"
         case, as in git's index); those folders are listed again. A live process asks for the
         same series' watermark several times per bar close; one `stat` now answers."""
-        folder = self.series_dir(key, quarantine)
+        folder = self.series_dir(key, quarantine, flags)
         try:
             mtime = os.stat(folder).st_mtime_ns
         except FileNotFoundError:
@@ -269,6 +277,14 @@ class BarStore:
             frame = frame.drop_duplicates("time", keep="last")
         return frame.sort_values("time", kind="stable").reset_index(drop=True)
 
+    def flags(self, key: SeriesKey) -> pd.DataFrame:
+        """The flag log of a series: ``time`` (bar open, UTC) and ``rules`` of every stored bar
+        that broke only soft rules of the data contract, sorted by time."""
+        schema = _flag_schema(key)
+        tables = [pq.read_table(p.path, schema=schema) for p in self.parts(key, flags=True)]
+        frame = (pa.concat_tables(tables) if tables else schema.empty_table()).to_pandas()
+        return frame.drop_duplicates("time", keep="last").sort_values("time").reset_index(drop=True)
+
     def tail(self, key: SeriesKey, n: int) -> pd.DataFrame:
         """The last `n` committed rows of a series (for causal context such as ATR).
 
@@ -323,13 +339,19 @@ class BarStore:
         return f"part-{format_instant(lo, key.unit)}-{format_instant(hi, key.unit)}.parquet"
 
     def append(
-        self, key: SeriesKey, good: pd.DataFrame, through: int, quarantined: pd.DataFrame | None = None
+        self,
+        key: SeriesKey,
+        good: pd.DataFrame,
+        through: int,
+        quarantined: pd.DataFrame | None = None,
+        flagged: pd.DataFrame | None = None,
     ) -> int:
         """Commit one window: rows after the watermark up to `through` (inclusive).
 
         `good` rows are stored; `quarantined` rows (with a ``rules`` column) go to the
-        quarantine. Rows at or before the current watermark are ignored, so repeating an append
-        is harmless. Returns the number of good rows written.
+        quarantine; `flagged` (``time``, ``rules``: good rows that broke soft rules) to the flag
+        log. Rows at or before the current watermark are ignored, so repeating an append is
+        harmless. Returns the number of good rows written.
         """
         with self._locked(key):
             if key not in self._swept:  # leftovers of a crashed writer: once per process is enough
@@ -349,6 +371,13 @@ class BarStore:
                     table = pa.Table.from_pandas(bad[schema.names], schema=schema, preserve_index=False)
                     self._write_atomic(table, self.series_dir(key, quarantine=True) / name)
                     self._fault("quarantine_committed")
+            if flagged is not None and len(flagged):
+                marked = self._window(flagged, key, lo, through)
+                if len(marked):
+                    schema = _flag_schema(key)
+                    table = pa.Table.from_pandas(marked[schema.names], schema=schema, preserve_index=False)
+                    self._write_atomic(table, self.series_dir(key, flags=True) / name)
+                    self._fault("flags_committed")
             table = pa.Table.from_pandas(good[key.schema.names], schema=key.schema, preserve_index=False)
             self._write_atomic(table, self.series_dir(key) / name)
             self._fault("data_committed")
@@ -414,6 +443,10 @@ class BarStore:
     def _sweep_temporaries(self, key: SeriesKey) -> None:
         """Delete temporaries a crashed writer left in the series' data and quarantine folders.
         Only call under the series lock: then no live writer owns one."""
-        for folder in (self.series_dir(key), self.series_dir(key, quarantine=True)):
+        for folder in (
+            self.series_dir(key),
+            self.series_dir(key, quarantine=True),
+            self.series_dir(key, flags=True),
+        ):
             for path in folder.glob(".tmp-*.parquet"):
                 path.unlink()

@@ -76,6 +76,7 @@ class SeriesReport:
     fetched: int = 0
     written: int = 0
     quarantined: int = 0
+    flagged: int = 0  # stored bars that broke only soft rules (spikes), in the bar store's flag log
     watermark_before: str | None = None
     watermark_after: str | None = None
     rules: dict[str, int] = field(default_factory=dict)
@@ -197,6 +198,7 @@ def _prepare(
         str(key),
         fetched=len(frame),
         quarantined=result.n_bad,
+        flagged=result.n_flagged,
         watermark_before=_iso(mark, key.unit),
         rules=dict(result.rule_counts),
         zero_spread=int((result.good["spread"] == 0).sum()) if key.kind == "bars" and len(result.good) else 0,
@@ -269,10 +271,12 @@ def append_validated(store: BarStore, batches: Sequence[Batch]) -> list[SeriesRe
     for batch in batches:
         if batch.through is not None:
             batch.report.written = store.append(
-                batch.key, batch.result.good, batch.through, batch.result.quarantined
+                batch.key, batch.result.good, batch.through, batch.result.quarantined, batch.result.flagged
             )
             if batch.result.n_bad:
                 log.warning("quarantined %s", batch.result.describe_bad())
+            if batch.result.n_flagged:
+                log.info("%s", batch.result.describe_flagged())
         batch.report.watermark_after = _iso(store.watermark(batch.key), batch.key.unit)
         reports.append(batch.report)
     return reports

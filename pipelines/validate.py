@@ -1,14 +1,16 @@
 """Data contracts for bars and ticks, enforced with great-expectations 1.x.
 
 `DataContract` holds one GX suite for bars and one for ticks (built once per process). A batch
-is validated row by row: rows failing any expectation are *quarantined* with the names of the
-rules they broke; the rest are good. Schema problems (missing columns, wrong dtypes) reject
-the whole batch with `ContractError`.
+is validated row by row: rows failing a *hard* rule (an invariant no genuine bar breaks) are
+*quarantined* with the names of the rules they broke; rows failing only *soft* rules
+(`SOFT_RULES`: the spike checks — a genuine news bar can be huge) are kept and *flagged*
+(`ValidationResult.flagged`, stored in the bar store's flag log); the rest are good. Schema
+problems (missing columns, wrong dtypes) reject the whole batch with `ContractError`.
 
 Rules on bars (per symbol and timeframe): prices not null, finite and > 0; high ≥ max(open,
 close); low ≤ min(open, close); spread, tick and real volume ≥ 0; times strictly increasing
 (so unique), on the timeframe's grid in *server* time (the broker's bar boundaries); and a
-spike check: a bar's range above ``spike_atr_multiple`` × the ATR of the preceding
+soft spike check (flagged, kept): a bar's range above ``spike_atr_multiple`` × the ATR of the preceding
 ``atr_window`` bars, or an opening gap above that multiple scaled by √(elapsed bars) (so a
 weekend gap is judged against the volatility expected over a weekend). The ATR uses only
 earlier bars (the stored tail passed as `context`, then the batch itself); the first bars of a
@@ -42,6 +44,9 @@ from pipelines.mt5.server_time import ServerClock
 
 PRICES = ["open", "high", "low", "close"]
 _MAX_PRICE = 1e12
+# rules a genuine bar may break (an FOMC-hour range of 170 pips, a gap over a news weekend):
+# such a bar is stored and flagged, never dropped; every other rule quarantines
+SOFT_RULES = frozenset({"spike_range", "spike_gap"})
 
 
 class ContractError(ValueError):
@@ -65,7 +70,23 @@ class ValidationResult:
     key: SeriesKey
     good: pd.DataFrame
     quarantined: pd.DataFrame  # the bad rows, with a ``rules`` column ("rule_a;rule_b")
-    rule_counts: dict[str, int] = field(default_factory=dict)
+    rule_counts: dict[str, int] = field(default_factory=dict)  # rows breaking each rule, soft too
+    # kept rows that broke only soft rules: ``time`` and ``rules`` (they are also in `good`)
+    flagged: pd.DataFrame = field(default_factory=lambda: pd.DataFrame({"time": [], "rules": []}))
+
+    @property
+    def n_flagged(self) -> int:
+        return len(self.flagged)
+
+    def describe_flagged(self) -> str:
+        """'<key>: kept N flagged bars, first at <UTC time> (<rules>)' or '' when none."""
+        if not self.n_flagged:
+            return ""
+        first = self.flagged.sort_values("time").iloc[0]
+        return (
+            f"{self.key}: kept {self.n_flagged} flagged bar(s) (soft rules only), first at "
+            f"{first['time']:%Y-%m-%d %H:%M:%S} UTC ({first['rules']})"
+        )
 
     @property
     def n_rows(self) -> int:
@@ -284,12 +305,19 @@ class DataContract:
         if not bad_rules:  # the usual case (a live close): no row copies, no frame surgery
             empty = out.iloc[:0].assign(rules=pd.Series([], dtype=str))
             return ValidationResult(key, out, empty, counts)
-        bad_idx = np.array(sorted(bad_rules), dtype=np.int64)
-        quarantined = out.iloc[bad_idx].copy()
         order = {name: i for i, (name, _) in enumerate(self._expectations(kind))}  # the suite's order
-        quarantined["rules"] = [";".join(sorted(bad_rules[i], key=order.__getitem__)) for i in bad_idx]
-        good = out.drop(index=bad_idx)
-        return ValidationResult(key, good.reset_index(drop=True), quarantined.reset_index(drop=True), counts)
+        named = {i: ";".join(sorted(r, key=order.__getitem__)) for i, r in bad_rules.items()}
+        soft = sorted(i for i, r in bad_rules.items() if SOFT_RULES.issuperset(r))
+        flagged = pd.DataFrame(
+            {"time": out["time"].iloc[soft].reset_index(drop=True), "rules": [named[i] for i in soft]}
+        )
+        bad_idx = np.array(sorted(set(bad_rules) - set(soft)), dtype=np.int64)
+        quarantined = out.iloc[bad_idx].copy()
+        quarantined["rules"] = [named[i] for i in bad_idx]
+        good = out.drop(index=bad_idx) if bad_idx.size else out
+        return ValidationResult(
+            key, good.reset_index(drop=True), quarantined.reset_index(drop=True), counts, flagged
+        )
 
     def _expectations(self, kind: str) -> list[tuple[str, Any]]:
         """The suite's (rule name, expectation) pairs, built once (no GX context needed)."""

@@ -12,12 +12,11 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pytest
-from crash_ingest import crash_params
+from crash_ingest import crash_client, crash_params
 
 from pipelines.bar_store import BarStore, SeriesKey, rates_to_frame
-from pipelines.ingest import connect, ingest_history, make_contract
+from pipelines.ingest import ingest_history, make_contract
 from pipelines.mt5 import constants as C
-from pipelines.terminal import open_terminal
 
 KEY = SeriesKey("bars", "EURUSD", "H1")
 REPO = Path(__file__).resolve().parents[1]
@@ -80,12 +79,12 @@ def test_a_kept_listing_sees_every_other_writers_commit(tmp_path, h1):
 
 def test_quarantine_and_all_bad_window_advance_the_watermark(tmp_path, h1):
     store = BarStore(tmp_path)
-    bad = h1.iloc[:3].assign(rules="spike_range")
+    bad = h1.iloc[:3].assign(rules="low<=open")
     through = _epoch(h1["time"].iloc[2])
     assert store.append(KEY, h1.iloc[:0], through, bad) == 0
     assert store.watermark(KEY) == through
     assert store.read(KEY).empty
-    assert store.read(KEY, quarantine=True)["rules"].tolist() == ["spike_range"] * 3
+    assert store.read(KEY, quarantine=True)["rules"].tolist() == ["low<=open"] * 3
 
 
 def test_compaction_merges_parts_and_keeps_rows(tmp_path, h1):
@@ -166,8 +165,7 @@ def test_leftovers_of_a_crash_are_ignored(tmp_path, h1):
 
 def _ingest(root: Path, end: str) -> None:
     params = crash_params(str(root), end)
-    client = open_terminal(params)
-    connect(client)
+    client = crash_client(params)
     ingest_history(client, BarStore(root, max_parts=1), make_contract(params), params)
 
 
@@ -178,6 +176,7 @@ def _snapshot(root: Path) -> dict[str, pd.DataFrame]:
         key = SeriesKey("bars", "EURUSD", tf)
         out[f"{tf}"] = store.read(key)
         out[f"{tf}-q"] = store.read(key, quarantine=True)
+        out[f"{tf}-f"] = store.flags(key)
         out[f"{tf}-w"] = pd.DataFrame({"w": [store.watermark(key)]})
     return out
 
@@ -192,7 +191,9 @@ def reference(tmp_path_factory) -> dict[str, pd.DataFrame]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["tmp_written", "quarantine_committed", "data_committed", "compacted"])
+@pytest.mark.parametrize(
+    "stage", ["tmp_written", "quarantine_committed", "flags_committed", "data_committed", "compacted"]
+)
 def test_a_crash_at_any_stage_loses_and_duplicates_nothing(tmp_path, reference, stage):
     root = tmp_path / "data"
     _ingest(root, "2024-01-05T00:00:00")
@@ -215,6 +216,8 @@ def test_a_crash_at_any_stage_loses_and_duplicates_nothing(tmp_path, reference, 
     _ingest(root, "2024-01-09T00:00:00")  # the re-run after the crash
     got = _snapshot(root)
     assert reference["M5-q"].shape[0] > 0  # the scenario exercises the quarantine too
+    assert reference["M5-f"].shape[0] > 0  # and the flag log (tight spikes: kept, flagged)
+    assert set(reference["M5-f"]["time"]).issubset(set(reference["M5"]["time"]))
     for name, frame in reference.items():
         pd.testing.assert_frame_equal(got[name], frame, obj=name)
     # a half-written temporary file from the crash was ignored by readers; the re-run's

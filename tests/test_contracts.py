@@ -13,7 +13,7 @@ import pytest
 from pipelines.bar_store import SeriesKey, rates_to_frame, ticks_to_frame
 from pipelines.mt5 import constants as C
 from pipelines.mt5.server_time import ServerClock
-from pipelines.validate import ContractError, DataContract, ValidationRules
+from pipelines.validate import SOFT_RULES, ContractError, DataContract, ValidationRules
 
 KEY = SeriesKey("bars", "EURUSD", "M5")
 TICKS = SeriesKey("ticks", "EURUSD")
@@ -73,7 +73,10 @@ BAR_CASES = {
 }
 
 
-@pytest.mark.parametrize("rule", sorted(BAR_CASES))
+HARD_CASES = sorted(r for r in BAR_CASES if r not in SOFT_RULES)
+
+
+@pytest.mark.parametrize("rule", HARD_CASES)
 def test_each_bar_rule_quarantines_its_bad_row(contract, bars, rule):
     row = 200
     BAR_CASES[rule](bars, row)
@@ -82,9 +85,33 @@ def test_each_bar_rule_quarantines_its_bad_row(contract, bars, rule):
     assert bars.loc[row, "time"] in bad_times
     quarantined_row = result.quarantined[result.quarantined["time"] == bars.loc[row, "time"]]
     assert rule in quarantined_row["rules"].iloc[0].split(";")
-    # one bad row, and at most a neighbour it disturbs (a spike bar moves the next gap check)
+    # one bad row, and at most a neighbour it disturbs
     assert result.n_bad <= 2 and len(result.good) == len(bars) - result.n_bad
     assert result.rule_counts[rule] >= 1
+
+
+@pytest.mark.parametrize("rule", sorted(SOFT_RULES))
+def test_a_spike_is_kept_and_flagged_not_quarantined(contract, bars, rule):
+    """A genuine news bar (an FOMC hour of 170 pips) breaks only the spike rules: it is stored
+    with a flag, never dropped."""
+    row = 200
+    BAR_CASES[rule](bars, row)
+    result = contract.validate_bars(KEY, bars, UTC_CLOCK)
+    assert result.n_bad == 0 and len(result.good) == len(bars)
+    assert bars.loc[row, "time"] in set(result.good["time"])
+    flagged = result.flagged.set_index("time")["rules"]
+    assert rule in flagged[bars.loc[row, "time"]].split(";")
+    assert result.n_flagged <= 2 and result.rule_counts[rule] >= 1
+    assert "kept" in result.describe_flagged() and "EURUSD M5" in result.describe_flagged()
+
+
+def test_a_spike_with_a_hard_violation_is_quarantined(contract, bars):
+    BAR_CASES["spike_range"](bars, 200)
+    BAR_CASES["low<=close"](bars, 200)
+    result = contract.validate_bars(KEY, bars, UTC_CLOCK)
+    row = result.quarantined[result.quarantined["time"] == bars.loc[200, "time"]]
+    assert row["rules"].iloc[0].split(";") == ["low<=close", "spike_range"]
+    assert bars.loc[200, "time"] not in set(result.flagged["time"])
 
 
 def test_grid_is_checked_in_server_time(contract, sim):
@@ -172,6 +199,8 @@ def test_numpy_engine_gives_gx_verdicts_row_by_row(bars, ticks):
         assert a.n_bad > 20 and a.rule_counts == b.rule_counts
         pd.testing.assert_frame_equal(a.good, b.good)
         pd.testing.assert_frame_equal(a.quarantined, b.quarantined)
+        pd.testing.assert_frame_equal(a.flagged, b.flagged)
+        assert a.n_flagged > 0
     bad_ticks = ticks.copy()
     for row, (column, value) in enumerate([("bid", np.nan), ("ask", -1.0), ("volume", -1), ("bid", np.inf)]):
         _set(bad_ticks, 10 + row, column, value)
