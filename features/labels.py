@@ -2,8 +2,9 @@
 
 Every label at bar t is decided by bars t+1 … t1 only; ``t1`` (UTC epoch seconds, the *close*
 time of the bar that decided it) is returned so validation can purge overlapping samples.
-Rows whose horizon runs past the end of the data, or that lack the ATR the label needs, get
-NaN — never a guess.
+Rows whose horizon runs past the end of the data, that lack the ATR the label needs, or whose
+horizon spans a hole (bars missing while the market was open, `features.gaps`) get NaN —
+never a guess.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 
 from features.bars import Bars, pip_size
 from features.families import _wilder_atr
+from features.gaps import MarketHours, holes, spans_hole_ahead
 from features.spec import DirectionLabelSpec, TripleBarrierSpec
 
 Labels = dict[str, np.ndarray]
@@ -25,7 +27,12 @@ def _ahead(x: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def direction_labels(b: Bars, spec: DirectionLabelSpec) -> Labels:
+def _across_hole(b: Bars, horizon: int, hours: MarketHours | None) -> np.ndarray:
+    """Rows whose next `horizon` bars span a hole (default hours: `MarketHours()`)."""
+    return spans_hole_ahead(holes(b.time, b.seconds, hours or MarketHours()), horizon)
+
+
+def direction_labels(b: Bars, spec: DirectionLabelSpec, hours: MarketHours | None = None) -> Labels:
     """Direction of close[t+h] − close[t] against a dead zone (see `DirectionLabelSpec`).
 
     ``label``: with ``neutral="drop"`` 1 = up, 0 = down, NaN = flat; with ``"class"``
@@ -38,7 +45,7 @@ def direction_labels(b: Bars, spec: DirectionLabelSpec) -> Labels:
         dead = spec.dead_zone * _wilder_atr(b, spec.atr_window) if spec.dead_zone else np.zeros(len(b))
     else:
         dead = np.full(len(b), spec.dead_zone * pip_size(b.point))
-    valid = ~np.isnan(move) & ~np.isnan(dead)
+    valid = ~np.isnan(move) & ~np.isnan(dead) & ~_across_hole(b, h, hours)
     up, down = valid & (move > dead), valid & (move < -dead)
     flat = valid & ~up & ~down
     label = np.full(len(b), np.nan)
@@ -50,7 +57,9 @@ def direction_labels(b: Bars, spec: DirectionLabelSpec) -> Labels:
     return {"label": label, "t1": t1, "ret": np.where(valid, np.log(future / b.close), np.nan)}
 
 
-def triple_barrier_labels(b: Bars, spec: TripleBarrierSpec, side: np.ndarray | None = None) -> Labels:
+def triple_barrier_labels(
+    b: Bars, spec: TripleBarrierSpec, side: np.ndarray | None = None, hours: MarketHours | None = None
+) -> Labels:
     """First barrier touched over bars t+1 … t+h, from each bar's high and low.
 
     ``label`` is +1 when the take-profit is touched first, −1 for the stop-loss, and at the
@@ -85,7 +94,7 @@ def triple_barrier_labels(b: Bars, spec: TripleBarrierSpec, side: np.ndarray | N
     if spec.vertical == "sign":
         vertical = ~upper_first & ~lower_first
         raw = np.where(vertical, np.sign(ret), raw)
-    valid = ~np.isnan(a[:m])
+    valid = ~np.isnan(a[:m]) & ~_across_hole(b, h, hours)[:m]
     label = np.full(n, np.nan)
     t1 = np.full(n, np.nan)
     out_ret = np.full(n, np.nan)
@@ -95,10 +104,12 @@ def triple_barrier_labels(b: Bars, spec: TripleBarrierSpec, side: np.ndarray | N
     return {"label": label, "t1": t1, "ret": out_ret}
 
 
-def meta_labels(b: Bars, spec: TripleBarrierSpec, side: np.ndarray) -> Labels:
+def meta_labels(
+    b: Bars, spec: TripleBarrierSpec, side: np.ndarray, hours: MarketHours | None = None
+) -> Labels:
     """Meta-labels for a primary model's `side`: 1 when trading that side would have hit the
     take-profit first (or closed positive at the vertical barrier with ``vertical="sign"``),
     else 0; NaN where the triple-barrier label is NaN."""
-    tb = triple_barrier_labels(b, spec, side)
+    tb = triple_barrier_labels(b, spec, side, hours)
     meta = np.where(np.isnan(tb["label"]), np.nan, (tb["label"] > 0).astype(float))
     return {"label": meta, "t1": tb["t1"], "ret": tb["ret"]}

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from features.gaps import MarketHours
+
 
 @dataclass(frozen=True)
 class Windows:
@@ -47,13 +49,16 @@ HTF_FAMILIES = tuple(
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Families on the base timeframe, families on each higher timeframe, and their windows."""
+    """Families on the base timeframe, families on each higher timeframe, their windows, and
+    the market's hours (a window that spans bars missing in trading hours is NaN:
+    `features.gaps`)."""
 
     base_timeframe: str = "M5"
     higher_timeframes: tuple[str, ...] = ("M15", "H1", "H4", "D1")
     families: tuple[str, ...] = BASE_FAMILIES
     htf_families: tuple[str, ...] = HTF_FAMILIES
     windows: Windows = field(default_factory=Windows)
+    market_hours: MarketHours = field(default_factory=MarketHours)
 
 
 @dataclass(frozen=True)

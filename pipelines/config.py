@@ -25,6 +25,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from features.gaps import MarketHours
 from features.spec import (
     BASE_FAMILIES,
     HTF_FAMILIES,
@@ -171,6 +172,77 @@ class WindowsParams(_Frozen):
     sequence: int = Field(32, ge=2)
 
 
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _minute_of_day(text: str, where: str) -> int:
+    try:
+        hour, minute = (int(p) for p in text.strip().split(":"))
+        if not (0 <= hour <= 24 and 0 <= minute < 60 and hour * 60 + minute <= 1440):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{where}: {text!r} is not a UTC time of day like '21:00'") from None
+    return hour * 60 + minute
+
+
+class MarketHoursParams(_Frozen):
+    """``features.market_hours``: when the market is closed, UTC (see `features.gaps`). Bars
+    missing outside these closures are holes: windows and labels across them are NaN."""
+
+    weekly_close: str = "Fri 21:00"
+    weekly_open: str = "Sun 22:00"
+    daily_breaks: tuple[str, ...] = ("21:00-23:00",)
+    holidays: tuple[str, ...] = ("12-25", "01-01")
+    enabled: bool = True
+
+    @field_validator("weekly_close", "weekly_open")
+    @classmethod
+    def _weekly(cls, value: str) -> str:
+        _minute_of_week(value)
+        return value
+
+    @field_validator("daily_breaks")
+    @classmethod
+    def _breaks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            _daily_break(item)
+        return value
+
+    @field_validator("holidays")
+    @classmethod
+    def _holidays(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                datetime.strptime(f"2024-{item}", "%Y-%m-%d")
+            except ValueError:
+                raise ValueError(f"holiday {item!r} is not a day like '12-25' (MM-DD, UTC)") from None
+        return value
+
+    def hours(self) -> MarketHours:
+        return MarketHours(
+            _minute_of_week(self.weekly_close),
+            _minute_of_week(self.weekly_open),
+            tuple(_daily_break(b) for b in self.daily_breaks),
+            tuple(self.holidays),
+            self.enabled,
+        )
+
+
+def _minute_of_week(text: str) -> int:
+    day, _, clock = text.strip().partition(" ")
+    if day[:3].lower() not in _WEEKDAYS:
+        raise ValueError(f"{text!r} is not a UTC weekday and time like 'Fri 21:00'")
+    return _WEEKDAYS.index(day[:3].lower()) * 1440 + _minute_of_day(clock, text)
+
+
+def _daily_break(text: str) -> tuple[int, int]:
+    start, _, end = text.partition("-")
+    lo, hi = _minute_of_day(start, text), _minute_of_day(end, text)
+    if lo >= hi:
+        raise ValueError(f"daily break {text!r} must end after it starts (UTC, like '21:00-23:00')")
+    return lo, hi
+
+
 class FeaturesParams(_Frozen):
     """The ``features:`` section."""
 
@@ -179,6 +251,7 @@ class FeaturesParams(_Frozen):
     families: tuple[str, ...] = BASE_FAMILIES
     htf_families: tuple[str, ...] = HTF_FAMILIES
     windows: WindowsParams = WindowsParams()
+    market_hours: MarketHoursParams = MarketHoursParams()
 
     @field_validator("base_timeframe", mode="before")
     @classmethod
@@ -197,6 +270,7 @@ class FeaturesParams(_Frozen):
             tuple(self.families),
             tuple(self.htf_families),
             Windows(**self.windows.model_dump()),
+            self.market_hours.hours(),
         )
 
 

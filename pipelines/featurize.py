@@ -64,10 +64,10 @@ def featurize_symbol(
     spec = features.spec()
     matrix = build_features(bars, spec)
     frame = matrix.to_frame()
-    contract.validate_features(name, frame, matrix.columns, matrix.warmup, matrix.bounds)
+    contract.validate_features(name, frame, matrix.columns, matrix.warmup, matrix.bounds, matrix.masked)
     base = bars[spec.base_timeframe]
-    d = direction_labels(base, labels.direction_spec())
-    tb = triple_barrier_labels(base, labels.triple_barrier_spec())
+    d = direction_labels(base, labels.direction_spec(), spec.market_hours)
+    tb = triple_barrier_labels(base, labels.triple_barrier_spec(), hours=spec.market_hours)
     t1 = {
         k: pd.to_datetime(v, unit="s", utc=True).as_unit("s") for k, v in (("dir", d["t1"]), ("tb", tb["t1"]))
     }

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.gaps import MarketHours
 from features.spec import FeatureSpec, Windows
 from models.gate import GateDecision, decide
 
@@ -65,12 +66,22 @@ def feature_spec_from_meta(meta: dict[str, Any]) -> FeatureSpec | None:
     if not spec:
         return None
     windows = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["windows"].items()}
+    hours = spec.get("market_hours")  # absent: registered before holes were handled (defaults)
     return FeatureSpec(
         spec["base_timeframe"],
         tuple(spec["higher_timeframes"]),
         tuple(spec["families"]),
         tuple(spec["htf_families"]),
         Windows(**windows),
+        MarketHours(
+            hours["weekly_close"],
+            hours["weekly_open"],
+            tuple(tuple(b) for b in hours["daily_breaks"]),
+            tuple(hours["holidays"]),
+            hours["enabled"],
+        )
+        if hours
+        else MarketHours(),
     )
 
 

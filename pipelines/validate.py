@@ -333,11 +333,13 @@ class DataContract:
         columns: list[str],
         warmup: dict[str, int],
         bounds: dict[str, tuple[float, float]],
+        masked: dict[str, np.ndarray] | None = None,
     ) -> None:
         """Check a feature frame (``time`` + `columns`, in that order); raise `ContractError`.
 
         Rules: the recorded columns in order; every value finite, except NaN within a column's
-        warm-up (its first ``warmup[col]`` rows); bounded columns (RSI in [0, 100], cyclic
+        warm-up (its first ``warmup[col]`` rows) and at the rows ``masked[col]`` (a window
+        spanning a hole in the bars, `features.gaps`); bounded columns (RSI in [0, 100], cyclic
         time in [−1, 1], range position and session flags in [0, 1]) inside their bounds.
         """
         import hashlib
@@ -373,6 +375,8 @@ class DataContract:
             values = checked[c].to_numpy(dtype=float, copy=True)
             head = min(warmup.get(c, 0), values.size)
             values[:head] = 0.0  # NaN allowed in the warm-up
+            if masked and c in masked:
+                values[masked[c]] = 0.0  # and where the window spans a hole
             values[head:][np.isnan(values[head:])] = np.inf  # NaN after it is a failure
             checked[c] = values
         definition, named = self._definition(f"features-{digest}", expectations)
