@@ -74,6 +74,7 @@ class SimulatorParams(_Frozen):
     signal_strength: float = Field(0.3, ge=0)
     signal_halflife_minutes: float = Field(30.0, gt=0)
     ticks_per_minute: float = Field(6.0, gt=0)
+    texture: Literal["plain", "market"] = "plain"  # market: clustering, fat tails, news jumps, holidays
     live: bool = False
     speed: float = Field(60.0, gt=0)
     live_start: datetime | None = None

@@ -22,6 +22,7 @@ def open_terminal(params: DataParams) -> Mt5Client:
                 signal_strength=sim.signal_strength,
                 signal_halflife_minutes=sim.signal_halflife_minutes,
                 ticks_per_minute=sim.ticks_per_minute,
+                texture=sim.texture,
                 live=sim.live,
                 speed=sim.speed,
                 live_start=sim.live_start,

@@ -177,7 +177,7 @@ def test_market_hours_settings_are_checked():
     assert MarketHoursParams(weekly_close="Sat 00:00", daily_breaks=()).hours().weekly_close == 5 * 1440
     for bad, match in [
         ({"weekly_close": "Funday 21:00"}, "weekday and time"),
-            ({"weekly_open": "Sun 25:00"}, "time of day"),
+        ({"weekly_open": "Sun 25:00"}, "time of day"),
         ({"daily_breaks": ["23:00-21:00"]}, "end after it starts"),
         ({"holidays": ["25-12"]}, "MM-DD"),
     ]:

@@ -202,3 +202,43 @@ def test_scheduled_outages_follow_the_shared_live_clock():
         assert not sim.initialize()
     time.sleep(max(0.0, anchor.timestamp() + 0.55 - time.time()))
     assert a.initialize() and a.symbol_info_tick("EURUSD") is not None
+
+
+def test_market_texture_has_clustering_fat_tails_news_and_holidays():
+    """texture="market": the stylised facts of real FX returns, with no signal to find."""
+    plain, market = (
+        MarketSimulator(
+            SimulatorConfig(end=utc(2024, 4, 1), signal_strength=0.0, texture=t, symbols=("EURUSD",))
+        )
+        for t in ("plain", "market")
+    )
+    out = {}
+    for name, s in (("plain", plain), ("market", market)):
+        s.initialize()
+        h1 = s.copy_rates_range("EURUSD", C.TIMEFRAME_H1, utc(2024, 1, 1), utc(2024, 3, 31))
+        r = np.diff(np.log(h1["close"]))
+        z = (r - r.mean()) / r.std()
+        a = np.abs(r)
+        # day-to-day persistence of realised volatility (clustering), net of the intraday pattern
+        days = h1["time"][1:] // 86400
+        daily = np.array([np.sqrt((r[days == d] ** 2).sum()) for d in np.unique(days)])
+        out[name] = {
+            "kurtosis": float((z**4).mean()),
+            "vol_acf": float(np.corrcoef(daily[:-1], daily[1:])[0, 1]),
+            "max_range_pips": float(((h1["high"] - h1["low"]) / 1e-4).max()),
+            "jan1": int(((h1["time"] // 86400) == utc(2024, 1, 1).timestamp() // 86400).sum()),
+            "abs_mean": float(a.mean()),
+        }
+    p, m = out["plain"], out["market"]
+    assert m["kurtosis"] > 3 * p["kurtosis"] and m["kurtosis"] > 10, out
+    assert m["vol_acf"] > p["vol_acf"] + 0.2, out
+    assert m["max_range_pips"] > 100 > p["max_range_pips"], out  # a news hour
+    assert p["jan1"] > 0 and m["jan1"] == 0, out  # New Year's Day closed
+    again = MarketSimulator(SimulatorConfig(end=utc(2024, 4, 1), signal_strength=0.0, texture="market"))
+    again.initialize()
+    assert np.array_equal(
+        again.copy_rates_range("EURUSD", C.TIMEFRAME_H1, utc(2024, 2, 1), utc(2024, 2, 3)),
+        market.copy_rates_range("EURUSD", C.TIMEFRAME_H1, utc(2024, 2, 1), utc(2024, 2, 3)),
+    )  # deterministic, whatever else was asked first
+    with pytest.raises(ValueError, match="texture"):
+        SimulatorConfig(texture="rough")

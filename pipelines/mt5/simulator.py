@@ -21,6 +21,15 @@ an MT5 terminal does (`pipelines.mt5.bars`). Markets are open Sunday 22:00 → F
 UTC; metals also pause 21:00–22:00 UTC each day. Everything is deterministic from the seed:
 each (symbol, UTC day) draws from its own seeded stream, so any query returns the same data.
 
+``texture="market"`` adds the texture of a real market on top (no signal of its own):
+volatility that clusters (a daily log-volatility level with a persistence of ~0.94 per day and
+hourly swings within the day), fat-tailed shocks (Student t with 4 degrees of freedom, unit
+variance), news — some weekdays at 13:30 and 19:00 UTC a jump (a normal with 50 minute-σ: up to
+~150 pips on EURUSD) followed by half an hour of tripled volatility — and holidays
+(25 December and 1 January closed). `true_direction_probability` then is the Gaussian
+approximation with the right variance (exact at ``signal_strength = 0``: every probability is
+one half up to price rounding).
+
 Results are stamped in the configured broker server time (`ServerClock`), as a real broker's
 terminal would. In live mode the simulated clock advances with wall time × `speed`.
 """
@@ -119,6 +128,17 @@ DEFAULT_SYMBOLS: dict[str, SymbolSpec] = {
 _VOL_BY_HOUR = np.array([0.6] * 7 + [1.2] * 5 + [1.5] * 4 + [1.0] * 5 + [0.4] + [0.6] * 2)
 _SPREAD_BY_HOUR = np.array([1.4] * 7 + [1.0] * 14 + [3.0] + [1.4] * 2)
 _GAP_SCALE = 0.3  # first minute after a closure: σ·(1 + 0.3·sqrt(closed minutes))
+# texture="market" (see module docstring)
+_HOLIDAYS = ("12-25", "01-01")
+_VOL_PERSISTENCE = 0.94  # daily log-volatility AR(1) coefficient
+_VOL_DAILY_SD = 0.35  # its stationary standard deviation
+_VOL_MEMORY_DAYS = 90  # 0.94**90 < 0.004: older days no longer matter
+_VOL_HOURLY_PERSISTENCE = 0.7
+_VOL_HOURLY_SD = 0.25
+_TAIL_DF = 4.0  # Student t degrees of freedom of the shocks
+_NEWS = ((13 * 60 + 30, 0.15), (19 * 60, 0.04))  # (UTC minute of day, chance on a weekday)
+_NEWS_JUMP_SIGMAS = 50.0  # news jump: normal with this many minute-σ
+_NEWS_AFTER_MINUTES, _NEWS_AFTER_VOL = 30, 3.0  # volatility after news: ×3, decaying over 30 min
 
 
 @dataclass(frozen=True)
@@ -139,6 +159,7 @@ class SimulatorConfig:
     signal_strength: float = 0.3
     signal_halflife_minutes: float = 30.0
     ticks_per_minute: float = 6.0
+    texture: str = "plain"  # plain | market (see the module docstring)
     live: bool = False
     speed: float = 1.0
     live_start: datetime | None = None
@@ -156,6 +177,8 @@ class SimulatorConfig:
             raise ValueError("signal_halflife_minutes, ticks_per_minute and speed must be > 0")
         if not self.live and self.end is None:
             raise ValueError("history mode needs `end` (the simulated 'now')")
+        if self.texture not in ("plain", "market"):
+            raise ValueError(f"texture must be 'plain' or 'market', got {self.texture!r}")
 
 
 @dataclass
@@ -178,12 +201,14 @@ class _Skeleton:
     sigma: np.ndarray  # session σ (without gap)
 
 
-def _open_mask(day_start: int, daily_break: bool) -> np.ndarray:
-    """Open minutes of the UTC day starting at `day_start` (epoch seconds)."""
-    weekday = datetime.fromtimestamp(day_start, UTC).weekday()  # Mon=0
+def _open_mask(day_start: int, daily_break: bool, holidays: tuple[str, ...] = ()) -> np.ndarray:
+    """Open minutes of the UTC day starting at `day_start` (epoch seconds); `holidays` are
+    ``"MM-DD"`` days closed all day."""
+    date = datetime.fromtimestamp(day_start, UTC)
+    weekday = date.weekday()  # Mon=0
     minute = np.arange(MINUTES_PER_DAY)
     hour = minute // 60
-    if weekday == 5:
+    if weekday == 5 or f"{date:%m-%d}" in holidays:
         return np.zeros(MINUTES_PER_DAY, dtype=bool)
     if weekday == 6:
         return hour >= 22
@@ -303,23 +328,70 @@ class MarketSimulator(LocalTerminal):
             return self._skeletons[key]
         spec = self._spec(symbol)
         state = self._state(symbol, day)
-        mask = _open_mask(day * DAY, spec.daily_break)
+        market = self.config.texture == "market"
+        mask = _open_mask(day * DAY, spec.daily_break, _HOLIDAYS if market else ())
         idx = np.flatnonzero(mask)
         minute = day * MINUTES_PER_DAY + idx
         sigma = self._base_sigma(spec) * _VOL_BY_HOUR[idx // 60]
+        jumps = np.zeros(idx.size)
+        if market and idx.size:
+            sigma = sigma * self._volatility_level(symbol, day, idx)
+            jumps, after = self._news(symbol, day, idx, sigma)
+            sigma = sigma * after
         # closed minutes before each open minute (gap shock after weekends and breaks)
         gaps = np.diff(np.r_[minute[:1] - 1 - state.closed_minutes, minute]) - 1
         a = sigma * (1.0 + _GAP_SCALE * np.sqrt(np.maximum(gaps, 0)))
         b = self.config.signal_strength * sigma
-        eps = self._rng(symbol, day, 0).standard_normal(idx.size)
+        rng = self._rng(symbol, day, 0)
+        if market:  # Student t scaled to unit variance: the same σ, fatter tails
+            eps = rng.standard_t(_TAIL_DF, idx.size) / math.sqrt(_TAIL_DF / (_TAIL_DF - 2))
+        else:
+            eps = rng.standard_normal(idx.size)
         lam = self._lambda
         x = lfilter([0.0, 1 - lam], [1.0, -lam], eps) + state.x * lam ** np.arange(idx.size)
-        log_price = state.log_price + np.cumsum(a * eps + b * x)
+        log_price = state.log_price + np.cumsum(a * eps + b * x + jumps)
         sk = _Skeleton(minute, a, b, eps, x, log_price, sigma)
         self._skeletons[key] = sk
         if len(self._skeletons) > 512:
             self._skeletons.popitem(last=False)
         return sk
+
+    def _volatility_level(self, symbol: str, day: int, idx: np.ndarray) -> np.ndarray:
+        """texture="market": the volatility multiplier of each open minute `idx` of `day` — a
+        daily log-level (AR(1) over days, from each day's own seeded draw) and an hourly AR(1)
+        within the day, normalised so the mean variance is unchanged."""
+        phi, sd = _VOL_PERSISTENCE, _VOL_DAILY_SD
+        draws = np.array(
+            [self._rng(symbol, d, 2).standard_normal() for d in range(day - _VOL_MEMORY_DAYS + 1, day + 1)]
+        )
+        level = sd * math.sqrt(1 - phi**2) * float(np.sum(draws * phi ** np.arange(draws.size)[::-1]))
+        psi, hsd = _VOL_HOURLY_PERSISTENCE, _VOL_HOURLY_SD
+        shocks = self._rng(symbol, day, 3).standard_normal(24)
+        hourly = lfilter([hsd * math.sqrt(1 - psi**2)], [1.0, -psi], shocks)
+        log_vol = level + hourly[idx // 60]
+        # E[exp(2·log_vol)] = exp(2(sd² + hsd²)): subtracting the variances keeps the mean variance
+        return np.exp(log_vol - (sd**2 + hsd**2))
+
+    def _news(
+        self, symbol: str, day: int, idx: np.ndarray, sigma: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """texture="market": (log-price jump per open minute, volatility multiplier after news)
+        for `day`. The news schedule is the same for every symbol (a US release moves them all);
+        each symbol's jump is its own draw."""
+        jumps = np.zeros(idx.size)
+        after = np.ones(idx.size)
+        if datetime.fromtimestamp(day * DAY, UTC).weekday() >= 5:
+            return jumps, after
+        schedule = np.random.default_rng([self.config.seed, day, 4]).random(len(_NEWS))
+        draws = self._rng(symbol, day, 4).standard_normal(len(_NEWS))
+        for (at, chance), u, z in zip(_NEWS, schedule, draws, strict=True):
+            k = int(np.searchsorted(idx, at))
+            if u >= chance or k >= idx.size or idx[k] != at:
+                continue
+            jumps[k] = _NEWS_JUMP_SIGMAS * sigma[k] * z
+            since = idx[k:] - at
+            after[k:] *= 1 + (_NEWS_AFTER_VOL - 1) * np.clip(1 - since / _NEWS_AFTER_MINUTES, 0, 1)
+        return jumps, after
 
     def _day_ticks(self, symbol: str, day: int) -> np.ndarray:
         """All ticks of one UTC day (times in UTC), cached."""
