@@ -93,7 +93,7 @@ def forward(bundle: dict, params: Params, end: datetime) -> dict:
     stacked, ensemble = bundle["stacked"], bundle["ensemble"]
     preds = {"stacked": stacked.predict_proba(X), "ensemble": ensemble.predict_proba(X)}
     preds.update({n: m.predict_proba(X) for n, m in zip(stacked.names, stacked.base, strict=True)})
-    rate = bundle["train_positive_rate"]
+    rate = float(y.mean())  # the base rate as evaluation and the gate take it: these rows' own frequency
     out = {name: summary(y, p, p_true, rate) for name, p in preds.items()}
     out["registered"] = {**out[bundle["registered"]], "kind": bundle["registered"]}
     best = min(stacked.names, key=lambda n: out[n]["log_loss"])

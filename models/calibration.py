@@ -24,6 +24,7 @@ from scipy.optimize import minimize, minimize_scalar
 from sklearn.isotonic import IsotonicRegression
 
 from models.metrics import EPS, log_loss
+from models.uncertainty import wilson
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -127,13 +128,6 @@ class Supported:
         return np.clip(self.inner.transform(p), self.low, self.high)
 
 
-def _wilson(freq: np.ndarray, n: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
-    """95 % Wilson interval of observed frequencies `freq` on `n` (effective) outcomes."""
-    centre = (freq + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(freq * (1 - freq) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
-
-
 def support_range(
     calibrated: np.ndarray, y: np.ndarray, horizon: int = 1, min_support: int = 50
 ) -> tuple[float, float]:
@@ -153,8 +147,8 @@ def support_range(
     top = np.cumsum(y[order[::-1]]) / k
     bottom = np.cumsum(y[order]) / k
     n_eff = k / h
-    high = float(_wilson(top, n_eff)[1][k_min - 1 :].max())
-    low = float(_wilson(bottom, n_eff)[0][k_min - 1 :].min())
+    high = float(wilson(top, n_eff)[1][k_min - 1 :].max())
+    low = float(wilson(bottom, n_eff)[0][k_min - 1 :].min())
     rate = float(y.mean())
     return min(low, rate), max(high, rate)
 

@@ -42,6 +42,11 @@ class Interval:
             "blocks": float(self.blocks),
         }
 
+    @classmethod
+    def from_dict(cls, d: dict[str, float]) -> Interval:
+        """The inverse of `as_dict` (a metrics file read back)."""
+        return cls(d["estimate"], d["low"], d["high"], d["level"], int(d.get("blocks", 0)))
+
 
 def block_seconds(horizon: int, bar_seconds: int) -> int:
     """Block length for labels spanning `horizon` bars of `bar_seconds`: one UTC day, or
@@ -120,6 +125,23 @@ def bootstrap_statistic(
         return Interval(estimate, float("nan"), float("nan"), level, len(members))
     low, high = np.quantile(values_arr, [alpha, 1 - alpha])
     return Interval(estimate, float(low), float(high), level, len(members))
+
+
+def wilson(
+    freq: np.ndarray, n: np.ndarray, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval (lower, upper) of observed frequencies `freq` on `n` outcomes
+    (an effective count: overlapping labels carry less than one outcome each), clipped to
+    [0, 1]. Keeps its coverage at frequencies near 0 or 1 and on small `n`, unlike the normal
+    approximation."""
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + level / 2))
+    n = np.maximum(np.asarray(n, dtype=float), 1e-9)
+    f = np.nan_to_num(np.asarray(freq, dtype=float))
+    centre = (f + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(f * (1 - f) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
 
 
 def row_log_loss(y: np.ndarray, p: np.ndarray, eps: float = 1e-12) -> np.ndarray:

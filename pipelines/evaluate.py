@@ -1,9 +1,10 @@
 """Evaluate step: the trained predictors on the held-out final time segment.
 
 Metrics for the registered predictor, the stack, the ensemble and each base learner: log
-loss, Brier, ECE (15 bins), AUC, accuracy, base-rate log loss (training base rate); on
-simulator data with direction labels also the Bayes-optimal log loss from the planted true
-probabilities and the relative gap to it. A threshold-policy backtest (long when p > t,
+loss, Brier, ECE (15 bins), AUC, accuracy, base-rate log loss (always predicting the
+holdout's own frequency: the strictest constant, as the promotion gate); on simulator data
+with direction labels also the Bayes-optimal log loss from the planted true probabilities and
+the relative gap to it. A threshold-policy backtest (long when p > t,
 short when p < 1 − t; the bar's spread — or `assumed_spread_pips` where the data's spread is
 zero or missing — and a commission charged, in pips) reports trades, hit rate, PnL, Sharpe
 and max drawdown.
@@ -168,14 +169,14 @@ def spread_report(result: dict[str, dict[str, Any]], assumed: float) -> list[str
 
 
 def intervals(
-    y: np.ndarray, p: np.ndarray, train_rate: float, blocks: np.ndarray, level: float = 0.95
+    y: np.ndarray, p: np.ndarray, base_rate: float, blocks: np.ndarray, level: float = 0.95
 ) -> dict[str, dict[str, float]]:
     """Block-bootstrap intervals of the registered predictor's headline figures: log loss, its
-    improvement over the training base rate (``edge``, nats per row), ECE and AUC."""
+    improvement over always predicting `base_rate` (``edge``, nats per row), ECE and AUC."""
     rows = row_log_loss(y, p)
     return {
         "log_loss": bootstrap_mean(rows, blocks, level).as_dict(),
-        "edge": bootstrap_mean(row_log_loss(y, np.full(y.size, train_rate)) - rows, blocks, level).as_dict(),
+        "edge": bootstrap_mean(row_log_loss(y, np.full(y.size, base_rate)) - rows, blocks, level).as_dict(),
         "ece": bootstrap_statistic(ece, (y, p), blocks, level, draws=300).as_dict(),
         "auc": bootstrap_statistic(auc, (y, p), blocks, level, draws=300).as_dict(),
     }
@@ -216,14 +217,9 @@ def reliability_bands(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Wilson confidence band of each bin's observed frequency, on the bin's effective count
     (rows / `design_effect`: overlapping labels carry less than one outcome each)."""
-    from scipy.stats import norm
+    from models.uncertainty import wilson
 
-    z = float(norm.ppf(0.5 + level / 2))
-    n = np.maximum(count / max(design_effect, 1.0), 1e-9)
-    f = np.nan_to_num(freq)
-    centre = (f + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(f * (1 - f) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+    return wilson(freq, count / max(design_effect, 1.0), level)
 
 
 def reliability_figure(
@@ -324,7 +320,7 @@ def plots(
 def headline(metrics: dict[str, Any]) -> dict[str, float | int]:
     """The registered predictor's headline, flat and narrow (what ``dvc metrics show``
     prints, one line of at most ~120 characters): holdout ``rows``, ``log_loss``, its
-    improvement over the training base rate ``edge`` (> 0 is skill) with its 95 % interval
+    improvement over the base rate ``edge`` (> 0 is skill) with its 95 % interval
     ``edge_low``/``edge_high`` (skill only when ``edge_low`` > 0), ``ece``, ``auc`` and, on the
     simulator, the relative gap to the Bayes-optimal log loss ``bayes_gap``. The rest — the
     base rate's log loss, the independent labels, every interval — is in ``details.json``."""
@@ -362,7 +358,9 @@ def evaluate(
     rows = holdout.test
     X, y = data.X[rows], data.y[rows]
     p_true = true_probabilities(data, rows, params)
-    rate = bundle["train_positive_rate"]
+    # the base rate is the holdout's own frequency — the strictest constant, and the one the
+    # promotion gate measures skill against — so the edge printed here is the gate's edge
+    rate = float(y.mean())
     stacked, ensemble = bundle["stacked"], bundle["ensemble"]
     preds = {"stacked": stacked.predict_proba(X), "ensemble": ensemble.predict_proba(X)}
     for name, model in zip(stacked.names, stacked.base, strict=True):
@@ -407,8 +405,8 @@ def report(metrics: dict[str, Any], assumed_spread_pips: float) -> str:
     """The evaluation as a user reads it: every figure with its 95 % interval."""
     r, ci = metrics["registered"], metrics["intervals"]
 
-    def iv(key: str, digits: int = 4) -> str:
-        return Interval(**{k: v for k, v in ci[key].items() if k != "blocks"}, blocks=0).text(digits)
+    def iv(key: str, digits: int = 4, within: dict = ci) -> str:
+        return Interval.from_dict(within[key]).text(digits)
 
     gap = f", Bayes gap {r['bayes_gap']:.2%}" if "bayes_gap" in r else ""
     lines = [
@@ -424,13 +422,9 @@ def report(metrics: dict[str, Any], assumed_spread_pips: float) -> str:
             lines.append(f"  backtest {symbol}: no trades")
             continue
         bi = b["intervals"]
-
-        def bt(key: str, digits: int, bi: dict = bi) -> str:
-            return Interval(**{k: v for k, v in bi[key].items() if k != "blocks"}, blocks=0).text(digits)
-
         lines.append(
-            f"  backtest {symbol}: {b['trades']:.0f} trades, PnL {bt('pnl_pips', 1)} pips, "
-            f"Sharpe {bt('sharpe', 2)}, hit rate {bt('hit_rate', 3)}"
+            f"  backtest {symbol}: {b['trades']:.0f} trades, PnL {iv('pnl_pips', 1, bi)} pips, "
+            f"Sharpe {iv('sharpe', 2, bi)}, hit rate {iv('hit_rate', 3, bi)}"
         )
     lines += [f"  {line}" for line in spread_report(metrics["backtest"], assumed_spread_pips)]
     pbo = metrics.get("overfitting") or {}
