@@ -24,6 +24,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.ingest import publish_reports
 from pipelines import featurize, train
+from pipelines.bar_store import BarStore
 from pipelines.config import load_params
 from pipelines.ingest import SeriesReport, history
 
@@ -71,9 +72,12 @@ def _ingest_body(params_path: str, profile: str | None) -> list[SeriesReport]:
 def _featurize_body(params_path: str, profile: str | None) -> dict[str, int]:
     params = load_params(params_path, profile)
     symbols = list(params.data.symbols)
+    data_md5 = BarStore(params.data.root).content_md5()  # before reading: lineage names what was read
     futures = featurize_symbol.map([params] * len(symbols), symbols)
     results = dict(zip(symbols, (f.result() for f in futures), strict=True))  # all, then write
-    rows = featurize.write_outputs(results, params.features, params.labels, params.outputs / "featurize")
+    rows = featurize.write_outputs(
+        results, params.features, params.labels, params.outputs / "featurize", data_md5
+    )
     get_run_logger().info("featurize: %s", rows)
     return rows
 

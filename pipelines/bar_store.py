@@ -189,6 +189,7 @@ class BarStore:
         self._swept: set[SeriesKey] = set()  # series whose crash leftovers this process removed
         # folder → (its mtime, when it was listed, the parts): see `parts`
         self._listings: dict[Path, tuple[int, int, tuple[Part, ...]]] = {}
+        self._file_md5: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) → md5: see content_md5
 
     # --- paths and listing -------------------------------------------------------------------------
     def series_dir(self, key: SeriesKey, quarantine: bool = False, flags: bool = False) -> Path:
@@ -242,6 +243,33 @@ class BarStore:
                     for d in sorted(sym_dir.glob("timeframe=*"))
                 ]
         return out
+
+    def content_md5(self) -> str:
+        """The DVC directory hash of everything under `root` — what ``dvc add``/``dvc commit``
+        would record in ``data.dvc`` (``<md5>.dir``) — ignoring the store's lock and temporary
+        files as ``.dvcignore`` does. Lineage: a model records the hash of the data it read,
+        which after live ingestion is newer than ``data.dvc``. Reads every file (files seen
+        before with the same size and modification time are not read again)."""
+        import hashlib
+        import json
+
+        entries = []
+        for path in sorted(self.root.rglob("*")):
+            if path.name.startswith(".") or not path.is_file():
+                continue
+            st = path.stat()
+            key = (str(path), st.st_size, st.st_mtime_ns)
+            digest = self._file_md5.get(key)
+            if digest is None:
+                h = hashlib.md5()  # noqa: S324 - DVC's content hash, not a security use
+                with open(path, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(chunk)
+                digest = self._file_md5[key] = h.hexdigest()
+            entries.append({"md5": digest, "relpath": path.relative_to(self.root).as_posix()})
+        entries.sort(key=lambda e: e["relpath"].split("/"))
+        listing = json.dumps(entries, sort_keys=True).encode()
+        return hashlib.md5(listing).hexdigest() + ".dir"  # noqa: S324
 
     def watermark(self, key: SeriesKey) -> int | None:
         """Last processed instant (epoch s for bars, ms for ticks, UTC), or None if empty."""

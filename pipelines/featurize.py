@@ -95,8 +95,9 @@ def run(
 ) -> dict[str, int]:
     """Featurize every configured symbol; returns rows written per symbol."""
     contract = contract or DataContract()
+    data_md5 = BarStore(data.root).content_md5()  # before reading: lineage names what was read
     results = {s: featurize_one(data, features, labels, s, contract) for s in data.symbols}
-    return write_outputs(results, features, labels, out_dir)
+    return write_outputs(results, features, labels, out_dir, data_md5)
 
 
 def featurize_one(
@@ -121,15 +122,18 @@ def write_outputs(
     features: FeaturesParams,
     labels: LabelsParams,
     out_dir: Path,
+    data_md5: str | None = None,
 ) -> dict[str, int]:
     """Write every symbol's frame and the manifest (only once all symbols are computed), as one
-    folder swapped in for `out_dir`: readers see the old outputs or all of the new ones."""
+    folder swapped in for `out_dir`: readers see the old outputs or all of the new ones.
+    `data_md5`: the bar store's content hash when it was read (`BarStore.content_md5`), kept in
+    the manifest as ``data_md5`` for lineage."""
     columns = next(iter(results.values()))[1] if results else []
     for symbol, (_, cols, _) in results.items():
         if cols != columns:
             raise FeaturizeError(f"{symbol}: feature columns differ from the other symbols'")
     with staged_dir(out_dir) as stage:
-        _write_folder(results, columns, features, labels, stage)
+        _write_folder(results, columns, features, labels, stage, data_md5)
     return {s: len(r[0]) for s, r in results.items()}
 
 
@@ -139,6 +143,7 @@ def _write_folder(
     features: FeaturesParams,
     labels: LabelsParams,
     out_dir: Path,
+    data_md5: str | None,
 ) -> None:
     for symbol, (frame, _, _) in results.items():
         write_parquet_atomic(pa.Table.from_pandas(frame, preserve_index=False), out_dir / f"{symbol}.parquet")
@@ -152,6 +157,7 @@ def _write_folder(
         "feature_spec": asdict(features.spec()),
         "direction": asdict(labels.direction_spec()),
         "triple_barrier": asdict(labels.triple_barrier_spec()),
+        "data_md5": data_md5 or "unknown",
     }
     write_text_atomic(json.dumps(manifest, indent=2) + "\n", out_dir / "columns.json")
 

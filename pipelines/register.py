@@ -120,7 +120,11 @@ def register(params: Params, repo: Path = Path(".")) -> tuple[str, str, GateDeci
         X.head(5),
         flat("", sections),
         scalar,
-        {**lineage(repo, sections), "symbols": ",".join(bundle["symbols"]), "kind": bundle["registered"]},
+        {
+            **lineage(repo, sections, data.manifest.get("data_md5")),
+            "symbols": ",".join(bundle["symbols"]),
+            "kind": bundle["registered"],
+        },
         [
             p
             for p in (

@@ -91,24 +91,39 @@ def _pyfunc_class() -> type:
     return type("MT5ProbabilityModel", (ProbabilityModel, mlflow.pyfunc.PythonModel), {})
 
 
-def lineage(repo: Path, params_sections: dict[str, Any]) -> dict[str, str]:
-    """git commit, data.dvc content hash and a hash of the params that shaped the model."""
+def lineage(
+    repo: Path, params_sections: dict[str, Any], data_md5: str | None = None
+) -> dict[str, str]:
+    """git commit, the data's content hash and a hash of the params that shaped the model.
+
+    ``data_dvc_md5`` is `data_md5` — the DVC directory hash of the bar store when featurize
+    read it (`BarStore.content_md5`, recorded in the featurize manifest), so a model retrained
+    on newer live bars names *its* data — or, for outputs featurized before that was recorded,
+    the hash in ``data.dvc``. ``data_dvc_committed`` says whether ``data.dvc`` names that same
+    content (``dvc checkout`` restores it) or not (the data is newer than the commit: ``dvc
+    commit data.dvc`` records it)."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
-    data_hash = "unknown"
+    committed = "unknown"
     dvc_file = repo / "data.dvc"
     if dvc_file.is_file():
         for line in dvc_file.read_text().splitlines():
             if line.strip().startswith("- md5:"):
-                data_hash = line.split(":", 1)[1].strip()
+                committed = line.split(":", 1)[1].strip()
+    data_hash = data_md5 if data_md5 and data_md5 != "unknown" else committed
     params_hash = hashlib.sha256(
         json.dumps(params_sections, sort_keys=True, default=str).encode()
     ).hexdigest()
-    return {"git_commit": commit, "data_dvc_md5": data_hash, "params_sha256": params_hash[:16]}
+    return {
+        "git_commit": commit,
+        "data_dvc_md5": data_hash,
+        "data_dvc_committed": str(data_hash == committed).lower(),
+        "params_sha256": params_hash[:16],
+    }
 
 
 class TrialLogger:

@@ -139,6 +139,8 @@ def test_train_evaluate_register(params, tmp_path):
     registry = Registry(params.registry.tracking_uri)
     mv = registry.client.get_model_version(name, "1")
     assert {"git_commit", "data_dvc_md5", "params_sha256", "gate_decision", "run_id"} <= set(mv.tags)
+    assert mv.tags["data_dvc_md5"] == BarStore(params.data.root).content_md5()  # the data it read
+    assert mv.tags["data_dvc_committed"] == "false"  # not the repository's data.dvc snapshot
     described = registry.client.get_registered_model(name).description
     assert mv.description == described and f"horizon: {params.labels.horizon} bars of M5" in described
     assert "Trained on M5 bars from " in described and "Features (" in described
