@@ -145,7 +145,9 @@ def _line(label: str, m: dict) -> str:
     bases = {
         k: v["log_loss"]
         for k, v in m.items()
-        if isinstance(v, dict) and "log_loss" in v and k not in ("registered", "stacked", "ensemble")
+        if isinstance(v, dict)
+        and isinstance(v.get("log_loss"), float)
+        and k not in ("registered", "stacked", "ensemble")
     }
     return (
         f"  {label}: registered ({reg['kind']}) log loss {reg['log_loss']:.5f}, base rate "

@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 MINUTES_PER_WEEK = 7 * 1440
 _EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday (Monday = 0)
@@ -58,8 +57,13 @@ def is_open(times: np.ndarray, hours: MarketHours) -> np.ndarray:
     for start, end in hours.daily_breaks:
         closed |= (of_day >= start) & (of_day < end)
     if hours.holidays and t.size:
-        month_day = pd.to_datetime(t, unit="s").strftime("%m-%d").to_numpy()
-        closed |= np.isin(month_day, np.array(hours.holidays))
+        days = (t // 86400).astype("datetime64[D]")
+        months = days.astype("datetime64[M]")
+        code = (months - days.astype("datetime64[Y]")).astype(np.int64) * 100 + (days - months).astype(
+            np.int64
+        )
+        wanted = [(int(h[:2]) - 1) * 100 + int(h[3:]) - 1 for h in hours.holidays]  # "MM-DD" → same code
+        closed |= np.isin(code, wanted)
     return ~closed
 
 

@@ -1,20 +1,26 @@
 """Prefect flow ``monitor``: orchestration only, the checks are in `pipelines.monitor`.
 
-Publishes the feature-drift and live-calibration tables as artifacts. Past a threshold it
-publishes the breaches, logs a WARNING and ends in a failed state — after starting the
-``train`` flow when ``monitor.retrain_on_breach`` is true.
+Publishes freshness, drift, live calibration and skill, and lag as artifacts, and a status
+summary (`monitor-status`). Notifications due — a check that breaches, once; a check that
+resolves — go out as Prefect events that the ``mt5prob-alerts`` automation sends to a
+notification block (`flows.alerts`). Past a threshold the run publishes the breaches, logs a
+WARNING and ends in a failed state — after starting the ``train`` flow when
+``monitor.retrain_on_breach`` is true.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.alerts import emit_notifications
 from pipelines.config import Params, load_params
-from pipelines.monitor import MonitorReport, check
+from pipelines.monitor import Alerts, MonitorReport, check
+from pipelines.status import status_markdown
 from pipelines.store import ResultsStore
 
 
@@ -23,12 +29,19 @@ class MonitorBreach(RuntimeError):
 
 
 @task(cache_policy=NO_CACHE)
-def check_task(params: Params) -> MonitorReport:
+def check_task(params: Params, now: datetime | None = None, alerts: Alerts | None = None) -> MonitorReport:
     results = ResultsStore.from_params(params.store)
     try:
-        return check(params, results)
+        return check(params, results, now=now, alerts=alerts)
     finally:
         results.close()
+
+
+def _run_url() -> str:
+    """The Prefect UI page of this flow run (its artifacts tab), for notifications."""
+    from prefect.runtime import flow_run
+
+    return (flow_run.ui_url or "") + "?tab=Artifacts" if flow_run.ui_url else ""
 
 
 def _round(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -36,25 +49,45 @@ def _round(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @flow(name="monitor", log_prints=True)
-def monitor_flow(params_path: str = "params.yaml", profile: str | None = None) -> dict[str, Any]:
-    """Feature drift (PSI) and live calibration (ECE, log loss) against ``monitor:`` thresholds.
+def monitor_flow(
+    params_path: str = "params.yaml", profile: str | None = None, now: datetime | None = None
+) -> dict[str, Any]:
+    """Freshness, drift (PSI), live calibration and skill, lag and the scoring API against the
+    ``monitor:`` thresholds; notifies on breaches and resolutions (`flows.alerts`).
 
     Args:
         params_path: params.yaml to read (relative to the serving process's working directory).
         profile: a profile of params.yaml merged over it, e.g. ``fast``; empty for none.
+        now: the moment judged (UTC); empty for the wall clock.
     """
     params = load_params(params_path, profile)
-    report = check_task(params)
-    create_table_artifact(key="monitor-drift", table=_round(report.drift), description="PSI per symbol")
+    alerts = Alerts(params.monitor.state_path)
+    report = check_task(params, now, alerts)
+    due = alerts.update(report.findings, (now or datetime.now(UTC)).timestamp())
+    alerts.save()
+    emit_notifications(due, _run_url())
+    create_markdown_artifact(key="monitor-status", markdown=status_markdown(report, alerts))
+    if report.freshness:
+        create_table_artifact(
+            key="monitor-freshness", table=report.freshness, description="newest bar per series"
+        )
+    if report.drift:
+        create_table_artifact(key="monitor-drift", table=_round(report.drift), description="PSI per symbol")
     if report.calibration:
         create_table_artifact(
             key="monitor-calibration",
             table=_round(report.calibration),
-            description="matured live probabilities per model version and tenant",
+            description="matured live probabilities per model version and tenant: ECE, log loss, skill",
         )
+    summary = {
+        "breaches": report.breaches,
+        "drift": report.drift,
+        "calibration": report.calibration,
+        "notified": [n.kind + " " + n.check for n in due],
+    }
     if report.ok:
         get_run_logger().info("monitor: no breach")
-        return {"breaches": [], "drift": report.drift, "calibration": report.calibration}
+        return summary
     logger = get_run_logger()
     for breach in report.breaches:
         logger.warning("monitor breach: %s", breach)

@@ -504,6 +504,17 @@ class MonitorParams(_Frozen):
     ece_max: float = Field(0.05, gt=0)  # live ECE above this (on ≥ min_rows matured rows) is a breach
     min_rows: int = Field(200, ge=1)
     retrain_on_breach: bool = False  # the monitor flow then starts the train flow
+    stale_bars: int = Field(3, ge=1)  # newest bar older than this many bars of open market: stale
+    lag_window_minutes: float = Field(60.0, gt=0)  # results committed this recently are judged
+    lag_p99_ms: float = Field(1000.0, gt=0)  # bar close → committed p99 above this is a breach
+    lag_min_results: int = Field(20, ge=1)
+    skill_min_rows: int = Field(500, ge=10)  # live skill is judged from this many matured rows
+    level: float = Field(0.95, gt=0.5, lt=1.0)  # of the live-skill interval
+    service_url: str | None = None  # scoring service whose /metrics are checked (None: not checked)
+    api_error_rate_max: float = Field(0.01, ge=0, le=1)  # 5xx share of requests since the last check
+    api_p99_ms: float = Field(250.0, gt=0)
+    api_min_requests: int = Field(20, ge=1)
+    state_path: Path = Path("outputs/monitor/state.json")  # open alerts, silences, last scrape
 
 
 class SchedulesParams(_Frozen):

@@ -1,5 +1,16 @@
-"""Monitoring: is the world still the one the champion was trained on, and are its live
-probabilities still calibrated?
+"""Monitoring: is the data arriving, is the world still the one the champion was trained on,
+are its live probabilities still calibrated and skilful, is the service healthy?
+
+* Freshness — every configured series' newest stored bar against the clock, counted in bars
+  of *open market* (``features.market_hours``: weekends, breaks and holidays do not count);
+  stale past ``monitor.stale_bars``.
+* Live lag — bar close → committed of the results of the last ``monitor.lag_window_minutes``;
+  a breach when its p99 is over ``monitor.lag_p99_ms``.
+* Live skill — per model version and per tenant, the log-loss improvement of matured live
+  probabilities over the base rate with a block-bootstrap interval (`models.checks.skill_check`);
+  a breach when it does not show skill, from ``monitor.skill_min_rows`` rows up.
+* The scoring API — its own Prometheus metrics (``monitor.service_url``/metrics) scraped at each
+  check: 5xx share and p99 latency since the previous check (`models.checks.api_check`).
 
 * Feature drift — population stability index (`models.metrics.psi`) of each market feature
   (calendar and session columns, functions of the clock, are left out) over the
@@ -9,8 +20,11 @@ probabilities still calibrated?
   (its horizon has passed in the stored bars), the realised direction label; ECE and log loss
   per model version and per tenant, from ``monitor.min_rows`` rows up.
 
-Past ``monitor.psi_max`` / ``monitor.ece_max`` a check is a breach (the ``monitor`` flow then
-publishes it, logs a WARNING and fails; optionally starts retraining). Times UTC.
+Past ``monitor.psi_max`` / ``monitor.ece_max`` a check is a breach. Every check yields
+`models.checks.Finding`s; `Alerts` keeps which are open (``monitor.state_path``) so an operator
+is told once when a check breaches and once when it resolves (`models.checks.transitions`), and
+can silence a check for a while (``python -m pipelines.status silence CHECK --hours 2``). The
+``monitor`` flow sends those notifications through Prefect (`flows.alerts`). Times UTC.
 
     python -m pipelines.monitor [--params params.yaml] [--profile fast]
 """
@@ -18,9 +32,11 @@ publishes it, logs a WARNING and fails; optionally starts retraining). Times UTC
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +45,18 @@ import pandas as pd
 from features.bars import Bars
 from features.labels import direction_labels
 from features.matrix import build_features, family_columns
+from models.checks import (
+    Finding,
+    Notification,
+    api_check,
+    drift_check,
+    lag_check,
+    skill_check,
+    stale_series,
+    transitions,
+)
 from models.metrics import ece, log_loss, psi
+from models.uncertainty import block_seconds
 from pipelines.bar_store import BarStore, SeriesKey
 from pipelines.config import Params
 from pipelines.featurize import load_bars
@@ -42,7 +69,17 @@ from pipelines.train import load_training_data, splits
 class MonitorReport:
     drift: list[dict[str, Any]] = field(default_factory=list)  # per symbol: max/mean PSI, worst features
     calibration: list[dict[str, Any]] = field(default_factory=list)  # per model version and per tenant
-    breaches: list[str] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)  # every check, healthy or breached
+    freshness: list[dict[str, Any]] = field(default_factory=list)  # per series: newest bar, missing bars
+    lags: dict[str, float] = field(default_factory=dict)  # p50/p99 ms, results
+    lag_values: np.ndarray = field(default_factory=lambda: np.zeros(0))  # every result's lag, ms
+    psi: dict[str, dict[str, float]] = field(default_factory=dict)  # symbol → feature → PSI
+    matured: pd.DataFrame = field(default_factory=pd.DataFrame)  # matured live rows (y, probability)
+    api: dict[str, Any] = field(default_factory=dict)  # this scrape of the service's metrics
+
+    @property
+    def breaches(self) -> list[str]:
+        return [f.message for f in self.findings if f.breached]
 
     @property
     def ok(self) -> bool:
@@ -75,6 +112,7 @@ def feature_drift(params: Params) -> list[dict[str, Any]]:
                 "max_psi": max(values.values()),
                 "mean_psi": float(np.mean(list(values.values()))),
                 "worst": ", ".join(f"{c} {v:.2f}" for c, v in worst),
+                "psi": values,  # every feature (check() moves it to MonitorReport.psi)
             }
         )
     return rows
@@ -91,9 +129,10 @@ def _realised(store: BarStore, symbol: str, timeframe: str, horizon: int, params
 
 def live_calibration(
     params: Params, results: ResultsStore, since: datetime | None = None
-) -> list[dict[str, Any]]:
-    """ECE and log loss of matured live probabilities, per model version and per tenant
-    (direction labels; read through each tenant's own session)."""
+) -> tuple[list[dict[str, Any]], pd.DataFrame]:
+    """ECE, log loss and skill of matured live probabilities, per model version and per tenant
+    (direction labels; read through each tenant's own session); and the matured rows
+    themselves (bar_time, y, probability, model, tenant)."""
     bar_store = BarStore(params.data.root)
     frames = []
     for tenant in results.directory():
@@ -103,7 +142,7 @@ def live_calibration(
             f["tenant"] = tenant.tenant_id  # ids only: names are the tenants' own (sealed)
             frames.append(f[f.label_kind == "direction"])
     if not frames:
-        return []
+        return [], pd.DataFrame()
     rows = pd.concat(frames, ignore_index=True)
     realised = {}
     for (symbol, tf, h), _ in rows.groupby(["symbol", "timeframe", "horizon"]):
@@ -115,42 +154,205 @@ def live_calibration(
     ]
     matured = rows[rows.y.notna()]
     out = []
+    cfg = params.monitor
     for key, label in ((["model_name", "model_version"], "model"), (["tenant", "model_name"], "tenant")):
         for k, g in matured.groupby(key):
+            y, p = g.y.to_numpy(), g.probability.to_numpy()
+            name = f"{label} {' '.join(map(str, k))}"
+            horizon = int(g.horizon.max())
+            span = block_seconds(horizon, timeframe_seconds(str(g.timeframe.iloc[0])))
+            times = g.bar_time.map(lambda x: int(x.timestamp())).to_numpy()
+            finding, edge = skill_check(name, y, p, times, span, cfg.skill_min_rows, cfg.level)
             out.append(
                 {
                     "by": label,
                     "key": " ".join(map(str, k)),
                     "rows": len(g),
-                    "ece": ece(g.y.to_numpy(), g.probability.to_numpy()),
-                    "log_loss": log_loss(g.y.to_numpy(), g.probability.to_numpy()),
+                    "ece": ece(y, p),
+                    "log_loss": log_loss(y, p),
+                    "edge": edge.estimate if edge else float("nan"),
+                    "edge_low": edge.low if edge else float("nan"),
+                    "edge_high": edge.high if edge else float("nan"),
+                    "skill": finding,
                 }
             )
-    return out
+    return out, matured
+
+
+def freshness(params: Params, now: int) -> tuple[list[dict[str, Any]], list[Finding]]:
+    """Newest stored bar of every configured series against `now` (UTC epoch seconds)."""
+    store = BarStore(params.data.root)
+    newest, seconds = {}, {}
+    for symbol in params.data.symbols:
+        for tf in params.data.timeframes:
+            mark = store.watermark(SeriesKey("bars", symbol, tf))
+            if mark is not None:
+                newest[f"{symbol} {tf}"] = mark
+                seconds[f"{symbol} {tf}"] = timeframe_seconds(tf)
+    findings = stale_series(
+        newest, seconds, now, params.features.spec().market_hours, params.monitor.stale_bars
+    )
+    table = [
+        {
+            "series": k,
+            "newest_bar_utc": _iso(newest[k]),
+            "missing_open_bars": int(f.value),
+            "stale": f.breached,
+        }
+        for k, f in zip(sorted(newest), findings, strict=True)
+    ]
+    return table, findings
+
+
+def live_lags(results: ResultsStore, since: datetime, until: datetime) -> np.ndarray:
+    """Bar close → committed (milliseconds) of every result committed in (`since`, `until`]
+    (UTC), once per (series, model version, bar), read through each tenant's own session."""
+    seen: dict[tuple, float] = {}
+    for tenant in results.directory():
+        with results.tenant(tenant.tenant_id, actor="monitor") as session:
+            f = session.probabilities(start=since - pd.Timedelta(days=2))
+        if not len(f):
+            continue
+        # the tenant view's ``scored_at`` is the score's commit time (the ``scores`` table's committed_at)
+        f = f[(f.scored_at > pd.Timestamp(since)) & (f.scored_at <= pd.Timestamp(until))]
+        lag = (f.scored_at - f.bar_closed_at).dt.total_seconds().to_numpy() * 1000.0
+        for key, value in zip(
+            zip(f.symbol, f.timeframe, f.model_name, f.model_version, f.bar_time, strict=True),
+            lag,
+            strict=True,
+        ):
+            seen[key] = float(value)
+    return np.array(list(seen.values()), dtype=float)
+
+
+def scrape_api(url: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The scoring service's request counters and latency histogram from its Prometheus
+    ``/metrics`` (`prometheus_summary`); raises OSError when it does not answer."""
+    import httpx
+
+    try:
+        r = httpx.get(f"{url.rstrip('/')}/metrics", timeout=timeout, verify=False)  # noqa: S501 - own service
+        r.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise OSError(f"scoring service metrics at {url} did not answer: {exc}") from exc
+    return prometheus_summary(r.text)
+
+
+def prometheus_summary(text: str) -> dict[str, Any]:
+    """From the service's metrics text: ``requests`` and ``errors`` (5xx) — totals of
+    ``mt5prob_requests`` — and the latency histogram ``mt5prob_request_seconds`` summed over
+    endpoints and models (``buckets``: upper edges in seconds, ``counts``: cumulative)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    requests = errors = 0.0
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "mt5prob_requests_total":
+                requests += sample.value
+                if str(sample.labels.get("status", "")).startswith("5"):
+                    errors += sample.value
+            elif sample.name == "mt5prob_request_seconds_bucket":
+                le = float(sample.labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + sample.value
+    edges = sorted(buckets)
+    return {"requests": requests, "errors": errors, "buckets": edges, "counts": [buckets[e] for e in edges]}
+
+
+class Alerts:
+    """Open alerts, silences and the last API scrape, kept in a JSON file written atomically
+    (``monitor.state_path``) between monitor runs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        raw = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.open: dict[str, str] = raw.get("open", {})
+        self.silenced: dict[str, float] = raw.get("silenced", {})
+        self.api: dict[str, Any] = raw.get("api", {})
+        self.sent: list[dict[str, Any]] = raw.get("sent", [])
+
+    def update(self, findings: list[Finding], now: float) -> list[Notification]:
+        """Apply `findings` (`models.checks.transitions`); returns the notifications due."""
+        self.open, due = transitions(self.open, findings, self.silenced, now)
+        self.silenced = {k: v for k, v in self.silenced.items() if v > now}
+        self.sent = (self.sent + [{"at": now, **dataclasses.asdict(n)} for n in due])[-200:]
+        return due
+
+    def silence(self, check: str, until: float) -> None:
+        self.silenced[check] = until
+
+    def save(self) -> None:
+        from pipelines.atomic_files import write_text_atomic
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        state = {"open": self.open, "silenced": self.silenced, "api": self.api, "sent": self.sent}
+        write_text_atomic(json.dumps(state, indent=1, sort_keys=True) + "\n", self.path)
 
 
 def check(
-    params: Params, results: ResultsStore | None = None, since: datetime | None = None
+    params: Params,
+    results: ResultsStore | None = None,
+    since: datetime | None = None,
+    now: datetime | None = None,
+    alerts: Alerts | None = None,
 ) -> MonitorReport:
-    """Both checks with the ``monitor:`` thresholds; breaches named in the report."""
+    """Every check with the ``monitor:`` thresholds (`MonitorReport.findings`). `now` (UTC,
+    default the wall clock) is the moment judged; `alerts` holds the previous API scrape."""
     cfg = params.monitor
     report = MonitorReport()
-    report.drift = feature_drift(params)
-    for row in report.drift:
-        if row["max_psi"] > cfg.psi_max:
-            report.breaches.append(
-                f"feature drift on {row['symbol']}: max PSI {row['max_psi']:.2f} > "
-                f"{cfg.psi_max} ({row['worst']})"
-            )
+    now = now or datetime.now(UTC)
+    report.freshness, stale = freshness(params, int(now.timestamp()))
+    report.findings += stale
+    if (params.outputs / "featurize" / "columns.json").is_file():
+        report.drift = feature_drift(params)
+        report.psi = {r["symbol"]: r.pop("psi") for r in report.drift}
+        report.findings += [
+            drift_check(r["symbol"], r["max_psi"], r["worst"], cfg.psi_max) for r in report.drift
+        ]
     if results is not None:
-        report.calibration = live_calibration(params, results, since)
+        report.calibration, report.matured = live_calibration(params, results, since)
         for row in report.calibration:
-            if row["rows"] >= cfg.min_rows and row["ece"] > cfg.ece_max:
-                report.breaches.append(
-                    f"live calibration of {row['by']} {row['key']}: ECE {row['ece']:.3f} > "
-                    f"{cfg.ece_max} on {row['rows']} matured rows"
+            report.findings.append(row.pop("skill"))
+            report.findings.append(
+                Finding(
+                    f"calibration:{row['by']}:{row['key'].replace(' ', ':')}",
+                    row["rows"] >= cfg.min_rows and row["ece"] > cfg.ece_max,
+                    row["ece"],
+                    cfg.ece_max,
+                    f"live calibration of {row['by']} {row['key']}: ECE {row['ece']:.3f} (limit "
+                    f"{cfg.ece_max}) on {row['rows']} matured rows",
                 )
+            )
+        lags = live_lags(results, now - timedelta(minutes=cfg.lag_window_minutes), now)
+        finding = lag_check(lags, cfg.lag_p99_ms, cfg.lag_min_results)
+        report.findings.append(finding)
+        report.lag_values = lags
+        if lags.size:
+            report.lags = {
+                "results": float(lags.size),
+                "p50_ms": float(np.percentile(lags, 50)),
+                "p99_ms": float(np.percentile(lags, 99)),
+            }
+    if cfg.service_url:
+        try:
+            report.api = scrape_api(cfg.service_url)
+        except OSError as exc:
+            report.findings.append(Finding("api:up", True, 0.0, 1.0, str(exc)))
+        else:
+            report.findings.append(
+                Finding("api:up", False, 1.0, 1.0, f"scoring service at {cfg.service_url} answers")
+            )
+            if alerts is not None and alerts.api:
+                report.findings += api_check(
+                    alerts.api, report.api, cfg.api_error_rate_max, cfg.api_p99_ms, cfg.api_min_requests
+                )
+            if alerts is not None:
+                alerts.api = report.api
     return report
+
+
+def _iso(t: int) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -158,21 +360,45 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     params = params_from_cli("python -m pipelines.monitor", __doc__, argv)
     results = ResultsStore.from_params(params.store)
-    report = check(params, results)
+    alerts = Alerts(params.monitor.state_path)
+    try:
+        report = check(params, results, alerts=alerts)
+    finally:
+        results.close()
+    due = alerts.update(report.findings, datetime.now(UTC).timestamp())
+    alerts.save()
+    print(render(report))
+    for n in due:
+        print(f"{n.kind.upper()}: {n.message}")
+    return 0 if report.ok else 1
+
+
+def render(report: MonitorReport) -> str:
+    """The report as an operator reads it: one line per check, breaches marked."""
+    lines = []
+    for row in report.freshness:
+        mark = "STALE" if row["stale"] else "ok"
+        lines.append(
+            f"{mark:6} {row['series']}: newest bar {row['newest_bar_utc']} UTC, "
+            f"{row['missing_open_bars']} missing"
+        )
     for row in report.drift:
-        print(
-            f"drift {row['symbol']}: max PSI {row['max_psi']:.3f}, mean {row['mean_psi']:.3f} "
+        lines.append(
+            f"drift  {row['symbol']}: max PSI {row['max_psi']:.3f}, mean {row['mean_psi']:.3f} "
             f"({row['worst']})"
         )
     for row in report.calibration:
-        print(
-            f"calibration {row['by']} {row['key']}: {row['rows']} rows, ECE {row['ece']:.4f}, "
-            f"log loss {row['log_loss']:.4f}"
+        lines.append(
+            f"live   {row['by']} {row['key']}: {row['rows']} matured rows, ECE {row['ece']:.4f}, log loss "
+            f"{row['log_loss']:.4f}, edge {row['edge']:.5f} [{row['edge_low']:.5f}, {row['edge_high']:.5f}]"
         )
-    for b in report.breaches:
-        print(f"BREACH: {b}")
-    results.close()
-    return 0 if report.ok else 1
+    if report.lags:
+        lines.append(
+            f"lag    bar close → committed: p50 {report.lags['p50_ms']:.0f} ms, "
+            f"p99 {report.lags['p99_ms']:.0f} ms ({report.lags['results']:.0f} results)"
+        )
+    lines += [f"BREACH {b}" for b in report.breaches]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,21 @@ class ProbabilityModel:
         return pd.DataFrame({"p_up": self.predictor.predict_proba(X)})
 
 
+def served_model_names(params: Any) -> list[str]:
+    """``serving.models``, or the one model this params file trains and registers."""
+    if params.serving.models:
+        return list(params.serving.models)
+    return [
+        model_name(
+            params.registry.name_prefix,
+            params.registry.symbol_group,
+            params.features.base_timeframe,
+            params.labels.kind,
+            params.labels.horizon,
+        )
+    ]
+
+
 def feature_spec_from_meta(meta: dict[str, Any]) -> FeatureSpec | None:
     """The `FeatureSpec` a registered model was trained with (None for models registered
     before the spec was recorded)."""

@@ -107,23 +107,6 @@ def _deployment_shape() -> dict[str, Any]:
 _SHAPE = _deployment_shape()
 
 
-def served_model_names(params: Any) -> list[str]:
-    """``serving.models``, or the one model this params file trains and registers."""
-    if params.serving.models:
-        return list(params.serving.models)
-    from pipelines.registry import model_name
-
-    return [
-        model_name(
-            params.registry.name_prefix,
-            params.registry.symbol_group,
-            params.features.base_timeframe,
-            params.labels.kind,
-            params.labels.horizon,
-        )
-    ]
-
-
 # ----------------------------------------------------------------------------- metrics
 _REQUESTS = bentoml.metrics.Counter(
     name="mt5prob_requests",
@@ -182,6 +165,7 @@ class ScoringService:
     def __init__(self) -> None:
         from pipelines.config import load_params
         from pipelines.model_cache import ModelCache
+        from pipelines.registry import served_model_names
         from pipelines.store import ResultsStore
         from serving import bodies
         from serving.auth import Authenticator

@@ -1,0 +1,243 @@
+"""Operational checks as pure decisions (issue 18): each takes measurements and thresholds and
+returns `Finding`s — one per checked thing, healthy or breached — and `transitions` turns two
+successive sets of findings into the notifications an operator should get.
+
+Checks (units in each docstring; times UTC epoch seconds):
+
+* `stale_series` — a series' newest bar is older than ``max_bars`` bars *of open market*
+  (weekends, daily breaks and holidays do not count: `features.gaps.MarketHours`).
+* `lag_check` — the p99 of bar close → committed over recent results, milliseconds.
+* `skill_check` — live log loss against the base rate, with a block-bootstrap interval: a breach
+  when the interval does not show skill (its lower bound is not above zero — the promotion
+  gate's own rule, applied to matured live probabilities).
+* `api_check` — the scoring service's error rate (5xx share of requests) and p99 latency
+  between two scrapes of its Prometheus metrics.
+* `drift_check` — PSI of the features against the training window (computed elsewhere).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from features.gaps import MarketHours, is_open
+from models.uncertainty import Interval, block_ids, bootstrap_mean, row_log_loss
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One checked thing. `check` is a stable id (``stale:EURUSD:M5``): notifications are keyed
+    by it. `value` and `threshold` are in the check's unit; `message` says it in one line."""
+
+    check: str
+    breached: bool
+    value: float
+    threshold: float
+    message: str
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def open_bars_between(start: int, end: int, seconds: int, hours: MarketHours) -> int:
+    """Bar slots of `seconds` opening in [start, end) while the market is open."""
+    if end <= start:
+        return 0
+    slots = np.arange(start, end, seconds, dtype=np.int64)
+    return int(is_open(slots, hours).sum())
+
+
+def stale_series(
+    newest: dict[str, int], seconds: dict[str, int], now: int, hours: MarketHours, max_bars: int
+) -> list[Finding]:
+    """Per series (``"EURUSD M5"`` → its newest bar's open time): stale when more than
+    `max_bars` bars of open market should have closed since that bar closed."""
+    out = []
+    for key, opened in sorted(newest.items()):
+        sec = seconds[key]
+        closed = opened + sec
+        # bars that opened at or after `closed` and have themselves closed by now
+        missing = open_bars_between(closed, now - sec + 1, sec, hours)
+        out.append(
+            Finding(
+                f"stale:{key.replace(' ', ':')}",
+                missing > max_bars,
+                float(missing),
+                float(max_bars),
+                f"{key}: newest bar opened {_iso(opened)} UTC; {missing} bar(s) of open market missing "
+                f"since (limit {max_bars})",
+            )
+        )
+    return out
+
+
+def lag_check(lags_ms: np.ndarray, p99_max_ms: float, min_rows: int, what: str = "live") -> Finding:
+    """The p99 of bar close → committed (milliseconds) over `lags_ms`; not judged below
+    `min_rows` results."""
+    lags = np.asarray(lags_ms, dtype=float)
+    lags = lags[np.isfinite(lags)]
+    if lags.size < min_rows:
+        return Finding(
+            f"lag:{what}", False, float("nan"), p99_max_ms, f"{what} lag: {lags.size} results, too few"
+        )
+    p50, p99 = (float(np.percentile(lags, q)) for q in (50, 99))
+    return Finding(
+        f"lag:{what}",
+        p99 > p99_max_ms,
+        p99,
+        p99_max_ms,
+        f"{what} lag bar close → committed: p50 {p50:.0f} ms, p99 {p99:.0f} ms over {lags.size} results "
+        f"(limit p99 {p99_max_ms:.0f} ms)",
+    )
+
+
+def skill_check(
+    key: str,
+    y: np.ndarray,
+    p: np.ndarray,
+    times: np.ndarray,
+    block_s: int,
+    min_rows: int,
+    level: float = 0.95,
+) -> tuple[Finding, Interval | None]:
+    """Live skill of `key` (``model NAME VERSION`` or ``tenant ID NAME``): the log-loss
+    improvement of probabilities `p` over the base rate (the rows' own frequency, as the gate)
+    on matured labels `y`, nats per row, with its `level` block-bootstrap interval (blocks of
+    `block_s` seconds of bar time `times`). A breach when the lower bound is not above zero;
+    not judged below `min_rows` rows."""
+    y = np.asarray(y, dtype=float)
+    p = np.asarray(p, dtype=float)
+    check = f"skill:{key.replace(' ', ':')}"
+    if y.size < min_rows:
+        return Finding(check, False, float("nan"), 0.0, f"{key}: {y.size} matured rows, too few"), None
+    rate = float(y.mean())
+    diff = row_log_loss(y, np.full(y.size, rate)) - row_log_loss(y, p)
+    edge = bootstrap_mean(diff, block_ids(np.asarray(times), y.size, block_s), level)
+    breached = not edge.low > 0
+    return (
+        Finding(
+            check,
+            breached,
+            edge.estimate,
+            0.0,
+            f"{key}: live log-loss improvement over the base rate {edge.text(5)} nats/row on {y.size} "
+            f"matured rows ({edge.level:.0%}, {edge.blocks} blocks)"
+            + (" — no demonstrated skill" if breached else ""),
+        ),
+        edge,
+    )
+
+
+def api_check(
+    before: dict[str, object],
+    after: dict[str, object],
+    max_error_rate: float,
+    p99_max_ms: float,
+    min_requests: int,
+) -> list[Finding]:
+    """Error rate and p99 latency of the scoring API between two scrapes (`prometheus_summary`
+    of each): error rate = 5xx responses / requests; p99 from the latency histogram's bucket
+    increments (the upper edge of the bucket holding the 99th percentile), milliseconds."""
+    requests = float(after["requests"]) - float(before["requests"])
+    errors = float(after["errors"]) - float(before["errors"])
+    if requests < min_requests:
+        msg = f"scoring API: {requests:.0f} requests since the last check, too few to judge"
+        return [
+            Finding("api:error_rate", False, float("nan"), max_error_rate, msg),
+            Finding("api:p99", False, float("nan"), p99_max_ms, msg),
+        ]
+    rate = errors / requests
+    edges = list(after["buckets"])  # type: ignore[call-overload]
+    counts = np.array(after["counts"], dtype=float) - np.array(before.get("counts") or [0.0] * len(edges))
+    p99 = _histogram_quantile(edges, counts, 0.99) * 1000.0
+    return [
+        Finding(
+            "api:error_rate",
+            rate > max_error_rate,
+            rate,
+            max_error_rate,
+            f"scoring API: {errors:.0f} server errors in {requests:.0f} requests ({rate:.2%}; limit "
+            f"{max_error_rate:.2%})",
+        ),
+        Finding(
+            "api:p99",
+            p99 > p99_max_ms,
+            p99,
+            p99_max_ms,
+            f"scoring API: p99 latency ≤ {p99:.0f} ms over {requests:.0f} requests "
+            f"(limit {p99_max_ms:.0f} ms)",
+        ),
+    ]
+
+
+def _histogram_quantile(edges: Sequence[float], cumulative: np.ndarray, q: float) -> float:
+    """The upper edge of the first bucket whose cumulative count reaches q of the total
+    (``inf`` when only the overflow bucket does)."""
+    total = cumulative[-1] if cumulative.size else 0.0
+    if total <= 0:
+        return 0.0
+    i = int(np.searchsorted(cumulative, q * total, side="left"))
+    return float(edges[min(i, len(edges) - 1)])
+
+
+def drift_check(symbol: str, max_psi: float, worst: str, psi_max: float) -> Finding:
+    """Feature drift of `symbol`: its largest feature PSI against `psi_max`."""
+    return Finding(
+        f"drift:{symbol}",
+        max_psi > psi_max,
+        max_psi,
+        psi_max,
+        f"feature drift on {symbol}: max PSI {max_psi:.2f} (limit {psi_max}; worst {worst})",
+    )
+
+
+@dataclass(frozen=True)
+class Notification:
+    """What an operator is told: `kind` is ``breached`` or ``resolved``."""
+
+    check: str
+    kind: str
+    message: str
+
+
+def transitions(
+    open_alerts: dict[str, str],
+    findings: Iterable[Finding],
+    silenced: dict[str, float],
+    now: float,
+) -> tuple[dict[str, str], list[Notification]]:
+    """The alerts open after `findings` and the notifications due.
+
+    `open_alerts` maps a check to the message of its open breach. A breach opens an alert
+    once (``breached``: no repeat while it stays breached); a check that was breached and is
+    now healthy is ``resolved`` (announced once). A check silenced until a time after `now`
+    (`silenced`: check → epoch seconds; a trailing ``*`` matches a prefix, ``stale:*``) still
+    opens and closes alerts but notifies nobody. Checks not among `findings` keep their state."""
+    state = dict(open_alerts)
+    out = []
+    for f in findings:
+        was = f.check in state
+        if f.breached and not was:
+            state[f.check] = f.message
+            out.append(Notification(f.check, "breached", f.message))
+        elif f.breached:
+            state[f.check] = f.message
+        elif was:
+            del state[f.check]
+            out.append(Notification(f.check, "resolved", f.message))
+    return state, [n for n in out if not _silenced(n.check, silenced, now)]
+
+
+def _silenced(check: str, silenced: dict[str, float], now: float) -> bool:
+    for pattern, until in silenced.items():
+        if until > now and (check == pattern or (pattern.endswith("*") and check.startswith(pattern[:-1]))):
+            return True
+    return False
+
+
+def _iso(t: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M")
