@@ -182,6 +182,18 @@ def _histogram_quantile(edges: Sequence[float], cumulative: np.ndarray, q: float
     return float(edges[min(i, len(edges) - 1)])
 
 
+def calibration_check(key: str, ece_value: float, rows: int, ece_max: float, min_rows: int) -> Finding:
+    """Live calibration of `key` (``model NAME VERSION`` or ``tenant ID NAME``): ECE above
+    `ece_max` on at least `min_rows` matured rows is a breach."""
+    return Finding(
+        f"calibration:{key.replace(' ', ':')}",
+        rows >= min_rows and ece_value > ece_max,
+        ece_value,
+        ece_max,
+        f"live calibration of {key}: ECE {ece_value:.3f} (limit {ece_max}) on {rows} matured rows",
+    )
+
+
 def drift_check(symbol: str, max_psi: float, worst: str, psi_max: float) -> Finding:
     """Feature drift of `symbol`: its largest feature PSI against `psi_max`."""
     return Finding(

@@ -49,6 +49,7 @@ from models.checks import (
     Finding,
     Notification,
     api_check,
+    calibration_check,
     drift_check,
     lag_check,
     skill_check,
@@ -71,11 +72,18 @@ class MonitorReport:
     calibration: list[dict[str, Any]] = field(default_factory=list)  # per model version and per tenant
     findings: list[Finding] = field(default_factory=list)  # every check, healthy or breached
     freshness: list[dict[str, Any]] = field(default_factory=list)  # per series: newest bar, missing bars
-    lags: dict[str, float] = field(default_factory=dict)  # p50/p99 ms, results
     lag_values: np.ndarray = field(default_factory=lambda: np.zeros(0))  # every result's lag, ms
     psi: dict[str, dict[str, float]] = field(default_factory=dict)  # symbol → feature → PSI
     matured: pd.DataFrame = field(default_factory=pd.DataFrame)  # matured live rows (y, probability)
     api: dict[str, Any] = field(default_factory=dict)  # this scrape of the service's metrics
+
+    @property
+    def lags(self) -> dict[str, float]:
+        """p50/p99 (ms) and count of `lag_values`; empty when there are none."""
+        if not self.lag_values.size:
+            return {}
+        p50, p99 = np.percentile(self.lag_values, [50, 99])
+        return {"results": float(self.lag_values.size), "p50_ms": float(p50), "p99_ms": float(p99)}
 
     @property
     def breaches(self) -> list[str]:
@@ -314,25 +322,14 @@ def check(
         for row in report.calibration:
             report.findings.append(row.pop("skill"))
             report.findings.append(
-                Finding(
-                    f"calibration:{row['by']}:{row['key'].replace(' ', ':')}",
-                    row["rows"] >= cfg.min_rows and row["ece"] > cfg.ece_max,
-                    row["ece"],
-                    cfg.ece_max,
-                    f"live calibration of {row['by']} {row['key']}: ECE {row['ece']:.3f} (limit "
-                    f"{cfg.ece_max}) on {row['rows']} matured rows",
+                calibration_check(
+                    f"{row['by']} {row['key']}", row["ece"], row["rows"], cfg.ece_max, cfg.min_rows
                 )
             )
         lags = live_lags(results, now - timedelta(minutes=cfg.lag_window_minutes), now)
         finding = lag_check(lags, cfg.lag_p99_ms, cfg.lag_min_results)
         report.findings.append(finding)
         report.lag_values = lags
-        if lags.size:
-            report.lags = {
-                "results": float(lags.size),
-                "p50_ms": float(np.percentile(lags, 50)),
-                "p99_ms": float(np.percentile(lags, 99)),
-            }
     if cfg.service_url:
         try:
             report.api = scrape_api(cfg.service_url)

@@ -82,11 +82,7 @@ class ValidationResult:
         """'<key>: kept N flagged bars, first at <UTC time> (<rules>)' or '' when none."""
         if not self.n_flagged:
             return ""
-        first = self.flagged.sort_values("time").iloc[0]
-        return (
-            f"{self.key}: kept {self.n_flagged} flagged bar(s) (soft rules only), first at "
-            f"{first['time']:%Y-%m-%d %H:%M:%S} UTC ({first['rules']})"
-        )
+        return f"{self.key}: kept {self.n_flagged} flagged bar(s) (soft rules only), {_first(self.flagged)}"
 
     @property
     def n_rows(self) -> int:
@@ -104,10 +100,9 @@ class ValidationResult:
         """'<key>: N bad rows of M, first at <UTC time> (<rules>)' or '' when clean."""
         if not self.n_bad:
             return ""
-        first = self.quarantined.sort_values("time").iloc[0]
         return (
-            f"{self.key}: {self.n_bad} bad rows of {self.n_rows} ({self.bad_ratio:.2%}), first at "
-            f"{first['time']:%Y-%m-%d %H:%M:%S} UTC ({first['rules']}); by rule: "
+            f"{self.key}: {self.n_bad} bad rows of {self.n_rows} ({self.bad_ratio:.2%}), "
+            f"{_first(self.quarantined)}; by rule: "
             + ", ".join(f"{k}={v}" for k, v in sorted(self.rule_counts.items()))
         )
 
@@ -119,6 +114,12 @@ class ValidationResult:
                 "nothing was written (inspect the source, or raise "
                 "data.validation.max_bad_ratio)"
             )
+
+
+def _first(rows: pd.DataFrame) -> str:
+    """'first at <UTC time> (<rules>)' of the earliest of `rows` (``time``, ``rules``)."""
+    first = rows.sort_values("time").iloc[0]
+    return f"first at {first['time']:%Y-%m-%d %H:%M:%S} UTC ({first['rules']})"
 
 
 def _expectations(kind: str) -> list[tuple[str, Any]]:
