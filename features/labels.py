@@ -113,3 +113,15 @@ def meta_labels(
     tb = triple_barrier_labels(b, spec, side, hours)
     meta = np.where(np.isnan(tb["label"]), np.nan, (tb["label"] > 0).astype(float))
     return {"label": meta, "t1": tb["t1"], "ret": tb["ret"]}
+
+
+def binary_label(label_kind: str, label: np.ndarray) -> np.ndarray:
+    """The binary target a probability model of `label_kind` predicts, from the labels above:
+    direction (``neutral="drop"``) as it is, 1 up / 0 down; triple barrier 1 when the
+    take-profit was touched first, else 0. NaN stays NaN."""
+    label = np.asarray(label, dtype=float)
+    if label_kind == "direction":
+        return label
+    if label_kind == "triple_barrier":
+        return np.where(np.isnan(label), np.nan, (label == 1).astype(float))
+    raise ValueError(f"unknown label kind {label_kind!r}: direction or triple_barrier")

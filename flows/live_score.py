@@ -90,6 +90,7 @@ def live_score_flow(
                 f" (skipped: {report.skipped})" if report.skipped else "",
             )
             _publish(report, i + 1)
+            shadowed = scorer.shadow()  # the challenger on the same bars, after the tenants' rows
             out.append(
                 {
                     "rows_per_tenant": dict(report.rows_per_tenant),
@@ -97,6 +98,7 @@ def live_score_flow(
                     "new_scores": report.new_scores,
                     "lag_ms": {"p50": report.lag_ms(0.5), "p99": report.lag_ms(0.99)},
                     "skipped": report.skipped,
+                    "shadow_scores": shadowed,
                 }
             )
             if pause_seconds and i + 1 < cycles:

@@ -10,6 +10,10 @@ Checks (units in each docstring; times UTC epoch seconds):
 * `skill_check` — live log loss against the base rate, with a block-bootstrap interval: a breach
   when the interval does not show skill (its lower bound is not above zero — the promotion
   gate's own rule, applied to matured live probabilities).
+* `shadow_check` — the challenger scored in the shadow of the champion on the same live bars:
+  the paired log-loss difference with a block-bootstrap interval; a breach when the challenger
+  is shown worse live (the interval's upper bound is below zero), so promoting it would be a
+  mistake whatever its holdout said.
 * `api_check` — the scoring service's error rate (5xx share of requests) and p99 latency
   between two scrapes of its Prometheus metrics.
 * `drift_check` — PSI of the features against the training window (computed elsewhere).
@@ -125,6 +129,50 @@ def skill_check(
             f"{key}: live log-loss improvement over the base rate {edge.text(5)} nats/row on {y.size} "
             f"matured rows ({edge.level:.0%}, {edge.blocks} blocks)"
             + (" — no demonstrated skill" if breached else ""),
+        ),
+        edge,
+    )
+
+
+def shadow_check(
+    key: str,
+    y: np.ndarray,
+    p_challenger: np.ndarray,
+    p_champion: np.ndarray,
+    times: np.ndarray,
+    block_s: int,
+    min_rows: int,
+    level: float = 0.95,
+) -> tuple[Finding, Interval | None]:
+    """Challenger against champion on the same matured live bars (`key`: ``NAME vC vs vK``):
+    the champion's log loss minus the challenger's, nats per row (> 0: the challenger is
+    better), with its `level` block-bootstrap interval (blocks of `block_s` seconds of bar time
+    `times`, pairs kept together). A breach when the upper bound is below zero — the challenger
+    is shown worse live; not judged below `min_rows` rows."""
+    y = np.asarray(y, dtype=float)
+    check = f"shadow:{key.replace(' ', ':')}"
+    if y.size < min_rows:
+        return Finding(check, False, float("nan"), 0.0, f"{key}: {y.size} matured shadow rows, too few"), None
+    diff = row_log_loss(y, np.asarray(p_champion, dtype=float)) - row_log_loss(
+        y, np.asarray(p_challenger, dtype=float)
+    )
+    edge = bootstrap_mean(diff, block_ids(np.asarray(times), y.size, block_s), level)
+    breached = edge.high < 0
+    verdict = (
+        " — the challenger is worse live: do not promote it"
+        if breached
+        else " — the challenger is better live"
+        if edge.low > 0
+        else " — no difference shown yet"
+    )
+    return (
+        Finding(
+            check,
+            bool(breached),
+            edge.estimate,
+            0.0,
+            f"{key}: champion minus challenger live log loss {edge.text(5)} nats/row on {y.size} matured "
+            f"bars ({edge.level:.0%}, {edge.blocks} blocks){verdict}",
         ),
         edge,
     )

@@ -471,6 +471,9 @@ class LiveScoreParams(_Frozen):
     # live worker: work off the path to the tenant (storing the bars, re-reading the directory)
     # waits this long after a bar close, leaving the CPU to the scoring of that close
     quiet_seconds: float = Field(0.25, ge=0)
+    # score the followed version's bars with the model's challenger too, off the tenant's path
+    # (shadow_scores; the monitor compares the two live: monitor.shadow_*)
+    shadow: bool = True
 
 
 class EventsParams(_Frozen):

@@ -373,8 +373,13 @@ class LiveWorker:
         return self.stats
 
     def _store_quietly(self) -> None:
-        """`store_bars`, a failure logged (the next step stores them before it fetches, or
-        fetches them again)."""
+        """Shadow scoring (`LiveScorer.shadow`), then `store_bars`; a failure logged (the next
+        step stores them before it fetches, or fetches them again; shadow rows of a failed
+        pass are not retried)."""
+        try:
+            self.scorer.shadow()
+        except Exception as exc:  # noqa: BLE001 — never holds live scoring back
+            log.warning("live worker %s: shadow scoring failed: %s", self.holder, _first_line(exc))
         try:
             self.store_bars()
         except Exception as exc:  # noqa: BLE001 — retried; the step reports a lasting failure

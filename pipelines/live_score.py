@@ -20,6 +20,12 @@ One cycle (`LiveScorer.cycle`):
    series reads it through the store's ``tenant_results`` view, with its own signal under its
    thresholds (the same rule as `models.policy`) — the write does not grow with tenants.
 
+Shadow scoring (`LiveScorer.shadow`, issue 18): the bars a cycle scored with a followed
+(champion) version are also scored, later and off the path to the tenant, with that model's
+``challenger`` version when it is another one; both probabilities go to the ``shadow_scores``
+table, given to no tenant, where the monitor compares them on matured labels
+(``live_score.shadow``; the live worker runs it once the close is quiet).
+
 A crash anywhere leaves the store as it was; the next cycle scores the same bars again (a
 score already stored is kept), so after a crash or an MT5 outage nothing is missed and nothing
 is written twice. Bar times are bar open times, UTC; probabilities are P(label 1).
@@ -50,7 +56,7 @@ from pipelines.config import Params
 from pipelines.model_cache import LoadedModel, ModelCache
 from pipelines.mt5.constants import timeframe_seconds
 from pipelines.registry import Registry, model_name
-from pipelines.store import ResultsStore, ScoreRow, Tenant
+from pipelines.store import ResultsStore, ScoreRow, ShadowRow, Tenant
 
 log = logging.getLogger("mt5prob.live_score")
 
@@ -113,6 +119,25 @@ class _Need:
     tenants: tuple[str, ...]  # tenant ids
 
 
+@dataclass(frozen=True)
+class _ShadowWork:
+    """A series a cycle scored with a followed version, to score again with its challenger:
+    the bars after `after` (UTC epoch seconds of the bar open; None: first run) and the
+    champion's probabilities by bar open time."""
+
+    symbol: str
+    timeframe: str
+    horizon: int
+    label_kind: str
+    model: str
+    champion: str
+    after: int | None
+    probabilities: dict[int, float]
+
+
+SHADOW_BACKLOG = 64  # cycles of shadow work kept when nobody runs `shadow` (benchmarks, the CLI)
+
+
 class LiveScorer:
     """One instance per scoring process: loaded models (the scoring core's `ModelCache`, on
     ``serving.device``, following ``serving.alias``) and trailing bars persist across cycles."""
@@ -158,6 +183,9 @@ class LiveScorer:
         self._bars: dict[tuple[str, str], tuple[int, Bars]] = {}  # (symbol, tf) → (covered from, bars)
         # (symbol, spec) → higher-timeframe feature parts by (timeframe, closed bar open time)
         self._htf: dict[tuple[str, FeatureSpec], dict[tuple[str, int], list[float]]] = {}
+        self._shadow: list[_ShadowWork] = []  # scored with the champion, for `shadow`
+        self._shadow_pending: dict[SeriesKey, tuple[int, Any]] = {}  # the offers they were cut from
+        self._challengers: tuple[float, dict[str, str | None]] = (-np.inf, {})
 
     # ----------------------------------------------------------------- models
     def model(self, name: str, version: str) -> LoadedModel:
@@ -470,12 +498,120 @@ class LiveScorer:
             if key in probs:
                 report.fanout[key] = report.fanout.get(key, ()) + need.tenants
         report.watermarks = new_watermarks
+        if self.params.live_score.shadow:
+            self._keep_for_shadow(needs, probs, watermarks)
         if not report.rows:
             report.idle = _idle_reason(directory, needs, watermarks, report)
         t3 = time.perf_counter()
         report.seconds = {"features": t1 - t0, "scoring": t2 - t1, "writes": t3 - t2, "total": t3 - t0}
         self._pending.clear()  # in the cache now where needed; the bar store has them next
         return report
+
+    # ----------------------------------------------------------------- shadow scoring
+    def _keep_for_shadow(
+        self,
+        needs: Sequence[_Need],
+        probs: dict[tuple[str, str, str, str], dict[int, float]],
+        watermarks: dict[tuple[str, str], datetime],
+    ) -> None:
+        """Remember what this cycle scored with followed versions, for `shadow` (cheap: no
+        scoring here, the cycle is on the path to the tenant)."""
+        kept = False
+        for n in needs:
+            scored = probs.get((n.symbol, n.timeframe, n.model, n.version))
+            if n.pinned or not scored:
+                continue
+            after_dt = watermarks.get((n.symbol, n.timeframe))
+            after = None if after_dt is None else int(after_dt.timestamp())
+            work = _ShadowWork(
+                n.symbol, n.timeframe, n.horizon, n.label_kind, n.model, n.version, after, scored
+            )
+            self._shadow.append(work)
+            kept = True
+        if kept:
+            self._shadow_pending = dict(self._pending)
+        del self._shadow[: max(0, len(self._shadow) - SHADOW_BACKLOG * max(1, len(needs)))]
+
+    def challengers(self, names: Collection[str]) -> dict[str, str | None]:
+        """Each model's ``challenger`` version (None: none), read from the registry at most
+        every ``live_score.directory_seconds`` (a light query per model)."""
+        now = time.monotonic()
+        at, known = self._challengers
+        if now - at >= self.params.live_score.directory_seconds or not set(names) <= set(known):
+            known = {name: self.models.registry.alias_version(name, "challenger") for name in sorted(names)}
+            self._challengers = (now, known)
+        return known
+
+    def shadow(self) -> int:
+        """Score the bars the last cycles scored with a followed (champion) version with that
+        model's ``challenger`` version too, when it is another one, and store both
+        probabilities (`ResultsStore.write_shadow`; given to no tenant). Off the path to the
+        tenant: the live worker calls this once a close is quiet. A series that fails here is
+        logged and skipped — shadow scoring never holds live scoring back. Returns the rows
+        stored."""
+        work, self._shadow = self._shadow, []
+        if not work:
+            return 0
+        saved, self._pending = self._pending, {**self._shadow_pending, **self._pending}
+        self._marks = {}
+        rows: list[ShadowRow] = []
+        try:
+            challengers = self.challengers({w.model for w in work})
+            for w in work:
+                version = challengers.get(w.model)
+                if version is None or version == w.champion:
+                    continue
+                try:
+                    rows += self._shadow_rows(w, version)
+                except Exception as exc:  # noqa: BLE001 - a challenger that cannot score is skipped
+                    log.warning(
+                        "shadow scoring %s v%s on %s %s failed: %s",
+                        w.model,
+                        version,
+                        w.symbol,
+                        w.timeframe,
+                        exc,
+                    )
+        finally:
+            self._pending, self._shadow_pending = saved, {}
+            self._marks = {}
+        return self.store.write_shadow(rows) if rows else 0
+
+    def _shadow_rows(self, w: _ShadowWork, version: str) -> list[ShadowRow]:
+        model = self.model(w.model, version)
+        spec = model.feature_spec
+        if spec is None or spec.base_timeframe != w.timeframe or model.columns != feature_columns(spec):
+            raise LiveScoreError(
+                "its feature spec is missing, for another timeframe, or differs from its columns"
+            )
+        window = self._load(w.symbol, spec, w.after)
+        if window is None:
+            return []
+        X, times = window.features(spec, self._htf_part(w.symbol, spec))
+        keep = np.array([int(t) in w.probabilities for t in times.tolist()], dtype=bool)
+        if not keep.any():
+            return []
+        P = model.predict(X[keep])
+        sec = timeframe_seconds(w.timeframe)
+        out = []
+        for t, p in zip(times[keep].tolist(), P.tolist(), strict=True):
+            t = int(t)
+            out.append(
+                ShadowRow(
+                    w.symbol,
+                    w.timeframe,
+                    datetime.fromtimestamp(t, UTC),
+                    w.horizon,
+                    w.label_kind,
+                    w.model,
+                    version,
+                    w.champion,
+                    float(p),
+                    float(w.probabilities[t]),
+                    self.closed_at(t + sec),
+                )
+            )
+        return out
 
 
 def _idle_reason(
@@ -552,6 +688,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     n = 0
     while cycles == 0 or n < cycles:
         report = scorer.cycle()
+        scorer.shadow()
         newest = max(report.watermarks.values(), default=None)
         print(
             f"cycle {n + 1}: {report.rows} rows for {len(report.rows_per_tenant)} tenants"

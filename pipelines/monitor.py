@@ -12,12 +12,18 @@ are its live probabilities still calibrated and skilful, is the service healthy?
 * The scoring API — its own Prometheus metrics (``monitor.service_url``/metrics) scraped at each
   check: 5xx share and p99 latency since the previous check (`models.checks.api_check`).
 
+* Shadow scores — the challenger scored on the champion's live bars (``shadow_scores``,
+  `pipelines.live_score.LiveScorer.shadow`): the paired log-loss difference on matured labels
+  with its interval; a breach when the challenger is shown worse live
+  (`models.checks.shadow_check`), from ``monitor.skill_min_rows`` rows up.
+
 * Feature drift — population stability index (`models.metrics.psi`) of each market feature
   (calendar and session columns, functions of the clock, are left out) over the
   newest ``monitor.live_bars`` base bars of every trained symbol (from the bar store, computed
   with features/) against the training window (featurize outputs before the holdout).
 * Live calibration — for every probability in the results store whose label has matured
-  (its horizon has passed in the stored bars), the realised direction label; ECE and log loss
+  (its horizon has passed in the stored bars), the realised label of its kind (direction or
+  triple barrier, `features.labels.binary_label`); ECE and log loss
   per model version and per tenant, from ``monitor.min_rows`` rows up.
 
 Past ``monitor.psi_max`` / ``monitor.ece_max`` a check is a breach. Every check yields
@@ -43,7 +49,7 @@ import numpy as np
 import pandas as pd
 
 from features.bars import Bars
-from features.labels import direction_labels
+from features.labels import binary_label, direction_labels, triple_barrier_labels
 from features.matrix import build_features, family_columns
 from models.checks import (
     Finding,
@@ -52,6 +58,7 @@ from models.checks import (
     calibration_check,
     drift_check,
     lag_check,
+    shadow_check,
     skill_check,
     stale_series,
     transitions,
@@ -76,6 +83,7 @@ class MonitorReport:
     psi: dict[str, dict[str, float]] = field(default_factory=dict)  # symbol → feature → PSI
     matured: pd.DataFrame = field(default_factory=pd.DataFrame)  # matured live rows (y, probability)
     api: dict[str, Any] = field(default_factory=dict)  # this scrape of the service's metrics
+    shadow: list[dict[str, Any]] = field(default_factory=list)  # challenger vs champion, live
 
     @property
     def lags(self) -> dict[str, float]:
@@ -126,41 +134,58 @@ def feature_drift(params: Params) -> list[dict[str, Any]]:
     return rows
 
 
-def _realised(store: BarStore, symbol: str, timeframe: str, horizon: int, params: Params) -> pd.Series:
-    """Realised direction label (1 up, 0 down, NaN flat or not matured) by bar open time (s)."""
+def _realised(
+    store: BarStore, symbol: str, timeframe: str, horizon: int, label_kind: str, params: Params
+) -> pd.Series:
+    """Realised binary label of `label_kind` (`features.labels.binary_label`: direction 1 up,
+    0 down, NaN flat; triple barrier 1 when the take-profit was touched first, else 0; NaN
+    where not matured or across a hole) by bar open time (UTC epoch seconds), under the
+    ``labels:`` settings of `params` with the model's horizon."""
     frame = store.read(SeriesKey("bars", symbol, timeframe))
     bars = Bars.from_frame(frame, timeframe_seconds(timeframe))
-    spec = dataclasses.replace(params.labels.direction_spec(), horizon=horizon, neutral="drop")
-    labels = direction_labels(bars, spec)
-    return pd.Series(labels["label"], index=bars.time)
+    hours = params.features.market_hours.hours()
+    if label_kind == "triple_barrier":
+        tb = dataclasses.replace(params.labels.triple_barrier_spec(), horizon=horizon)
+        labels = triple_barrier_labels(bars, tb, hours=hours)
+    else:
+        spec = dataclasses.replace(params.labels.direction_spec(), horizon=horizon, neutral="drop")
+        labels = direction_labels(bars, spec, hours)
+    return pd.Series(binary_label(label_kind, labels["label"]), index=bars.time)
+
+
+def _with_realised(rows: pd.DataFrame, params: Params) -> pd.DataFrame:
+    """`rows` (symbol, timeframe, horizon, label_kind, bar_time) with the realised label ``y``
+    (`_realised`), only those whose label has matured."""
+    if not len(rows):
+        return rows.assign(y=pd.Series(dtype=float))
+    bar_store = BarStore(params.data.root)
+    realised = {
+        key: _realised(bar_store, key[0], key[1], int(key[2]), key[3], params)
+        for key, _ in rows.groupby(["symbol", "timeframe", "horizon", "label_kind"])
+    }
+    t = rows.bar_time.map(lambda x: int(x.timestamp()))
+    keys = zip(rows.symbol, rows.timeframe, rows.horizon, rows.label_kind, t, strict=True)
+    rows = rows.assign(y=[realised[(s, tf, h, k)].get(ts, np.nan) for s, tf, h, k, ts in keys])
+    return rows[rows.y.notna()]
 
 
 def live_calibration(
     params: Params, results: ResultsStore, since: datetime | None = None
 ) -> tuple[list[dict[str, Any]], pd.DataFrame]:
     """ECE, log loss and skill of matured live probabilities, per model version and per tenant
-    (direction labels; read through each tenant's own session); and the matured rows
-    themselves (bar_time, y, probability, model, tenant)."""
-    bar_store = BarStore(params.data.root)
+    (each model against its own label kind, direction or triple barrier; read through each
+    tenant's own session); and the matured rows themselves (bar_time, y, probability, model,
+    tenant)."""
     frames = []
     for tenant in results.directory():
         with results.tenant(tenant.tenant_id, actor="monitor") as session:
             f = session.probabilities(start=since)
         if len(f):
             f["tenant"] = tenant.tenant_id  # ids only: names are the tenants' own (sealed)
-            frames.append(f[f.label_kind == "direction"])
+            frames.append(f)
     if not frames:
         return [], pd.DataFrame()
-    rows = pd.concat(frames, ignore_index=True)
-    realised = {}
-    for (symbol, tf, h), _ in rows.groupby(["symbol", "timeframe", "horizon"]):
-        realised[(symbol, tf, h)] = _realised(bar_store, symbol, tf, int(h), params)
-    t = rows.bar_time.map(lambda x: int(x.timestamp()))
-    rows["y"] = [
-        realised[(s, tf, h)].get(ts, np.nan)
-        for s, tf, h, ts in zip(rows.symbol, rows.timeframe, rows.horizon, t, strict=True)
-    ]
-    matured = rows[rows.y.notna()]
+    matured = _with_realised(pd.concat(frames, ignore_index=True), params)
     out = []
     cfg = params.monitor
     for key, label in ((["model_name", "model_version"], "model"), (["tenant", "model_name"], "tenant")):
@@ -185,6 +210,42 @@ def live_calibration(
                 }
             )
     return out, matured
+
+
+def shadow_comparison(
+    params: Params, results: ResultsStore, since: datetime | None = None
+) -> list[dict[str, Any]]:
+    """The challenger against the champion on the live bars both scored (``shadow_scores``),
+    on matured labels: per (model, challenger version, champion version), rows and both log
+    losses, and `models.checks.shadow_check`'s finding and paired interval."""
+    rows = _with_realised(results.shadow_scores(since), params)
+    cfg = params.monitor
+    out = []
+    for (name, challenger, champion), g in rows.groupby(
+        ["model_name", "challenger_version", "champion_version"]
+    ):
+        y = g.y.to_numpy()
+        span = block_seconds(int(g.horizon.max()), timeframe_seconds(str(g.timeframe.iloc[0])))
+        times = g.bar_time.map(lambda x: int(x.timestamp())).to_numpy()
+        key = f"{name} v{challenger} vs v{champion}"
+        finding, edge = shadow_check(
+            key, y, g.challenger.to_numpy(), g.champion.to_numpy(), times, span, cfg.skill_min_rows, cfg.level
+        )
+        out.append(
+            {
+                "model": name,
+                "challenger": str(challenger),
+                "champion": str(champion),
+                "rows": len(g),
+                "challenger_log_loss": log_loss(y, g.challenger.to_numpy()),
+                "champion_log_loss": log_loss(y, g.champion.to_numpy()),
+                "edge": edge.estimate if edge else float("nan"),
+                "edge_low": edge.low if edge else float("nan"),
+                "edge_high": edge.high if edge else float("nan"),
+                "finding": finding,
+            }
+        )
+    return out
 
 
 def freshness(params: Params, now: int) -> tuple[list[dict[str, Any]], list[Finding]]:
@@ -326,6 +387,8 @@ def check(
                     f"{row['by']} {row['key']}", row["ece"], row["rows"], cfg.ece_max, cfg.min_rows
                 )
             )
+        report.shadow = shadow_comparison(params, results, since)
+        report.findings += [row.pop("finding") for row in report.shadow]
         lags = live_lags(results, now - timedelta(minutes=cfg.lag_window_minutes), now)
         finding = lag_check(lags, cfg.lag_p99_ms, cfg.lag_min_results)
         report.findings.append(finding)
@@ -388,6 +451,12 @@ def render(report: MonitorReport) -> str:
         lines.append(
             f"live   {row['by']} {row['key']}: {row['rows']} matured rows, ECE {row['ece']:.4f}, log loss "
             f"{row['log_loss']:.4f}, edge {row['edge']:.5f} [{row['edge_low']:.5f}, {row['edge_high']:.5f}]"
+        )
+    for row in report.shadow:
+        lines.append(
+            f"shadow {row['model']} v{row['challenger']} vs v{row['champion']}: {row['rows']} matured bars, "
+            f"log loss {row['challenger_log_loss']:.5f} vs {row['champion_log_loss']:.5f}, champion − "
+            f"challenger {row['edge']:.5f} [{row['edge_low']:.5f}, {row['edge_high']:.5f}]"
         )
     if report.lags:
         lines.append(

@@ -79,6 +79,12 @@ def status_lines(
         )
     if not report.calibration:
         lines.append("  no matured live probabilities")
+    for r in report.shadow:
+        lines.append(
+            f"  shadow {r['model']} v{r['challenger']} vs v{r['champion']}: {r['rows']} matured bars, "
+            f"log loss {r['challenger_log_loss']:.5f} vs {r['champion_log_loss']:.5f}, champion − challenger "
+            f"{r['edge']:.5f} [{r['edge_low']:.5f}, {r['edge_high']:.5f}]"
+        )
     if report.lags:
         lines.append(
             f"  lag bar close → committed: p50 {report.lags['p50_ms']:.0f} ms, "

@@ -23,6 +23,7 @@ import joblib
 import numpy as np
 import pandas as pd
 
+from features.labels import binary_label
 from models.learners import LEARNERS, BuildContext, build_learner
 from models.stacking import LearnerFactory, fit_base, fit_ensemble, fit_stacked, out_of_fold
 from models.tuning import tune
@@ -75,7 +76,7 @@ def load_training_data(featurize_dir: Path, label_kind: str) -> TrainingData:
             )
         label, t1, ret = rows["dir_label"], rows["dir_t1"], rows["dir_ret"]
     else:
-        label = rows["tb_label"].where(rows["tb_label"].isna(), (rows["tb_label"] == 1).astype(float))
+        label = pd.Series(binary_label("triple_barrier", rows["tb_label"].to_numpy(float)))
         t1, ret = rows["tb_t1"], rows["tb_ret"]
     bar_time = rows["time"].array.as_unit("s").asi8
     keep = label.notna().to_numpy()

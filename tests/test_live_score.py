@@ -91,7 +91,16 @@ def store(request, tmp_path):
     yield s
     if s.dialect == "postgresql":
         with s.admin_engine.begin() as conn:
-            for table in ("scores", "subscriptions", "pins", "audit", "tenants", "score_watermarks"):
+            tables = (
+                "scores",
+                "shadow_scores",
+                "subscriptions",
+                "pins",
+                "audit",
+                "tenants",
+                "score_watermarks",
+            )
+            for table in tables:
                 conn.execute(sa.text(f"DELETE FROM {table}"))
     s.close()
 
@@ -191,6 +200,62 @@ def test_backfill_spreads_over_cycles_and_promotion_is_picked_up(world, store):
     assert by_bar.index.tolist() == times[-70:].tolist()  # no gap
     assert all(v == {"1"} for v in by_bar.iloc[:50]) and all("2" in v for v in by_bar.iloc[50:])
     assert by_bar.iloc[-1] == {"1", "2"}  # the newest bar: scored by v1 before, by v2 now
+
+
+def test_the_challenger_is_scored_in_the_shadow_of_the_champion(world, store):
+    """Issue 18: the bars scored with the followed version (champion v1) are scored with the
+    challenger (v2) too, after the cycle and given to no tenant; both probabilities are stored
+    with the bar, equal to what each version gives on the full-history features."""
+    name, registry = world["name"], world["registry"]
+    assert registry.alias_version(name, "challenger") == "2"
+    a, b = tenants(store, name)
+    scorer = LiveScorer(world["params"], store, registry=registry)
+    scorer.cycle()
+    store.move_watermarks({k: v - timedelta(minutes=40) for k, v in store.watermarks().items()})
+    scorer.cycle()  # 8 bars of both series with v1 (the newest again), EURUSD with v2 for b's pin
+    given = {t.tenant_id: rows_of(store, t) for t in (a, b)}
+    assert scorer.shadow() == 16  # 8 bars × 2 series, the newest bar once
+    assert scorer.shadow() == 0  # nothing left to do
+    shadow = store.shadow_scores()
+    assert (
+        len(shadow) == 16
+        and set(shadow.challenger_version) == {"2"}
+        and set(shadow.champion_version) == {"1"}
+    )
+    for row in shadow.itertuples():
+        m = world["matrices"][row.symbol]
+        i = int(np.searchsorted(m.time, int(row.bar_time.timestamp())))
+        x = m.values[i : i + 1]
+        assert row.challenger == pytest.approx(world["learners"]["2"].predict_proba(x)[0], abs=1e-6)
+        assert row.champion == pytest.approx(world["learners"]["1"].predict_proba(x)[0], abs=1e-6)
+        assert row.bar_closed_at == row.bar_time + timedelta(minutes=5)
+    for t in (a, b):  # no tenant was given a shadow score
+        assert (
+            rows_of(store, t).drop(columns="scored_at").equals(given[t.tenant_id].drop(columns="scored_at"))
+        )
+    if store.dialect == "postgresql":  # and none can read them: row-level security
+        with store.tenant(b.tenant_id, "test") as session:
+            assert session.execute(sa.text("SELECT count(*) FROM shadow_scores")).scalar_one() == 0
+    # the challenger is the champion: nothing to shadow
+    registry.client.set_registered_model_alias(name, "challenger", "1")
+    try:
+        same = LiveScorer(world["params"], store, registry=registry)
+        store.move_watermarks({k: v - timedelta(minutes=10) for k, v in store.watermarks().items()})
+        same.cycle()
+        assert same.shadow() == 0
+    finally:
+        registry.client.set_registered_model_alias(name, "challenger", "2")
+    # off: nothing kept for the shadow
+    off = LiveScorer(
+        world["params"].model_copy(
+            update={"live_score": world["params"].live_score.model_copy(update={"shadow": False})}
+        ),
+        store,
+        registry=registry,
+    )
+    store.move_watermarks({k: v - timedelta(minutes=10) for k, v in store.watermarks().items()})
+    off.cycle()
+    assert off.shadow() == 0 and len(store.shadow_scores()) == 16
 
 
 def test_unknown_model_is_skipped_with_a_reason(world, store):

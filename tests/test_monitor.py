@@ -177,3 +177,108 @@ def test_monitor_flow_fails_with_artifacts_on_a_breach(world, prefect_harness, t
     assert resolved["breaches"] == []
     # the operator was told once when drift breached (the first run) and once now it resolved
     assert resolved["notified"] == ["resolved drift:EURUSD"]
+
+
+def _realised_tb(params):
+    """The EURUSD M5 bars' realised take-profit-first labels (h12) under params' labels."""
+    import dataclasses
+
+    from features.labels import binary_label, triple_barrier_labels
+
+    frame = BarStore(params.data.root).read(SeriesKey("bars", "EURUSD", "M5"))
+    bars = Bars.from_frame(frame, 300)
+    spec = dataclasses.replace(params.labels.triple_barrier_spec(), horizon=12)
+    return bars, binary_label("triple_barrier", triple_barrier_labels(bars, spec)["label"])
+
+
+def test_triple_barrier_models_are_judged_on_their_own_labels(world):
+    """A triple-barrier model's live probabilities are compared with triple-barrier outcomes,
+    not direction ones: probabilities that know the take-profit-first outcome (0.8 / 0.2)
+    have exactly −log 0.8 log loss on their own labels."""
+    bars, y = _realised_tb(world)
+    store = ResultsStore(world.store.url)
+    store.migrate()
+    tenant, _ = store.add_tenant(
+        f"tb{datetime.now(UTC).timestamp()}", [Subscription("EURUSD", "M5", 12, "triple_barrier")]
+    )
+    name = "mt5prob-fx-M5-triple_barrier-h12"
+    rows = []
+    for t, label in zip(bars.time[-600:], y[-600:], strict=True):
+        bar = datetime.fromtimestamp(int(t), UTC)
+        p = 0.5 if np.isnan(label) else 0.8 if label == 1 else 0.2
+        rows.append(
+            ScoreRow(
+                "EURUSD", "M5", bar, 12, "triple_barrier", name, "1", p, True, bar + timedelta(minutes=5)
+            )
+        )
+    store.write_scores(rows)
+    try:
+        report = check(world, store, now=END)
+        model = next(r for r in report.calibration if r["by"] == "model" and r["key"] == f"{name} 1")
+        matured = int(np.isfinite(y[-600:]).sum())
+        assert model["rows"] == matured and 500 <= matured <= 600
+        assert model["log_loss"] == pytest.approx(-np.log(0.8), abs=1e-9)
+        assert model["edge_low"] > 0  # skill, on its own labels
+        assert not any(f.breached for f in report.findings if f.check == f"skill:model:{name}:1")
+    finally:
+        store.close()
+
+
+def test_shadow_scores_compare_the_challenger_with_the_champion_live(world):
+    """Shadow rows of a challenger that knows the outcome against a champion at the base rate:
+    the challenger is better live (no breach); the other way round it is shown worse live, a
+    breach that says not to promote it — on the same matured bars."""
+    from features.labels import direction_labels as dl
+    from pipelines.store import ShadowRow
+
+    frame = BarStore(world.data.root).read(SeriesKey("bars", "EURUSD", "M5"))
+    bars = Bars.from_frame(frame, 300)
+    y = dl(bars, world.labels.direction_spec())["label"][-600:]
+    rate = float(np.nanmean(y))
+    store = ResultsStore(world.store.url)
+    store.migrate()
+    name = "mt5prob-fx-M5-direction-h12"
+
+    def rows(challenger: str, champion: str, good: str) -> list:
+        out = []
+        for t, label in zip(bars.time[-600:], y, strict=True):
+            bar = datetime.fromtimestamp(int(t), UTC)
+            sharp = 0.5 if np.isnan(label) else 0.7 if label == 1 else 0.3
+            p = (sharp, rate) if good == "challenger" else (rate, sharp)
+            out.append(
+                ShadowRow(
+                    "EURUSD",
+                    "M5",
+                    bar,
+                    12,
+                    "direction",
+                    name,
+                    challenger,
+                    champion,
+                    *p,
+                    bar + timedelta(minutes=5),
+                )
+            )
+        return out
+
+    try:
+        assert store.write_shadow(rows("8", "7", "challenger")) == 600
+        assert store.write_shadow(rows("8", "7", "challenger")) == 0  # idempotent
+        assert store.write_shadow(rows("9", "7", "champion")) == 600
+        report = check(world, store, now=END)
+        by = {(r["challenger"], r["champion"]): r for r in report.shadow}
+        better, worse = by[("8", "7")], by[("9", "7")]
+        assert better["edge_low"] > 0 and worse["edge_high"] < 0
+        assert better["challenger_log_loss"] < better["champion_log_loss"]
+        findings = {f.check: f for f in report.findings if f.check.startswith("shadow:")}
+        assert not findings[f"shadow:{name}:v8:vs:v7"].breached
+        assert "better live" in findings[f"shadow:{name}:v8:vs:v7"].message
+        bad = findings[f"shadow:{name}:v9:vs:v7"]
+        assert bad.breached and "do not promote" in bad.message
+        from pipelines.monitor import render
+
+        assert f"shadow {name} v9 vs v7" in render(report)
+        with pytest.raises(ValueError, match="outside"):
+            store.write_shadow([rows("8", "7", "challenger")[0]._replace(challenger=1.5)])
+    finally:
+        store.close()

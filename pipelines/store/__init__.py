@@ -3,6 +3,7 @@
 from pipelines.store.results import (
     ResultsStore,
     ScoreRow,
+    ShadowRow,
     StoreError,
     Subscription,
     Tenant,
@@ -16,6 +17,7 @@ from pipelines.store.results import (
 __all__ = [
     "ResultsStore",
     "ScoreRow",
+    "ShadowRow",
     "StoreError",
     "Subscription",
     "Tenant",

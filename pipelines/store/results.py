@@ -59,6 +59,7 @@ from pipelines.store.schema import (
     audit,
     scores,
     series_leases,
+    shadow_scores,
     subscriptions,
     tenant_results,
     tenants,
@@ -142,6 +143,34 @@ def open_probability(vault: Vault, row: Any) -> float:
         row.followed,
     )
     return _PROBABILITY.unpack(vault.open(PLATFORM, "scores", "probability", key, row.probability_sealed))[0]
+
+
+_PAIR = struct.Struct(">dd")
+
+
+class ShadowRow(NamedTuple):
+    """The challenger's and the champion's probability (P(label 1), [0, 1]) of one live bar of
+    one series, scored in the shadow of the champion (``shadow_scores``). Times are UTC
+    datetimes; ``bar_time`` the bar's open, ``bar_closed_at`` the wall-clock moment it closed."""
+
+    symbol: str
+    timeframe: str
+    bar_time: datetime
+    horizon: int
+    label_kind: str
+    model_name: str
+    challenger_version: str
+    champion_version: str
+    challenger: float
+    champion: float
+    bar_closed_at: datetime
+
+
+def _shadow_row_key(r: Any) -> str:
+    """A shadow score's unique key as text (what its sealed pair is bound to)."""
+    bar_time = datetime.fromisoformat(r.bar_time) if isinstance(r.bar_time, str) else r.bar_time
+    parts = (r.symbol, r.timeframe, str(int(_utc(bar_time).timestamp())), str(int(r.horizon)), r.label_kind)
+    return "|".join((*parts, r.model_name, r.challenger_version, r.champion_version))
 
 
 def event_payload(row: Any) -> dict[str, Any]:
@@ -691,9 +720,13 @@ class ResultsStore:
         gone = 0
         while True:
             with self.admin_engine.begin() as conn:
-                ids = conn.execute(
-                    sa.select(audit.c.id).where(audit.c.at < cutoff).order_by(audit.c.id).limit(batch)
-                ).scalars().all()
+                ids = (
+                    conn.execute(
+                        sa.select(audit.c.id).where(audit.c.at < cutoff).order_by(audit.c.id).limit(batch)
+                    )
+                    .scalars()
+                    .all()
+                )
                 if not ids:
                     return gone
                 gone += conn.execute(audit.delete().where(audit.c.id.in_(ids))).rowcount
@@ -1030,6 +1063,71 @@ class ResultsStore:
                 _upsert(conn, watermarks, marks, ("symbol", "timeframe"))
             return _insert_scores(conn, rows, _now(), fault, self.vault)
 
+    def write_shadow(self, rows: Sequence[ShadowRow]) -> int:
+        """Store challenger-vs-champion probabilities of live bars (`ShadowRow`), the pair
+        sealed under the platform's data key; a row already stored is kept (idempotent).
+        Returns how many were new. Runs as a session acting for no tenant."""
+        for r in rows:
+            if not (0.0 <= r.challenger <= 1.0 and 0.0 <= r.champion <= 1.0):  # also NaN
+                raise StoreError(
+                    f"{r.symbol} {r.timeframe} {r.bar_time:%Y-%m-%d %H:%M}: shadow probabilities "
+                    f"{r.challenger}, {r.champion} outside [0, 1]"
+                )
+        if not rows:
+            return 0
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        now = _now()
+        values = [
+            {
+                **{k: v for k, v in r._asdict().items() if k not in ("challenger", "champion")},
+                "bar_time": _utc(r.bar_time),
+                "bar_closed_at": _utc(r.bar_closed_at),
+                "probabilities_sealed": self.vault.seal(
+                    PLATFORM,
+                    "shadow_scores",
+                    "probabilities",
+                    _shadow_row_key(r),
+                    _PAIR.pack(float(r.challenger), float(r.champion)),
+                ),
+                "scored_at": now,
+            }
+            for r in rows
+        ]
+        stmt = insert(shadow_scores).on_conflict_do_nothing().returning(shadow_scores.c.id)
+        with self.engine.begin() as conn:
+            return len(conn.execute(stmt, values).all())
+
+    def shadow_scores(self, since: datetime | None = None) -> pd.DataFrame:
+        """Every shadow score (of bars opening at or after `since`, UTC), the pair opened:
+        `ShadowRow`'s fields with ``challenger`` and ``champion`` probabilities, and
+        ``scored_at``; oldest bar first."""
+        q = sa.select(shadow_scores).order_by(shadow_scores.c.bar_time, shadow_scores.c.id)
+        if since is not None:
+            q = q.where(shadow_scores.c.bar_time >= _utc(since))
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        out = []
+        for r in rows:
+            pair = self.vault.open(
+                PLATFORM, "shadow_scores", "probabilities", _shadow_row_key(r), r.probabilities_sealed
+            )
+            challenger, champion = _PAIR.unpack(pair)
+            out.append(
+                {
+                    **{f: getattr(r, f) for f in ShadowRow._fields if f not in ("challenger", "champion")},
+                    "challenger": challenger,
+                    "champion": champion,
+                    "scored_at": r.scored_at,
+                }
+            )
+        frame = pd.DataFrame(out, columns=[*ShadowRow._fields, "scored_at"])
+        for c in ("bar_time", "bar_closed_at", "scored_at"):
+            frame[c] = pd.to_datetime(frame[c], utc=True)
+        return frame
+
     def move_watermarks(self, watermark: Mapping[tuple[str, str], datetime]) -> None:
         """Set scoring watermarks (last scored bar open time per series, UTC) without scores."""
         self.write_scores([], watermark)
@@ -1154,7 +1252,8 @@ def _sealed_columns(owner: str) -> list[_Sealed]:
                     r.followed,
                 ),
                 None,
-            )
+            ),
+            (shadow_scores, "id", "probabilities_sealed", _shadow_row_key, None),
         ]  # fmt: skip
     return [
         (tenants, "tenant_id", "name_sealed", lambda r: r.tenant_id, _of_tenant),
@@ -1438,8 +1537,17 @@ class TenantSession:
         for r in self.conn.execute(q):
             la, sb = _open_thresholds(self.vault, self.tenant_id, r, r.valid_from)
             row = {c: getattr(r, c) for c in ("symbol", "timeframe", "horizon", "label_kind")}
-            out.append(_with_utc({**row, "long_above": la, "short_below": sb, "valid_from": r.valid_from,
-                                  "valid_to": r.valid_to}))
+            out.append(
+                _with_utc(
+                    {
+                        **row,
+                        "long_above": la,
+                        "short_below": sb,
+                        "valid_from": r.valid_from,
+                        "valid_to": r.valid_to,
+                    }
+                )
+            )
         return out
 
     def pin_history(self) -> list[dict[str, Any]]:

@@ -24,7 +24,6 @@ TENANT_SETTING = "app.tenant_id"
 TENANT_TABLES = ("tenants", "subscriptions", "pins", "audit", "webhooks")
 
 
-
 def _tenant_fk() -> sa.ForeignKey:
     """A tenant's rows go with it (migration 0006): one written while it is being erased fails."""
     return sa.ForeignKey("tenants.tenant_id", ondelete="CASCADE")
@@ -226,4 +225,36 @@ erasures = sa.Table(
     sa.Column("erased_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("actor", sa.String(200), nullable=False),
     sa.Column("counts", sa.Text, nullable=False),  # JSON
+)
+
+# The challenger scored in the shadow of the champion (migration 0010): per live bar, both
+# versions' probabilities, sealed together under the platform's data key (`ResultsStore.write_shadow`), bound
+# to the row's unique key. No tenant is given these (PostgreSQL: only a session acting for no
+# tenant reads or writes them); the monitor compares the two on matured labels.
+shadow_scores = sa.Table(
+    "shadow_scores",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), sa.Identity(), primary_key=True),
+    sa.Column("symbol", sa.String(32), nullable=False),
+    sa.Column("timeframe", sa.String(8), nullable=False),
+    sa.Column("bar_time", sa.DateTime(timezone=True), nullable=False),  # bar open, UTC
+    sa.Column("horizon", sa.Integer, nullable=False),
+    sa.Column("label_kind", sa.String(32), nullable=False),
+    sa.Column("model_name", sa.String(200), nullable=False),
+    sa.Column("challenger_version", sa.String(32), nullable=False),
+    sa.Column("champion_version", sa.String(32), nullable=False),
+    sa.Column("probabilities_sealed", sa.LargeBinary, nullable=False),  # (challenger, champion) float64
+    sa.Column("bar_closed_at", sa.DateTime(timezone=True), nullable=False),  # wall clock, UTC
+    sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False),  # wall clock, UTC
+    sa.UniqueConstraint(
+        "symbol",
+        "timeframe",
+        "bar_time",
+        "horizon",
+        "label_kind",
+        "model_name",
+        "challenger_version",
+        "champion_version",
+        name="uq_shadow_scores",
+    ),
 )
