@@ -151,6 +151,7 @@ def store(request, tmp_path):
     with s.admin_engine.begin() as conn:  # the database is shared by the session's tests
         for table in (
             "scores",
+            "shadow_scores",
             "subscriptions",
             "pins",
             "audit",

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from pipelines.store import ResultsStore, ScoreRow, StoreError, Subscription
+from pipelines.store import ResultsStore, ScoreRow, ShadowRow, StoreError, Subscription
 from pipelines.store.crypto import (
     KeyDestroyed,
     KeyringError,
@@ -132,6 +132,15 @@ def test_a_dump_of_the_store_holds_no_probability_name_webhook_or_audit_detail_i
     with store.tenant(tenant.tenant_id, "test") as session:
         session.audit("note", {"contact": "ops@zebra-capital.example"})
     assert store.write_scores(_scores()) == 3
+    assert (
+        store.write_shadow(
+            [
+                ShadowRow(*r[:6], "2", "1", p, p, r.bar_closed_at)
+                for r, p in zip(_scores(), PROBABILITIES, strict=True)
+            ]
+        )
+        == 3
+    )
     dump = _raw_bytes(store, tmp_path)
     assert tenant.tenant_id.encode() in dump and b"EURUSD" in dump  # the dump is real
     for plain in (NAME, HOOK, secret, "ops@zebra-capital.example", "zebra"):
@@ -383,6 +392,10 @@ def test_data_key_rotation_reseals_online_under_live_writes_and_a_crash_and_fini
         return ScoreRow("EURUSD", "M5", bar, 12, "direction", "m", "1", (i % 97) / 97, True, bar)
 
     store.write_scores([score(i) for i in range(40)])
+    shadow = [
+        ShadowRow(*score(i)[:6], "2", "1", 0.25, (i % 97) / 97, score(i).bar_closed_at) for i in range(20)
+    ]
+    assert store.write_shadow(shadow) == 20  # the platform's too: challenger and champion, live
     with store.tenant(tenant.tenant_id, "test") as session:
         for i in range(30):
             session.audit("note", {"i": i})
@@ -436,8 +449,10 @@ def test_data_key_rotation_reseals_online_under_live_writes_and_a_crash_and_fini
             *conn.execute(sa.text("SELECT detail_sealed FROM audit")).scalars(),
             *conn.execute(sa.text("SELECT probability_sealed FROM scores")).scalars(),
             *conn.execute(sa.text("SELECT name_sealed FROM tenants")).scalars(),
+            *conn.execute(sa.text("SELECT probabilities_sealed FROM shadow_scores")).scalars(),
         ]
     assert {bytes(b[1:5]) for b in blobs} == {(2).to_bytes(4, "big")}
+    assert store.shadow_scores().champion.tolist() == [(i % 97) / 97 for i in range(20)]
 
 
 def test_rotations_run_as_prefect_flows_that_name_tenants_by_id_only(prefect_harness, tmp_path):
