@@ -40,6 +40,7 @@ class Finding:
     value: float
     threshold: float
     message: str
+    judged: bool = True  # False: too little to judge (too few rows): an open alert stays open
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -84,7 +85,7 @@ def lag_check(lags_ms: np.ndarray, p99_max_ms: float, min_rows: int, what: str =
     lags = lags[np.isfinite(lags)]
     if lags.size < min_rows:
         return Finding(
-            f"lag:{what}", False, float("nan"), p99_max_ms, f"{what} lag: {lags.size} results, too few"
+            f"lag:{what}", False, float("nan"), p99_max_ms, f"{what} lag: {lags.size} results, too few", False
         )
     p50, p99 = (float(np.percentile(lags, q)) for q in (50, 99))
     return Finding(
@@ -115,7 +116,7 @@ def skill_check(
     p = np.asarray(p, dtype=float)
     check = f"skill:{key.replace(' ', ':')}"
     if y.size < min_rows:
-        return Finding(check, False, float("nan"), 0.0, f"{key}: {y.size} matured rows, too few"), None
+        return Finding(check, False, float("nan"), 0.0, f"{key}: {y.size} matured rows, too few", False), None
     rate = float(y.mean())
     diff = row_log_loss(y, np.full(y.size, rate)) - row_log_loss(y, p)
     edge = bootstrap_mean(diff, block_ids(np.asarray(times), y.size, block_s), level)
@@ -152,7 +153,8 @@ def shadow_check(
     y = np.asarray(y, dtype=float)
     check = f"shadow:{key.replace(' ', ':')}"
     if y.size < min_rows:
-        return Finding(check, False, float("nan"), 0.0, f"{key}: {y.size} matured shadow rows, too few"), None
+        msg = f"{key}: {y.size} matured shadow rows, too few"
+        return Finding(check, False, float("nan"), 0.0, msg, False), None
     diff = row_log_loss(y, np.asarray(p_champion, dtype=float)) - row_log_loss(
         y, np.asarray(p_challenger, dtype=float)
     )
@@ -193,8 +195,8 @@ def api_check(
     if requests < min_requests:
         msg = f"scoring API: {requests:.0f} requests since the last check, too few to judge"
         return [
-            Finding("api:error_rate", False, float("nan"), max_error_rate, msg),
-            Finding("api:p99", False, float("nan"), p99_max_ms, msg),
+            Finding("api:error_rate", False, float("nan"), max_error_rate, msg, False),
+            Finding("api:p99", False, float("nan"), p99_max_ms, msg, False),
         ]
     rate = errors / requests
     edges = list(after["buckets"])  # type: ignore[call-overload]
@@ -239,6 +241,7 @@ def calibration_check(key: str, ece_value: float, rows: int, ece_max: float, min
         ece_value,
         ece_max,
         f"live calibration of {key}: ECE {ece_value:.3f} (limit {ece_max}) on {rows} matured rows",
+        rows >= min_rows,
     )
 
 
@@ -274,10 +277,13 @@ def transitions(
     once (``breached``: no repeat while it stays breached); a check that was breached and is
     now healthy is ``resolved`` (announced once). A check silenced until a time after `now`
     (`silenced`: check → epoch seconds; a trailing ``*`` matches a prefix, ``stale:*``) still
-    opens and closes alerts but notifies nobody. Checks not among `findings` keep their state."""
+    opens and closes alerts but notifies nobody. Checks not among `findings`, and findings not
+    judged (too few rows to say), keep their state."""
     state = dict(open_alerts)
     out = []
     for f in findings:
+        if not f.judged:
+            continue
         was = f.check in state
         if f.breached and not was:
             state[f.check] = f.message

@@ -108,6 +108,18 @@ def test_api_error_rate_and_p99_between_scrapes():
     assert slow[1].breached and slow[1].value == 1000.0  # the new requests took up to a second
     quiet = api_check(before, _scrape(1005, 0, 995, 1005, 1005), 0.01, 250.0, 20)
     assert not any(f.breached for f in quiet) and "too few" in quiet[0].message
+    assert not any(f.judged for f in quiet)  # not judged: an open alert is not resolved by silence
+
+
+def test_a_check_too_thin_to_judge_neither_opens_nor_resolves_an_alert():
+    thin = Finding("api:p99", False, float("nan"), 250.0, "3 requests, too few", judged=False)
+    state, due = transitions({"api:p99": "slow"}, [thin], {}, 0)
+    assert state == {"api:p99": "slow"} and due == []  # still open, nobody told it resolved
+    state, due = transitions(state, [_f("api:p99", False)], {}, 1)
+    assert [(n.check, n.kind) for n in due] == [("api:p99", "resolved")] and state == {}
+    assert transitions({}, [thin], {}, 2) == ({}, [])
+    assert not lag_check(np.array([5.0]), 250.0, 20).judged
+    assert not skill_check("model m 1", np.ones(3), np.ones(3) / 2, np.arange(3), 60, 100)[0].judged
 
 
 def _f(check: str, breached: bool) -> Finding:

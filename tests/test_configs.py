@@ -39,6 +39,7 @@ def test_a_profile_has_its_own_outputs_unless_it_names_them(tmp_path):
 def test_fast_profile_is_smaller():
     full, fast = load_params(PARAMS), load_params(PARAMS, "fast")
     assert len(fast.data.symbols) < len(full.data.symbols)
+
     def span(p):
         return p.data.simulator.end - max(p.data.simulator.start, p.data.history_start)
 
@@ -98,8 +99,15 @@ def _misspelt(tmp_path: Path, *path: str) -> Path:
 
 @pytest.mark.parametrize(
     "path",
-    [("data", "symbols"), ("models", "mlp", "hidden"), ("tune", "n_trials"), ("serving", "alias"),
-     ("monitor", "psi_max"), ("outputs",), ("profiles", "fast", "data", "symbols")],
+    [
+        ("data", "symbols"),
+        ("models", "mlp", "hidden"),
+        ("tune", "n_trials"),
+        ("serving", "alias"),
+        ("monitor", "psi_max"),
+        ("outputs",),
+        ("profiles", "fast", "data", "symbols"),
+    ],
 )
 def test_a_misspelt_key_anywhere_is_named_in_one_line(tmp_path, path):
     bad = _misspelt(tmp_path, *path)
@@ -136,15 +144,29 @@ def test_every_entry_point_stops_on_a_misspelt_key_with_one_line(tmp_path):
     commands = {m: [sys.executable, "-m", m, "--params", str(bad), *a] for m, a in ENTRY_POINTS.items()}
     # the scoring API as the README starts it; the service reads its params from the environment
     bentoml = Path(sys.executable).with_name("bentoml")
-    commands["bentoml serve"] = [str(bentoml), "serve", "serving.service:ScoringService", "--port", "0",
-                                 "--working-dir", str(PARAMS.parent)]
+    commands["bentoml serve"] = [
+        str(bentoml),
+        "serve",
+        "serving.service:ScoringService",
+        "--port",
+        "0",
+        "--working-dir",
+        str(PARAMS.parent),
+    ]
     for module, command in commands.items():
         cwd = tmp_path / module
         cwd.mkdir()
-        runs[module] = (cwd, subprocess.Popen(
-            command, cwd=cwd, env={**env, "MT5PROB_PARAMS": str(bad)},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ))
+        runs[module] = (
+            cwd,
+            subprocess.Popen(
+                command,
+                cwd=cwd,
+                env={**env, "MT5PROB_PARAMS": str(bad)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+        )
     for module, (cwd, proc) in runs.items():
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 2, (module, proc.returncode, err[-2000:])

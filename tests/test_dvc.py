@@ -63,9 +63,12 @@ def test_default_ingest_rebuilds_data_dvc_exactly(tmp_path):
                 stale.setdefault(stage, []).append(change)
                 continue
             for kind, detail in change.items():
-                if kind == "changed outs" or (kind == "changed deps" and all(
-                    path.startswith("outputs/") and what == "deleted" for path, what in detail.items()
-                )):
+                if kind == "changed outs" or (
+                    kind == "changed deps"
+                    and all(
+                        path.startswith("outputs/") and what == "deleted" for path, what in detail.items()
+                    )
+                ):
                     continue
                 stale.setdefault(stage, []).append({kind: detail})
     assert not stale, f"dvc.lock is stale (run dvc repro and commit dvc.lock): {stale}"

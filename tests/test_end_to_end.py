@@ -119,8 +119,9 @@ def test_demo_runs_the_whole_loop_and_every_surface_answers(copy, prefect_harnes
         want = {"log_loss", "edge", "edge_low", "edge_high", "ece", "auc"}
         assert want <= set(header), metrics.stdout + metrics.stderr
         assert max(len(line) for line in metrics.stdout.splitlines()) <= 120, metrics.stdout
-        plots = subprocess.run([str(dvc), "plots", "show", "--json"], cwd=copy, capture_output=True,
-                               text=True, env=env)
+        plots = subprocess.run(
+            [str(dvc), "plots", "show", "--json"], cwd=copy, capture_output=True, text=True, env=env
+        )
         assert plots.returncode == 0, plots.stderr
         shown = json.loads(plots.stdout)["data"]  # plot id → its rendered (vega) definitions
         wanted = {"outputs/evaluate/reliability.csv", "outputs/evaluate/histogram.csv"}
@@ -190,7 +191,11 @@ def _run_readme_blocks(copy: Path, port: int, key: str) -> None:
     for command in commands:
         run = subprocess.run(
             ["bash", "-c", command.replace("localhost:3000", f"localhost:{port}")],
-            cwd=work, env={**os.environ, "KEY": key}, capture_output=True, text=True, timeout=60,
+            cwd=work,
+            env={**os.environ, "KEY": key},
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert run.returncode == 0, (command, run.stderr)
         if " -o " in command:

@@ -95,8 +95,9 @@ def start_server(home: Path, database_url: str | None = None) -> tuple[Process, 
     if database_url:
         env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
     prefect = str(Path(sys.executable).parent / "prefect")
-    server = Process([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                     home / "server.log", env)
+    server = Process(
+        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], home / "server.log", env
+    )
     api = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + 120
     while True:
@@ -126,7 +127,10 @@ def serve_platform(tmp_path: Path, api: str) -> tuple[Process, Path]:
                     "timeframes": ["M1"],
                     "history_start": "2024-01-03T09:00:00",
                     "simulator": {
-                        "live": True, "speed": 60, "end": None, "live_start": "2024-01-03T10:00:00"
+                        "live": True,
+                        "speed": 60,
+                        "end": None,
+                        "live_start": "2024-01-03T10:00:00",
                     },
                     "live": {"poll_seconds": 0.1},
                 },
@@ -138,8 +142,12 @@ def serve_platform(tmp_path: Path, api: str) -> tuple[Process, Path]:
         )
     )
     env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
-    proc = Process([sys.executable, "-m", "flows.serve", "--params", str(params)],
-                   tmp_path / "serve.log", env, cwd=tmp_path)  # relative paths land in tmp
+    proc = Process(
+        [sys.executable, "-m", "flows.serve", "--params", str(params)],
+        tmp_path / "serve.log",
+        env,
+        cwd=tmp_path,
+    )  # relative paths land in tmp
     return proc, root
 
 
@@ -216,7 +224,8 @@ def _automation_events(api: str, automation_id: str) -> list[dict]:
     r = httpx.post(f"{api}/events/filter", json=body, timeout=10)
     r.raise_for_status()
     return [
-        e for e in r.json()["events"]
+        e
+        for e in r.json()["events"]
         if e["resource"]["prefect.resource.id"] == f"prefect.automation.{automation_id}"
     ]
 

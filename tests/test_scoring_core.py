@@ -78,8 +78,17 @@ def world(tmp_path_factory):
         raw[section] = {**raw.get(section, {}), **values}
     raw["serving"]["models"] = [name]
     path.write_text(yaml.safe_dump(raw))
-    yield {"params": params, "path": path, "store": store, "key": key, "full": full, "spec": spec,
-           "matrix": matrix, "name": name, "version": version}
+    yield {
+        "params": params,
+        "path": path,
+        "store": store,
+        "key": key,
+        "full": full,
+        "spec": spec,
+        "matrix": matrix,
+        "name": name,
+        "version": version,
+    }
     store.close()
 
 
@@ -188,7 +197,11 @@ def test_service_module_imports_without_params(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MT5PROB_")}
     r = subprocess.run(
         [sys.executable, "-c", "import serving.service as s; print(s.ScoringService.name)"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 0 and r.stdout.strip() == "mt5prob", r.stderr[-2000:]
 

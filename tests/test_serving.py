@@ -174,6 +174,69 @@ def test_probes_and_metrics(env):
     assert "mt5prob_request_seconds_bucket" in metrics
 
 
+def test_the_monitor_is_told_when_the_service_turns_slow_and_when_it_recovers(env, tmp_path):
+    """Issue 18, "slow the service": the monitor scrapes the running service's own metrics at
+    each check. Light traffic is healthy; a burst of heavy concurrent requests (whole bar
+    histories, queued behind each other on the scoring lane) drives p99 over its limit — one
+    'breached' notification; a check with too few requests to judge keeps the alert open and
+    says nothing; light traffic again — one 'resolved'. No repeats."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipelines.config import load_params
+    from pipelines.monitor import Alerts, check
+
+    params = load_params(
+        env["params"],
+        None,
+        {
+            "data": {"root": str(tmp_path / "data")},  # no series: only the API is judged here
+            "monitor": {
+                "service_url": env["url"],
+                "api_p99_ms": 200,  # light requests take ≤ 50 ms here, the burst's p99 ~1 s
+                "api_min_requests": 20,
+                "state_path": str(tmp_path / "state.json"),
+            },
+        },
+    )
+    alerts = Alerts(params.monitor.state_path)
+    sent = []
+
+    def monitor() -> dict:
+        report = check(params, alerts=alerts)
+        sent.extend(
+            (n.check, n.kind)
+            for n in alerts.update(report.findings, time.time())
+            if n.check.startswith("api:")
+        )
+        return {f.check: f for f in report.findings}
+
+    def light(n: int = 40) -> None:
+        for i in range(n):
+            assert post(env, "/score", {"rows": env["X"][i : i + 1].tolist()}).status_code == 200
+
+    heavy_body = {"symbol": "EURUSD", "bars": _payload(env["bars"])}
+
+    def heavy(i: int) -> int:
+        return post(env, "/score_bars", heavy_body, tenant=("acme", "beta", "gamma")[i % 3]).status_code
+
+    assert monitor()["api:up"].breached is False  # the first scrape: a baseline
+    light()
+    first = monitor()
+    assert not first["api:p99"].breached and first["api:p99"].judged, first["api:p99"].message
+    with ThreadPoolExecutor(24) as pool:
+        codes = list(pool.map(heavy, range(72)))
+    assert set(codes) == {200}, codes
+    slow = monitor()
+    assert slow["api:p99"].breached, slow["api:p99"].message
+    assert not slow["api:error_rate"].breached  # slow, not failing
+    quiet = monitor()  # nothing since: too few to judge, the alert stays open
+    assert not quiet["api:p99"].judged and "api:p99" in alerts.open
+    light()
+    healed = monitor()
+    assert not healed["api:p99"].breached, healed["api:p99"].message
+    assert sent == [("api:p99", "breached"), ("api:p99", "resolved")], sent
+
+
 def test_api_docs_are_where_the_readme_says_and_describe_the_service(env):
     """``/docs`` (the URL the README names): the service's title and version, an API-key
     scheme on every scoring operation with its error answers, and request examples that the

@@ -68,7 +68,8 @@ def test_train_flow_registers_and_publishes(prefect_harness, tmp_path):
         root = tmp_path / "outputs"
         return {
             str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()
+            for p in sorted(root.rglob("*"))
+            if p.is_file()
         }
 
     before = snapshot()
