@@ -96,6 +96,14 @@ def forward(bundle: dict, params: Params, end: datetime) -> dict:
     rate = float(y.mean())  # the base rate as evaluation and the gate take it: these rows' own frequency
     out = {name: summary(y, p, p_true, rate) for name, p in preds.items()}
     out["registered"] = {**out[bundle["registered"]], "kind": bundle["registered"]}
+    # how much of the ECE is the base rate alone: the training window's frequency (all a model
+    # trained on it can know of the level) against these rows' own and the truth's mean here
+    out["levels"] = {
+        "mean_p": float(np.mean(preds[bundle["registered"]])),
+        "rate": rate,
+        "train_rate": float(bundle["train_positive_rate"]),
+        "truth_mean": float(np.nanmean(p_true)),
+    }
     best = min(stacked.names, key=lambda n: out[n]["log_loss"])
     # per-row log-loss differences summed per UTC day; resampling whole days keeps the
     # overlap of 12-bar labels (and any intraday dependence) inside a resampled unit
@@ -185,6 +193,12 @@ def main() -> None:
         print(_line(f"holdout ({m['holdout_rows']:,} rows)", m))
         print("\n".join("  " + line for line in evaluate.report(m, 1.0).splitlines()))
         print(_line(f"forward ({f['rows']:,} rows)", f))
+        lv = f["levels"]
+        print(
+            f"    forward level: mean probability {lv['mean_p']:.4f}, the rows' frequency {lv['rate']:.4f} "
+            f"(gap {abs(lv['mean_p'] - lv['rate']):.4f} of the ECE), the training window's "
+            f"{lv['train_rate']:.4f}, the truth's mean {lv['truth_mean']:.4f}"
+        )
         d = f["stacked_minus_best"]
         print(
             f"    forward stacked − best base ({d['best']}): {d['diff']:+.5f} ± {d['se']:.5f} "

@@ -313,10 +313,8 @@ def train(
         oof=probs,
         base=base,
         l2=models.stack.l2,
-        calibration=models.calibration,
         regime_index=regime_index,
         horizon=horizon,
-        block_rows=overlap,
     )
     ensemble = fit_ensemble(
         factories,

@@ -182,3 +182,23 @@ def test_every_registered_learner_trains_on_the_fast_profile():
         assert p.shape == (n - cut,) and np.all((p >= 0) & (p <= 1)), name
         # fast-profile nets are regularised for weak signals: they learn, not to the limit
         assert log_loss(y[cut:], p) < base_rate_log_loss(y[cut:]) - 0.02, name
+
+
+def test_the_stack_does_not_carry_a_drifting_base_rate_forward():
+    """No signal, and an up-rate that drifts down across the training window (0.53 → 0.47, as
+    a random walk's chance trends do): the stack must predict about the training window's
+    own frequency, not extrapolate the drift. A second calibrator fitted on the meta-learner's
+    walk-forward predictions did (they lag the drift, so a shifted map wins the later split):
+    forward mean 0.46 on the simulator's random walk."""
+    rng = np.random.default_rng(11)
+    n = 40_000
+    t0 = np.arange(n) * 300.0
+    X = rng.normal(size=(n, 4))
+    rate = np.linspace(0.53, 0.47, n)
+    y = (rng.random(n) < rate).astype(float)
+    folds = purged_walk_forward_splits(t0, t0 + 300, n_splits=4, test_fraction=0.5)
+    stacked = fit_stacked({"logistic": lambda: LogisticLearner(C=1.0)}, X, y, folds)
+    p = stacked.predict_proba(rng.normal(size=(20_000, 4)))
+    oof_rate = float(y[n // 2 :].mean())  # the rows the meta-learner is fitted on (about the later half)
+    assert abs(p.mean() - oof_rate) < 0.01, (p.mean(), oof_rate, stacked.calibrator)
+    assert p.std() < 0.01  # and no confidence it does not have
