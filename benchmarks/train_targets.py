@@ -38,8 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import joblib  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy.optimize import brentq  # noqa: E402
 
-from models.metrics import EPS, summary  # noqa: E402
+from models.calibration import logit, sigmoid  # noqa: E402
+from models.metrics import EPS, ece, summary  # noqa: E402
 from pipelines import evaluate, featurize, register, train  # noqa: E402
 from pipelines.config import Params, load_params  # noqa: E402
 from pipelines.ingest import history  # noqa: E402
@@ -80,7 +82,19 @@ def _row_loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     return -(y * np.log(p) + (1 - y) * np.log1p(-p))
 
 
-def forward(bundle: dict, params: Params, end: datetime) -> dict:
+def level_shift(params: Params) -> float:
+    """The logit shift that brings the planted truth's mean over the training rows to those
+    rows' own frequency: the level a model trained on them can know (0 without a truth)."""
+    data = train.load_training_data(params.outputs / "featurize", params.labels.kind)
+    rows = train.splits(data, params.models)[0].train
+    p_true = evaluate.true_probabilities(data, rows, params)
+    if p_true is None:
+        return 0.0
+    rate = float(data.y[rows].mean())
+    return float(brentq(lambda s: np.nanmean(sigmoid(logit(p_true) + s)) - rate, -2.0, 2.0))
+
+
+def forward(bundle: dict, params: Params, end: datetime, shift: float = 0.0) -> dict:
     """Every predictor of `bundle` on the rows whose bar opens at or after `end` (the training
     data's end) in `params`' workspace, which simulates further; the stacked-minus-best-base
     difference gets a bootstrap standard error over whole days."""
@@ -103,6 +117,9 @@ def forward(bundle: dict, params: Params, end: datetime) -> dict:
         "rate": rate,
         "train_rate": float(bundle["train_positive_rate"]),
         "truth_mean": float(np.nanmean(p_true)),
+        # the truth at the training window's level (`level_shift`): the ECE floor of any model
+        # trained on that window
+        "truth_at_train_level_ece": float(ece(y, sigmoid(logit(p_true) + shift))),
     }
     best = min(stacked.names, key=lambda n: out[n]["log_loss"])
     # per-row log-loss differences summed per UTC day; resampling whole days keeps the
@@ -141,7 +158,9 @@ def run(strength: float, bars: int, trials: int, forward_weeks: float, work: Pat
         "prep_s": t_prep,
         "train_s": t_train,
         "metrics": metrics,
-        "forward": forward(joblib.load(params.outputs / "train" / "model.pkl"), ahead, end),
+        "forward": forward(
+            joblib.load(params.outputs / "train" / "model.pkl"), ahead, end, level_shift(params)
+        ),
         "decision": decision,
         "oof": bundle["oof_scores"],
         "tuned": bundle["tuned"],
@@ -197,7 +216,8 @@ def main() -> None:
         print(
             f"    forward level: mean probability {lv['mean_p']:.4f}, the rows' frequency {lv['rate']:.4f} "
             f"(gap {abs(lv['mean_p'] - lv['rate']):.4f} of the ECE), the training window's "
-            f"{lv['train_rate']:.4f}, the truth's mean {lv['truth_mean']:.4f}"
+            f"{lv['train_rate']:.4f}, the truth's mean {lv['truth_mean']:.4f}; the truth at the training "
+            f"window's level has ECE {lv['truth_at_train_level_ece']:.4f} here"
         )
         d = f["stacked_minus_best"]
         print(
