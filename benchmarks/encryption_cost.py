@@ -97,6 +97,14 @@ def _results_latency(params, store, url: str, admin: str | None, encryption: boo
         for i in range(1000)
     ]  # fmt: skip
     store.write_scores(rows)
+    if store.dialect == "postgresql":
+        # statistics of the freshly loaded tables, as autovacuum gathers them within a minute
+        # of a bulk load on a default server (this machine's runs with autovacuum off): without
+        # them the planner joins each score to every follower's subscription of its series and
+        # filters the tenant out — 1,000 rows per score, 0.4-0.9 s per 1,000-row read instead
+        # of ~60 ms (EXPLAIN ANALYZE), whatever the encryption
+        with store.admin_engine.begin() as conn:
+            conn.execute(sa.text("ANALYZE"))
     file = work / f"serve-{store.dialect}-{int(encryption)}.yaml"
     file.write_text(
         yaml.safe_dump(

@@ -546,9 +546,9 @@ class LiveScorer:
         """Score the bars the last cycles scored with a followed (champion) version with that
         model's ``challenger`` version too, when it is another one, and store both
         probabilities (`ResultsStore.write_shadow`; given to no tenant). Off the path to the
-        tenant: the live worker calls this once a close is quiet. A series that fails here is
-        logged and skipped — shadow scoring never holds live scoring back. Returns the rows
-        stored."""
+        tenant: the live worker calls this once a close is quiet. Whatever fails here (a
+        challenger that cannot score, the registry or the store unreachable) is logged and that
+        work dropped — shadow scoring never holds live scoring back. Returns the rows stored."""
         work, self._shadow = self._shadow, []
         if not work:
             return 0
@@ -572,10 +572,16 @@ class LiveScorer:
                         w.timeframe,
                         exc,
                     )
+        except Exception as exc:  # noqa: BLE001 - the registry unreachable: this close is not shadowed
+            log.warning("shadow scoring skipped: %s", exc)
         finally:
             self._pending, self._shadow_pending = saved, {}
             self._marks = {}
-        return self.store.write_shadow(rows) if rows else 0
+        try:
+            return self.store.write_shadow(rows) if rows else 0
+        except Exception as exc:  # noqa: BLE001 - the store down: the tenants' rows are committed already
+            log.warning("shadow scores of %d bars not stored: %s", len(rows), exc)
+            return 0
 
     def _shadow_rows(self, w: _ShadowWork, version: str) -> list[ShadowRow]:
         model = self.model(w.model, version)
