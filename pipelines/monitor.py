@@ -169,6 +169,13 @@ def _with_realised(rows: pd.DataFrame, params: Params) -> pd.DataFrame:
     return rows[rows.y.notna()]
 
 
+def _blocks(g: pd.DataFrame) -> tuple[np.ndarray, int]:
+    """Bar open times (UTC epoch seconds) of matured rows `g` of one model, and the length of
+    the bootstrap blocks their labels need (`models.uncertainty.block_seconds`)."""
+    span = block_seconds(int(g.horizon.max()), timeframe_seconds(str(g.timeframe.iloc[0])))
+    return g.bar_time.map(lambda x: int(x.timestamp())).to_numpy(), span
+
+
 def live_calibration(
     params: Params, results: ResultsStore, since: datetime | None = None
 ) -> tuple[list[dict[str, Any]], pd.DataFrame]:
@@ -192,9 +199,7 @@ def live_calibration(
         for k, g in matured.groupby(key):
             y, p = g.y.to_numpy(), g.probability.to_numpy()
             name = f"{label} {' '.join(map(str, k))}"
-            horizon = int(g.horizon.max())
-            span = block_seconds(horizon, timeframe_seconds(str(g.timeframe.iloc[0])))
-            times = g.bar_time.map(lambda x: int(x.timestamp())).to_numpy()
+            times, span = _blocks(g)
             finding, edge = skill_check(name, y, p, times, span, cfg.skill_min_rows, cfg.level)
             out.append(
                 {
@@ -225,8 +230,7 @@ def shadow_comparison(
         ["model_name", "challenger_version", "champion_version"]
     ):
         y = g.y.to_numpy()
-        span = block_seconds(int(g.horizon.max()), timeframe_seconds(str(g.timeframe.iloc[0])))
-        times = g.bar_time.map(lambda x: int(x.timestamp())).to_numpy()
+        times, span = _blocks(g)
         key = f"{name} v{challenger} vs v{champion}"
         finding, edge = shadow_check(
             key, y, g.challenger.to_numpy(), g.champion.to_numpy(), times, span, cfg.skill_min_rows, cfg.level

@@ -24,7 +24,7 @@ from pipelines.config import load_params
 from pipelines.featurize import load_bars
 from pipelines.live_score import LiveScorer
 from pipelines.registry import Registry, model_name
-from pipelines.store import ResultsStore, Subscription, app_url
+from pipelines.store import ResultsStore, Subscription
 
 pytestmark = pytest.mark.slow
 
@@ -78,31 +78,6 @@ def world(tmp_path_factory, contract):
         "matrices": matrices,
         "learners": learners,
     }
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store(request, tmp_path):
-    if request.param == "sqlite":
-        s = ResultsStore(f"sqlite:///{tmp_path / 'results.db'}")
-    else:
-        admin = request.getfixturevalue("pg_admin_url")
-        s = ResultsStore(app_url(admin), admin)
-    s.migrate()
-    yield s
-    if s.dialect == "postgresql":
-        with s.admin_engine.begin() as conn:
-            tables = (
-                "scores",
-                "shadow_scores",
-                "subscriptions",
-                "pins",
-                "audit",
-                "tenants",
-                "score_watermarks",
-            )
-            for table in tables:
-                conn.execute(sa.text(f"DELETE FROM {table}"))
-    s.close()
 
 
 def tenants(store, name):

@@ -167,10 +167,12 @@ class ShadowRow(NamedTuple):
 
 
 def _shadow_row_key(r: Any) -> str:
-    """A shadow score's unique key as text (what its sealed pair is bound to)."""
-    bar_time = datetime.fromisoformat(r.bar_time) if isinstance(r.bar_time, str) else r.bar_time
-    parts = (r.symbol, r.timeframe, str(int(_utc(bar_time).timestamp())), str(int(r.horizon)), r.label_kind)
-    return "|".join((*parts, r.model_name, r.challenger_version, r.champion_version))
+    """A shadow score's unique key as text (what its sealed pair is bound to): the challenger's
+    score key (`_score_row_key`) and the champion's version."""
+    key = _score_row_key(
+        r.symbol, r.timeframe, r.bar_time, r.horizon, r.label_kind, r.model_name, r.challenger_version, False
+    )
+    return f"{key}|{r.champion_version}"
 
 
 def event_payload(row: Any) -> dict[str, Any]:
