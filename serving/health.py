@@ -18,6 +18,7 @@ import gc
 import logging
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import bentoml
@@ -35,13 +36,26 @@ _GC_FREEZES = bentoml.metrics.Counter(
     documentation="Times the service hid its long-lived objects from the collector (once, at start)",
 )
 _GC_STARTED: list[float] = []
+# pauses measured by the collector's callback, observed into _GC_PAUSE later by `flush_gc_pauses`:
+# the callback runs wherever a collection starts — also inside prometheus_client while it holds
+# its (non-reentrant) multiprocess lock, where observing a metric deadlocked the whole worker
+# (seen: /readyz hung for good after `json.dumps` in a metric's set-up triggered a collection)
+_GC_PAUSES: deque[tuple[int, float]] = deque(maxlen=10_000)
 
 
 def _time_collections(phase: str, info: dict[str, int]) -> None:
+    """gc callback: no locks, no metrics — append only (deque.append is atomic)."""
     if phase == "start":
         _GC_STARTED[:] = [time.perf_counter()]
     elif _GC_STARTED:
-        _GC_PAUSE.labels(generation=str(info["generation"])).observe(time.perf_counter() - _GC_STARTED[0])
+        _GC_PAUSES.append((info["generation"], time.perf_counter() - _GC_STARTED[0]))
+
+
+def flush_gc_pauses() -> None:
+    """Observe the pauses the callback recorded (called outside any collection)."""
+    while _GC_PAUSES:
+        generation, seconds = _GC_PAUSES.popleft()
+        _GC_PAUSE.labels(generation=str(generation)).observe(seconds)
 
 
 class Health:
@@ -134,6 +148,7 @@ class Health:
         trimmed = time.monotonic()
         while not self._stop.wait(self.interval):
             started = time.monotonic()
+            flush_gc_pauses()
             try:
                 self.check()
             except Exception:  # noqa: BLE001 - the checker must outlive any one failure
