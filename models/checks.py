@@ -256,6 +256,27 @@ def drift_check(symbol: str, max_psi: float, worst: str, psi_max: float) -> Find
     )
 
 
+LIVE_WINDOW_CHECKS = ("skill:", "calibration:", "shadow:")
+
+
+def left_the_window(
+    open_alerts: Iterable[str],
+    findings: Iterable[Finding],
+    since: str,
+    prefixes: tuple[str, ...] = LIVE_WINDOW_CHECKS,
+) -> list[Finding]:
+    """Healthy, judged findings closing the open alerts of live-window checks (`prefixes`)
+    that nothing judged in this window: their model version, tenant or challenger has no
+    live rows opened since `since` (text, UTC) — no longer scored — so its breach is over.
+    Without this an alert of a retired version would stay open for ever."""
+    seen = {f.check for f in findings}
+    return [
+        Finding(c, False, float("nan"), 0.0, f"{c}: no live rows since {since} — no longer scored")
+        for c in sorted(open_alerts)
+        if c.startswith(prefixes) and c not in seen
+    ]
+
+
 @dataclass(frozen=True)
 class Notification:
     """What an operator is told: `kind` is ``breached`` or ``resolved``."""

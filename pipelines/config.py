@@ -513,6 +513,9 @@ class MonitorParams(_Frozen):
     lag_min_results: int = Field(20, ge=1)
     skill_min_rows: int = Field(500, ge=10)  # live skill is judged from this many matured rows
     level: float = Field(0.95, gt=0.5, lt=1.0)  # of the live-skill interval
+    # live skill, calibration and shadow are judged on bars opened in the last this many days
+    # (a breach can resolve; a version no longer scored leaves the window and its alert closes)
+    live_window_days: float = Field(30.0, gt=0)
     service_url: str | None = None  # scoring service whose /metrics are checked (None: not checked)
     api_error_rate_max: float = Field(0.01, ge=0, le=1)  # 5xx share of requests since the last check
     api_p99_ms: float = Field(250.0, gt=0)

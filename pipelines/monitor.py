@@ -58,6 +58,7 @@ from models.checks import (
     calibration_check,
     drift_check,
     lag_check,
+    left_the_window,
     shadow_check,
     skill_check,
     stale_series,
@@ -84,6 +85,7 @@ class MonitorReport:
     matured: pd.DataFrame = field(default_factory=pd.DataFrame)  # matured live rows (y, probability)
     api: dict[str, Any] = field(default_factory=dict)  # this scrape of the service's metrics
     shadow: list[dict[str, Any]] = field(default_factory=list)  # challenger vs champion, live
+    live_since: datetime | None = None  # live checks judged bars opened from here (UTC) to now
 
     @property
     def lags(self) -> dict[str, float]:
@@ -177,16 +179,16 @@ def _blocks(g: pd.DataFrame) -> tuple[np.ndarray, int]:
 
 
 def live_calibration(
-    params: Params, results: ResultsStore, since: datetime | None = None
+    params: Params, results: ResultsStore, since: datetime | None = None, until: datetime | None = None
 ) -> tuple[list[dict[str, Any]], pd.DataFrame]:
-    """ECE, log loss and skill of matured live probabilities, per model version and per tenant
-    (each model against its own label kind, direction or triple barrier; read through each
-    tenant's own session); and the matured rows themselves (bar_time, y, probability, model,
-    tenant)."""
+    """ECE, log loss and skill of matured live probabilities of bars opened in [`since`,
+    `until`) (UTC; None: unbounded), per model version and per tenant (each model against its
+    own label kind, direction or triple barrier; read through each tenant's own session); and
+    the matured rows themselves (bar_time, y, probability, model, tenant)."""
     frames = []
     for tenant in results.directory():
         with results.tenant(tenant.tenant_id, actor="monitor") as session:
-            f = session.probabilities(start=since)
+            f = session.probabilities(start=since, end=until)
         if len(f):
             f["tenant"] = tenant.tenant_id  # ids only: names are the tenants' own (sealed)
             frames.append(f)
@@ -218,12 +220,16 @@ def live_calibration(
 
 
 def shadow_comparison(
-    params: Params, results: ResultsStore, since: datetime | None = None
+    params: Params, results: ResultsStore, since: datetime | None = None, until: datetime | None = None
 ) -> list[dict[str, Any]]:
-    """The challenger against the champion on the live bars both scored (``shadow_scores``),
-    on matured labels: per (model, challenger version, champion version), rows and both log
-    losses, and `models.checks.shadow_check`'s finding and paired interval."""
-    rows = _with_realised(results.shadow_scores(since), params)
+    """The challenger against the champion on the live bars both scored (``shadow_scores``)
+    opened in [`since`, `until`) (UTC; None: unbounded), on matured labels: per (model,
+    challenger version, champion version), rows and both log losses, and
+    `models.checks.shadow_check`'s finding and paired interval."""
+    rows = results.shadow_scores(since)
+    if until is not None:
+        rows = rows[rows.bar_time < pd.Timestamp(until)]
+    rows = _with_realised(rows, params)
     cfg = params.monitor
     out = []
     for (name, challenger, champion), g in rows.groupby(
@@ -370,10 +376,16 @@ def check(
     alerts: Alerts | None = None,
 ) -> MonitorReport:
     """Every check with the ``monitor:`` thresholds (`MonitorReport.findings`). `now` (UTC,
-    default the wall clock) is the moment judged; `alerts` holds the previous API scrape."""
+    default the wall clock) is the moment judged; live skill, calibration and shadow scores are
+    judged on bars opened in [`since`, `now`), `since` by default ``monitor.live_window_days``
+    before `now`. `alerts` holds the previous API scrape and the open alerts: an open live
+    alert whose version, tenant or challenger has no rows in the window is closed
+    (`models.checks.left_the_window`)."""
     cfg = params.monitor
     report = MonitorReport()
     now = now or datetime.now(UTC)
+    since = since or now - timedelta(days=cfg.live_window_days)
+    report.live_since = since
     report.freshness, stale = freshness(params, int(now.timestamp()))
     report.findings += stale
     if (params.outputs / "featurize" / "columns.json").is_file():
@@ -383,7 +395,7 @@ def check(
             drift_check(r["symbol"], r["max_psi"], r["worst"], cfg.psi_max) for r in report.drift
         ]
     if results is not None:
-        report.calibration, report.matured = live_calibration(params, results, since)
+        report.calibration, report.matured = live_calibration(params, results, since, now)
         for row in report.calibration:
             report.findings.append(row.pop("skill"))
             report.findings.append(
@@ -391,8 +403,10 @@ def check(
                     f"{row['by']} {row['key']}", row["ece"], row["rows"], cfg.ece_max, cfg.min_rows
                 )
             )
-        report.shadow = shadow_comparison(params, results, since)
+        report.shadow = shadow_comparison(params, results, since, now)
         report.findings += [row.pop("finding") for row in report.shadow]
+        if alerts is not None:
+            report.findings += left_the_window(alerts.open, report.findings, _iso(int(since.timestamp())))
         lags = live_lags(results, now - timedelta(minutes=cfg.lag_window_minutes), now)
         finding = lag_check(lags, cfg.lag_p99_ms, cfg.lag_min_results)
         report.findings.append(finding)
@@ -451,6 +465,8 @@ def render(report: MonitorReport) -> str:
             f"drift  {row['symbol']}: max PSI {row['max_psi']:.3f}, mean {row['mean_psi']:.3f} "
             f"({row['worst']})"
         )
+    if report.live_since is not None:
+        lines.append(f"live   judged on bars opened since {report.live_since:%Y-%m-%d %H:%M} UTC")
     for row in report.calibration:
         lines.append(
             f"live   {row['by']} {row['key']}: {row['rows']} matured rows, ECE {row['ece']:.4f}, log loss "

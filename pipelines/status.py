@@ -71,7 +71,9 @@ def status_lines(
             lines.append(
                 f"  {m['model']}: champion {m['champion']}, challenger {m['challenger']} — {m['gate']}"
             )
-    lines.append("LIVE")
+    lines.append(
+        "LIVE" + (f" (bars opened since {report.live_since:%Y-%m-%d %H:%M} UTC)" if report.live_since else "")
+    )
     for r in report.calibration:
         lines.append(
             f"  {r['by']} {r['key']}: {r['rows']} matured rows, ECE {r['ece']:.4f}, edge over the base rate "

@@ -12,6 +12,7 @@ from models.checks import (
     Finding,
     api_check,
     lag_check,
+    left_the_window,
     skill_check,
     stale_series,
     transitions,
@@ -120,6 +121,17 @@ def test_a_check_too_thin_to_judge_neither_opens_nor_resolves_an_alert():
     assert transitions({}, [thin], {}, 2) == ({}, [])
     assert not lag_check(np.array([5.0]), 250.0, 20).judged
     assert not skill_check("model m 1", np.ones(3), np.ones(3) / 2, np.arange(3), 60, 100)[0].judged
+
+
+def test_live_alerts_with_nothing_in_the_window_close_and_others_keep_their_state():
+    open_alerts = {"skill:model:m:1": "no skill", "skill:model:m:2": "no skill", "stale:EURUSD:M5": "old"}
+    judged = [_f("skill:model:m:2", True)]  # version 2 still scored (and still skill-less)
+    closing = left_the_window(open_alerts, judged, "2024-01-01 00:00")
+    assert [f.check for f in closing] == ["skill:model:m:1"]
+    assert "no live rows since 2024-01-01 00:00" in closing[0].message and not closing[0].breached
+    state, due = transitions(open_alerts, judged + closing, {}, 0)
+    assert [(n.check, n.kind) for n in due] == [("skill:model:m:1", "resolved")]
+    assert set(state) == {"skill:model:m:2", "stale:EURUSD:M5"}  # a stale series is no live-window check
 
 
 def _f(check: str, breached: bool) -> Finding:

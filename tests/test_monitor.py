@@ -175,8 +175,14 @@ def test_monitor_flow_fails_with_artifacts_on_a_breach(world, prefect_harness, t
     store.close()
     resolved = monitor_flow(params_path=str(params_file), now=END)
     assert resolved["breaches"] == []
-    # the operator was told once when drift breached (the first run) and once now it resolved
-    assert resolved["notified"] == ["resolved drift:EURUSD"]
+    # the operator was told once when drift breached (the first run) and once now it resolved;
+    # the live alerts of the first run's store (earlier tests' tenants) close with it: this
+    # store scored none of their versions
+    assert "resolved drift:EURUSD" in resolved["notified"]
+    assert all(
+        n.startswith(("resolved drift:", "resolved skill:", "resolved calibration:"))
+        for n in resolved["notified"]
+    )
 
 
 def _realised_tb(params):
@@ -280,5 +286,69 @@ def test_shadow_scores_compare_the_challenger_with_the_champion_live(world):
         assert f"shadow {name} v9 vs v7" in render(report)
         with pytest.raises(ValueError, match="outside"):
             store.write_shadow([rows("8", "7", "challenger")[0]._replace(challenger=1.5)])
+    finally:
+        store.close()
+
+
+def test_a_live_skill_breach_resolves_when_skill_returns_and_when_the_version_retires(world, tmp_path):
+    """Live skill is judged on a rolling window (``monitor.live_window_days``): a champion
+    skilful for a week, skill-less the next and skilful again opens exactly one alert and
+    resolves it (for the model version and for the tenant), with no repeats; an open alert of a
+    version with no live rows left in the window is closed as no longer scored."""
+    from pipelines.monitor import Alerts
+
+    params = world.model_copy(update={"monitor": world.monitor.model_copy(update={"live_window_days": 7.0})})
+    frame = BarStore(world.data.root).read(SeriesKey("bars", "EURUSD", "M5"))
+    bars = Bars.from_frame(frame, 300)
+    y = direction_labels(bars, world.labels.direction_spec())["label"]
+    times = np.array([datetime.fromtimestamp(int(t), UTC) for t in bars.time])
+    week = timedelta(days=7)
+    a, b = END - 3 * week, END - 2 * week  # weeks [a, b) skilful, [b, c) skill-less, [c, END) skilful
+    c = END - week
+    rng = np.random.default_rng(3)
+    skill_less_rate = float(np.nanmean(y[(times >= b) & (times < c)]))
+    rows = []
+    for t, label in zip(times[times >= a], y[times >= a], strict=True):
+        if np.isnan(label):
+            p = 0.5
+        elif b <= t < c:
+            p = skill_less_rate  # calibrated in the large, no skill
+        else:  # calibrated and informative: P(up | p = 0.7) = 0.7
+            p = 0.7 if (label == 1) == (rng.random() < 0.7) else 0.3
+        rows.append(
+            ScoreRow("EURUSD", "M5", t, 12, "direction", "m", "1", p, False, t + timedelta(minutes=5))
+        )
+    store = ResultsStore(f"sqlite:///{tmp_path / 'results.db'}")
+    store.migrate()
+    tenant, _ = store.add_tenant("window", [Subscription("EURUSD", "M5", 12)], pins={"m": "1"})
+    store.write_scores(rows)
+    skill = ("skill:model:m:1", f"skill:tenant:{tenant.tenant_id}:m")
+
+    def told(alerts: Alerts, now: datetime) -> list[tuple[str, str]]:
+        report = check(params, store, now=now, alerts=alerts)
+        assert report.live_since == now - week
+        judged = {f.check: f for f in report.findings if f.check in skill}
+        assert set(judged) == set(skill) and all(f.judged for f in judged.values())
+        due = alerts.update(report.findings, now.timestamp())
+        return sorted((n.check, n.kind) for n in due if n.check.startswith("skill:"))
+
+    try:
+        alerts = Alerts(tmp_path / "state.json")
+        assert told(alerts, b) == []  # healthy: the first week's skill
+        assert told(alerts, c) == sorted((s, "breached") for s in skill)
+        assert set(skill) <= set(alerts.open) and "no demonstrated skill" in alerts.open[skill[0]]
+        assert told(alerts, END) == sorted((s, "resolved") for s in skill)
+        assert told(alerts, END) == []  # no repeats
+
+        retired = Alerts(tmp_path / "retired.json")
+        assert told(retired, c) == sorted((s, "breached") for s in skill)
+        later = END + 4 * week  # nothing scored in the window any more
+        report = check(params, store, now=later, alerts=retired)
+        assert not report.calibration
+        due = retired.update(report.findings, later.timestamp())
+        closed = [n for n in due if n.check in skill]
+        assert sorted((n.check, n.kind) for n in closed) == sorted((s, "resolved") for s in skill)
+        assert all("no longer scored" in n.message for n in closed)
+        assert not any(k.startswith("skill:") for k in retired.open)
     finally:
         store.close()
