@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import difflib
+import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -35,7 +37,7 @@ from features.spec import (
     Windows,
 )
 from models.learners import LEARNERS
-from pipelines.mt5.constants import timeframe_name
+from pipelines.mt5.constants import timeframe_name, timeframe_seconds
 from pipelines.mt5.server_time import ServerClock
 
 
@@ -592,6 +594,124 @@ class ServingParams(_Frozen):
     ssl_keyfile: str | None = None  # TLS: its private key (PEM)
 
 
+CELL_ID = re.compile(
+    r"^(?P<group>[A-Za-z0-9_]+)-(?P<timeframe>[A-Z]+[0-9]+)-(?P<kind>direction|triple_barrier)-h(?P<horizon>[1-9][0-9]*)$"
+)
+CELL_SECTIONS = ("features", "labels", "models", "tune")  # what a cell may override
+
+
+class Cell(BaseModel):
+    """One cell of the probability matrix: a model trained on the symbols of `group`, bars of
+    `timeframe` (its base timeframe), labels of `label_kind` `horizon` bars ahead. Its id is
+    ``GROUP-TIMEFRAME-LABELKIND-hHORIZON``; it is registered as ``<name_prefix>-<id>``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    group: str
+    timeframe: str
+    label_kind: str
+    horizon: int
+
+    @classmethod
+    def parse(cls, cell_id: str) -> Cell:
+        m = CELL_ID.match(cell_id)
+        if not m:
+            raise ParamsError(
+                f"matrix.cells.{cell_id}: not a cell id — expected GROUP-TIMEFRAME-LABELKIND-hHORIZON, "
+                "e.g. fx-H1-triple_barrier-h24 (label kinds: direction, triple_barrier)"
+            )
+        try:
+            tf = timeframe_name(m["timeframe"])
+        except (KeyError, ValueError):
+            raise ParamsError(f"matrix.cells.{cell_id}: unknown timeframe {m['timeframe']!r}") from None
+        return cls(
+            id=cell_id, group=m["group"], timeframe=tf, label_kind=m["kind"], horizon=int(m["horizon"])
+        )
+
+
+class MatrixParams(_Frozen):
+    """The ``matrix:`` section: the probability matrix, one trained and served model per cell.
+    `groups` maps a symbol group to its symbols; `cells` maps a cell id
+    (``GROUP-TIMEFRAME-LABELKIND-hHORIZON``, `Cell`) to its overrides of the ``features``,
+    ``labels``, ``models`` and ``tune`` sections (``{}``: the file's settings)."""
+
+    groups: dict[str, tuple[str, ...]] = {"fx": ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD")}
+    cells: dict[str, dict[str, Any]] = {
+        f"fx-{tf}-{kind}-h{h}": {}
+        for tf, horizons in (("M5", (12, 48)), ("M15", (4, 16)), ("H1", (4, 24)))
+        for kind in ("direction", "triple_barrier")
+        for h in horizons
+    }
+
+    @field_validator("cells")
+    @classmethod
+    def _cells(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for cell_id, overrides in value.items():
+            Cell.parse(cell_id)
+            extra = set(overrides or {}) - set(CELL_SECTIONS)
+            if extra:
+                raise ValueError(
+                    f"{cell_id}: a cell overrides only {', '.join(CELL_SECTIONS)}, not {sorted(extra)}"
+                )
+        return {k: dict(v or {}) for k, v in value.items()}
+
+    def cell(self, cell_id: str) -> Cell:
+        """The cell `cell_id`; a `ParamsError` naming the nearest ids when there is none."""
+        if cell_id not in self.cells:
+            near = difflib.get_close_matches(cell_id, list(self.cells), n=3, cutoff=0.5)
+            raise ParamsError(
+                f"no cell {cell_id!r} in matrix.cells"
+                + (f" (nearest: {', '.join(near)})" if near else f" (have: {', '.join(self.cells)})")
+            )
+        cell = Cell.parse(cell_id)
+        if cell.group not in self.groups:
+            raise ParamsError(f"matrix.cells.{cell_id}: no symbol group {cell.group!r} in matrix.groups")
+        return cell
+
+    def all(self) -> list[Cell]:
+        return [self.cell(c) for c in self.cells]
+
+    def group_of(self, symbol: str) -> str | None:
+        """The first symbol group holding `symbol` (None: in none)."""
+        return next((g for g, symbols in self.groups.items() if symbol in symbols), None)
+
+    def find(
+        self, symbol: str, timeframe: str, horizon: int, label_kind: str, symbols: Sequence[str]
+    ) -> Cell | None:
+        """The cell serving `symbol` (one of the ingested `symbols`) on `timeframe`, `horizon`
+        bars ahead, labels of `label_kind`; None when the matrix has none."""
+        if symbol not in symbols:
+            return None
+        for cell in self.all():
+            if (cell.timeframe, cell.horizon, cell.label_kind) == (timeframe, horizon, label_kind) and (
+                symbol in self.groups[cell.group]
+            ):
+                return cell
+        return None
+
+    def nearest(
+        self, symbol: str, timeframe: str, horizon: int, label_kind: str, symbols: Sequence[str], n: int = 3
+    ) -> list[str]:
+        """Up to `n` subscriptions (``SYMBOL:TF:HORIZON:KIND``) the matrix does serve, nearest
+        first: the same label kind, then the same timeframe, then the closest horizon in time."""
+        import math
+
+        try:
+            wanted = math.log(horizon * timeframe_seconds(timeframe))
+        except (KeyError, ValueError):
+            wanted = 0.0
+        pool = [s for s in symbols if s == symbol] or list(symbols)
+        found = []
+        for cell in self.all():
+            for sym in pool:
+                if sym in self.groups[cell.group]:
+                    span = abs(math.log(cell.horizon * timeframe_seconds(cell.timeframe)) - wanted)
+                    rank = (cell.label_kind != label_kind, cell.timeframe != timeframe, span, sym)
+                    found.append((rank, f"{sym}:{cell.timeframe}:{cell.horizon}:{cell.label_kind}"))
+        return [text for _, text in sorted(set(found))[:n]]
+
+
 class Params(BaseModel):
     """All of params.yaml (but ``profiles``, applied by `load_params`)."""
 
@@ -610,6 +730,7 @@ class Params(BaseModel):
     live_score: LiveScoreParams = LiveScoreParams()
     schedules: SchedulesParams = SchedulesParams()
     monitor: MonitorParams = MonitorParams()
+    matrix: MatrixParams = MatrixParams()
     outputs: Path = Path("outputs")
 
 
@@ -636,6 +757,41 @@ def load_params(
     except ValidationError as exc:
         where = f"{path}" + (f" (profile {profile})" if profile else "")
         raise ParamsError(f"{where}: {describe_errors(exc)}") from None
+
+
+def cell_params(params: Params, cell_id: str) -> Params:
+    """`params` for one cell of the matrix (`MatrixParams.cell`): the group's symbols (those of
+    ``data.symbols``), the cell's timeframe as the base timeframe with the configured higher
+    timeframes above it, its label kind and horizon, its group as the registry's symbol group,
+    its own outputs folder ``<outputs>/cells/<id>``, and the cell's overrides merged last."""
+    cell = params.matrix.cell(cell_id)
+    symbols = [s for s in params.matrix.groups[cell.group] if s in params.data.symbols]
+    if not symbols:
+        raise ParamsError(
+            f"matrix.cells.{cell_id}: none of group {cell.group}'s symbols "
+            f"{list(params.matrix.groups[cell.group])} is in data.symbols {list(params.data.symbols)}"
+        )
+    if cell.timeframe not in params.data.timeframes:
+        raise ParamsError(
+            f"matrix.cells.{cell_id}: timeframe {cell.timeframe} is not in data.timeframes "
+            f"{list(params.data.timeframes)} (add it there and ingest)"
+        )
+    base = timeframe_seconds(cell.timeframe)
+    raw = params.model_dump(mode="json")
+    raw["data"]["symbols"] = symbols
+    raw["features"]["base_timeframe"] = cell.timeframe
+    raw["features"]["higher_timeframes"] = [
+        tf for tf in params.features.higher_timeframes if timeframe_seconds(tf) > base
+    ]
+    raw["labels"]["kind"] = cell.label_kind
+    raw["labels"]["horizon"] = cell.horizon
+    raw["registry"]["symbol_group"] = cell.group
+    raw["outputs"] = str(Path(params.outputs) / "cells" / cell_id)
+    raw = _deep_merge(raw, params.matrix.cells[cell_id])
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError(f"matrix.cells.{cell_id}: {describe_errors(exc)}") from None
 
 
 def raw_params(path: str | Path = "params.yaml", profile: str | None = None) -> dict[str, Any]:
@@ -700,6 +856,10 @@ def cli_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
 
 
 def params_from_cli(prog: str, description: str | None, argv: Sequence[str] | None = None) -> Params:
-    """Parse ``--params`` / ``--profile`` and load them (for steps with no other options)."""
-    args = cli_parser(prog, description).parse_args(argv)
-    return load_params(args.params, args.profile)
+    """Parse ``--params`` / ``--profile`` / ``--cell`` and load them (for steps with no other
+    options); with ``--cell ID`` the step works on that cell of the matrix (`cell_params`)."""
+    parser = cli_parser(prog, description)
+    parser.add_argument("--cell", default=None, help="a cell of matrix.cells, e.g. fx-H1-direction-h4")
+    args = parser.parse_args(argv)
+    params = load_params(args.params, args.profile)
+    return cell_params(params, args.cell) if args.cell else params

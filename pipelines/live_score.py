@@ -55,7 +55,7 @@ from pipelines.bar_store import BarStore, SeriesKey, frame_times
 from pipelines.config import Params
 from pipelines.model_cache import LoadedModel, ModelCache
 from pipelines.mt5.constants import timeframe_seconds
-from pipelines.registry import Registry, model_name
+from pipelines.registry import Registry, subscription_model_name
 from pipelines.store import ResultsStore, ScoreRow, ShadowRow, Tenant
 
 log = logging.getLogger("mt5prob.live_score")
@@ -218,16 +218,15 @@ class LiveScorer:
         to it (aliases re-read every `refresh_seconds`, every cycle by default, so a promotion
         or rollback between cycles is picked up by the next one). The grouping by tenant is
         cached with the directory: a cycle's cost grows with distinct series, not tenants."""
-        reg = self.params.registry
         alias = self.params.serving.alias
         now = time.monotonic()
         if self._groups is None or self._groups[0] is not tenants:  # the directory was re-read
-            keys = {(s.timeframe, s.label_kind, s.horizon) for t in tenants for s in t.follows}
-            names = {k: model_name(reg.name_prefix, reg.symbol_group, *k) for k in keys}
+            subs = {s for t in tenants for s in t.follows}
+            names = {s: subscription_model_name(self.params, s) for s in subs}  # the matrix cell's model
             groups: dict[tuple, list[str]] = defaultdict(list)
             for tenant in tenants:
                 for sub in tenant.follows:
-                    name = names[(sub.timeframe, sub.label_kind, sub.horizon)]
+                    name = names[sub]
                     pin = tenant.pins.get(name) if tenant.pins else None
                     groups[(sub.symbol, sub.timeframe, sub.horizon, sub.label_kind, name, pin)].append(
                         tenant.tenant_id

@@ -59,6 +59,15 @@ class ProbabilityModel:
         return pd.DataFrame({"p_up": self.predictor.predict_proba(X)})
 
 
+def subscription_model_name(params: Any, sub: Any) -> str:
+    """The registered model serving subscription `sub` (symbol, timeframe, horizon, label
+    kind): the matrix cell's, named for the first symbol group holding the symbol
+    (``matrix.groups``), ``registry.symbol_group`` for a symbol in none."""
+    reg = params.registry
+    group = params.matrix.group_of(sub.symbol) or reg.symbol_group
+    return model_name(reg.name_prefix, group, sub.timeframe, sub.label_kind, sub.horizon)
+
+
 def served_model_names(params: Any) -> list[str]:
     """``serving.models``, or the one model this params file trains and registers."""
     if params.serving.models:

@@ -42,8 +42,36 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipelines.config import Params
 from pipelines.store import ResultsStore, StoreError, Subscription
 from pipelines.store.crypto import KeyringError, new_master_key_text
+
+
+def served_follows(params: Params, texts: Sequence[str]) -> list[Subscription]:
+    """Parse ``--follow`` values, accepting only what a model serves: a cell of the matrix
+    (``matrix.cells``, its group holding the symbol, the symbol ingested) or a model named in
+    ``serving.models``. Anything else is a `StoreError` that names the nearest served ones."""
+    from pipelines.registry import subscription_model_name
+
+    subs = [Subscription.parse(t) for t in texts]
+    named = set(params.serving.models)
+    for sub in subs:
+        key = (sub.symbol, sub.timeframe, sub.horizon, sub.label_kind)
+        if params.matrix.find(*key, params.data.symbols) or subscription_model_name(params, sub) in named:
+            continue
+        near = params.matrix.nearest(*key, params.data.symbols)
+        where = (
+            f"{sub.symbol} is not among data.symbols {list(params.data.symbols)}"
+            if sub.symbol not in params.data.symbols
+            else f"matrix.cells has no {sub.timeframe} {sub.label_kind} cell {sub.horizon} bars ahead "
+            f"holding {sub.symbol}"
+        )
+        text = f"{sub.symbol}:{sub.timeframe}:{sub.horizon}:{sub.label_kind}"
+        raise StoreError(
+            f"--follow {text}: no model serves it ({where})"
+            + (f"; nearest served: {', '.join(near)}" if near else "")
+        )
+    return subs
 
 
 def _pins(values: Sequence[str]) -> dict[str, str]:
@@ -158,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "add":
             tenant, key = store.add_tenant(
                 args.name,
-                [Subscription.parse(f) for f in args.follow],
+                served_follows(params, args.follow),
                 0.55 if args.long_above is None else args.long_above,
                 0.45 if args.short_below is None else args.short_below,
                 _pins(args.pin),
@@ -168,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "update":
             tenant = store.update_tenant(
                 args.tenant,
-                follows=[Subscription.parse(f) for f in args.follow] or None,
+                follows=served_follows(params, args.follow) or None,
                 long_above=args.long_above,
                 short_below=args.short_below,
                 pins={} if args.unpin else (_pins(args.pin) or None),

@@ -178,3 +178,67 @@ def test_models_learners_is_checked_against_the_registry():
     assert set(ModelsParams().learners) <= set(LEARNERS)
     with pytest.raises(ValueError, match="unknown learner"):  # the check itself, not only its default
         ModelsParams(learners=("logistic", "forest"))
+
+
+def test_every_matrix_cell_is_a_whole_params_of_its_own():
+    """A cell id says its group, base timeframe, label kind and horizon; its params take the
+    group's symbols, the higher timeframes above its own, its own outputs folder and its
+    overrides; every default cell resolves, in the default and the fast profile."""
+    from pipelines.config import cell_params
+
+    for profile in (None, "fast"):
+        params = load_params(PARAMS, profile)
+        assert len(params.matrix.cells) == 12
+        kinds = {(c.timeframe, c.label_kind) for c in params.matrix.all()}
+        assert kinds == {(tf, k) for tf in ("M5", "M15", "H1") for k in ("direction", "triple_barrier")}
+        for cell in params.matrix.all():
+            p = cell_params(params, cell.id)
+            assert p.features.base_timeframe == cell.timeframe and p.labels.kind == cell.label_kind
+            assert p.labels.horizon == cell.horizon and p.registry.symbol_group == "fx"
+            assert p.outputs == params.outputs / "cells" / cell.id
+            assert set(p.data.symbols) <= set(params.data.symbols)
+    fast = load_params(PARAMS, "fast")
+    h1 = cell_params(fast, "fx-H1-triple_barrier-h24")
+    assert h1.data.symbols == ("EURUSD", "XAUUSD") and h1.features.higher_timeframes == ()
+    assert cell_params(fast, "fx-M15-direction-h4").features.higher_timeframes == ("H1",)
+
+
+def test_matrix_cells_are_checked_with_actionable_errors(tmp_path):
+    from pipelines.config import cell_params
+
+    params = load_params(PARAMS)
+    with pytest.raises(ParamsError, match=r"no cell 'fx-H1-direction-h6' in matrix.cells \(nearest: fx-H1"):
+        cell_params(params, "fx-H1-direction-h6")
+    overridden = load_params(
+        PARAMS,
+        None,
+        {
+            "matrix": {
+                "groups": {"metals": ["XAUUSD"], "crypto": ["BTCUSD"]},
+                "cells": {
+                    "metals-H1-direction-h6": {"models": {"xgb": {"max_depth": 3}}, "tune": {"n_trials": 2}},
+                    "crypto-H1-direction-h6": {},
+                    "metals-W1-direction-h2": {},
+                },
+            }
+        },
+    )
+    metals = cell_params(overridden, "metals-H1-direction-h6")
+    assert (
+        metals.data.symbols == ("XAUUSD",) and metals.models.xgb.max_depth == 3 and metals.tune.n_trials == 2
+    )
+    with pytest.raises(ParamsError, match=r"none of group crypto's symbols \['BTCUSD'\] is in data.symbols"):
+        cell_params(overridden, "crypto-H1-direction-h6")
+    with pytest.raises(ParamsError, match="timeframe W1 is not in data.timeframes"):
+        cell_params(overridden, "metals-W1-direction-h2")
+    for cells, problem in (
+        ({"fx-H1-up-h6": {}}, "not a cell id"),
+        ({"fx-H1-direction-h6": {"serving": {}}}, "overrides only features, labels, models, tune"),
+    ):
+        with pytest.raises(ParamsError, match=problem):
+            load_params(PARAMS, None, {"matrix": {"cells": cells}})
+    bad = load_params(
+        PARAMS, None, {"matrix": {"cells": {"fx-H1-direction-h6": {"models": {"xgb": {"depth": 3}}}}}}
+    )
+    with pytest.raises(ParamsError, match=r"matrix.cells.fx-H1-direction-h6: models.xgb.depth: unknown key"):
+        cell_params(bad, "fx-H1-direction-h6")

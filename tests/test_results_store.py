@@ -264,6 +264,16 @@ def test_cli_round_trip(tmp_path, capsys):
     assert "acme" in listed and key not in listed and '"mt5prob-fx-M5-direction-h12": "3"' in listed
     assert tenants_cli(["--params", str(params), "add", "x", "--follow", "EURUSD-M5"]) == 2
     assert "SYMBOL:TIMEFRAME:HORIZON" in capsys.readouterr().err
+    # only what a model serves (a cell of params.yaml's matrix) can be followed; the nearest are named
+    assert tenants_cli(["--params", str(params), "add", "x", "--follow", "EURUSD:H1:6"]) == 2
+    err = capsys.readouterr().err
+    assert "--follow EURUSD:H1:6:direction: no model serves it" in err, err
+    assert "nearest served: EURUSD:H1:4:direction, EURUSD:H1:24:direction" in err, err
+    assert tenants_cli(["--params", str(params), "update", "acme", "--follow", "BTCUSD:H1:4"]) == 2
+    assert "BTCUSD is not among data.symbols" in capsys.readouterr().err
+    follows = ["--follow", "XAUUSD:H1:24:triple_barrier", "--follow", "GBPUSD:M15:4"]
+    assert tenants_cli(["--params", str(params), "update", "acme", *follows]) == 0
+    assert '"label_kind": "triple_barrier"' in capsys.readouterr().out
     assert tenants_cli(["--params", str(params), "remove", "acme"]) == 2
     assert tenants_cli(["--params", str(params), "remove", "acme", "--yes"]) == 0
 
