@@ -57,6 +57,24 @@ def register_task(params: Params) -> dict[str, Any]:
     }
 
 
+def build_outputs(
+    params: Params, featurize_step: Any, train_step: Any, evaluate_step: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """featurize → train → evaluate into a staging root, then ``params.outputs``' three
+    folders replaced together — a failed run leaves the previous outputs whole. The steps are
+    the tasks above or the plain functions they call; returns (trained, metrics)."""
+    stage = params.outputs / f".run-{uuid.uuid4().hex}"
+    try:
+        staged = params.model_copy(update={"outputs": stage})
+        featurize_step(staged)
+        trained = train_step(staged)
+        metrics = evaluate_step(staged)
+        replace_dirs(stage, params.outputs, STEP_OUTPUTS)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return trained, metrics
+
+
 @flow(name="featurize", log_prints=True)
 def featurize_flow(params_path: str = "params.yaml", profile: str | None = None) -> dict[str, int]:
     """Features and labels of every configured symbol into outputs/featurize (the dvc stage).
@@ -112,17 +130,7 @@ def train_flow(
     if trials:
         overrides["tune"] = {"enabled": True, "n_trials": trials}
     params = load_params(params_path, profile, overrides or None)
-    # every step writes into a staging root; the profile's outputs are replaced only after
-    # the last step succeeded, all three folders together (a failed run leaves them untouched)
-    stage = params.outputs / f".run-{uuid.uuid4().hex}"
-    try:
-        staged = params.model_copy(update={"outputs": stage})
-        featurize_task(staged)
-        trained = train_task(staged)
-        metrics = evaluate_task(staged)
-        replace_dirs(stage, params.outputs, STEP_OUTPUTS)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    trained, metrics = build_outputs(params, featurize_task, train_task, evaluate_task)
     registration = register_task(params)
     rows = [
         {"predictor": name, **{k: round(v, 5) for k, v in m.items() if isinstance(v, float)}}

@@ -133,7 +133,8 @@ def wilson(
     """Wilson score interval (lower, upper) of observed frequencies `freq` on `n` outcomes
     (an effective count: overlapping labels carry less than one outcome each), clipped to
     [0, 1]. Keeps its coverage at frequencies near 0 or 1 and on small `n`, unlike the normal
-    approximation."""
+    approximation. The band always holds `freq` itself (at 0 and 1 rounding would otherwise
+    leave it a few ulps outside)."""
     from scipy.stats import norm
 
     z = float(norm.ppf(0.5 + level / 2))
@@ -141,7 +142,8 @@ def wilson(
     f = np.nan_to_num(np.asarray(freq, dtype=float))
     centre = (f + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(f * (1 - f) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+    low = np.minimum(np.clip(centre - half, 0.0, 1.0), f)
+    return low, np.maximum(np.clip(centre + half, 0.0, 1.0), f)
 
 
 def row_log_loss(y: np.ndarray, p: np.ndarray, eps: float = 1e-12) -> np.ndarray:

@@ -14,6 +14,7 @@ from models.uncertainty import (
     effective_labels,
     fold_values,
     probability_of_overfitting,
+    wilson,
 )
 
 
@@ -72,3 +73,13 @@ def test_fold_values_undo_the_running_means_a_trial_reported():
     running = {k: float(losses[: k + 1].mean()) for k in range(4)}
     np.testing.assert_allclose(fold_values(running, 4), losses)
     assert fold_values({0: 0.69, 1: 0.685}, 4) is None  # pruned after two folds
+
+
+def test_the_wilson_band_holds_the_observed_frequency_even_at_zero_and_one():
+    """At 0 and 1 the band's bound equals the frequency in exact arithmetic; rounding used to
+    put it a few ulps outside, and the reliability diagram's error bars then refused to draw."""
+    freq = np.tile([0.0, 1.0, 0.3], 200)
+    n = np.arange(1, freq.size + 1) / 7.0
+    low, high = wilson(freq, n)
+    assert np.all(low <= freq) and np.all(freq <= high) and np.all((0 <= low) & (high <= 1))
+    assert np.all(high[freq == 0] > 0) and np.all(low[freq == 1] < 1)  # never a zero-width band
