@@ -177,6 +177,11 @@ class ModelCache:
             why = self.no_skill(name)
             if why is not None:
                 raise NoSkill(why)
+        if version is None and not self.aliases(name):
+            raise UnknownModel(
+                f"model {name} is not built yet: no version of it is registered (train its cell of the "
+                "matrix, or ask for another model: /models lists them)"
+            )
         if version is None:
             raise UnknownModel(f"model {name!r} has no alias {ref!r} (aliases: {sorted(self.aliases(name))})")
         return name, version

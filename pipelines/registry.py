@@ -69,18 +69,80 @@ def subscription_model_name(params: Any, sub: Any) -> str:
 
 
 def served_model_names(params: Any) -> list[str]:
-    """``serving.models``, or the one model this params file trains and registers."""
+    """``serving.models``, or the model this params file trains and registers followed by the
+    model of every cell of the matrix (``matrix.cells``) whose group has a symbol and whose
+    timeframe is ingested (``data.symbols``, ``data.timeframes``)."""
     if params.serving.models:
         return list(params.serving.models)
-    return [
-        model_name(
-            params.registry.name_prefix,
-            params.registry.symbol_group,
+    return list(catalog(params))
+
+
+def catalog(params: Any) -> dict[str, dict[str, Any]]:
+    """What each served model serves, by name: ``cell`` (its matrix cell id, None for a model
+    outside the matrix), ``symbols``, ``timeframe``, ``horizon`` (bars of that timeframe) and
+    ``label_kind``. Read from the matrix for a cell's model, from the name otherwise
+    (``<prefix>-<group>-<timeframe>-<label kind>-h<horizon>``; None where it does not say)."""
+    reg = params.registry
+    out: dict[str, dict[str, Any]] = {}
+    if not params.serving.models:
+        top = model_name(
+            reg.name_prefix,
+            reg.symbol_group,
             params.features.base_timeframe,
             params.labels.kind,
             params.labels.horizon,
         )
-    ]
+        out[top] = {
+            "cell": None,
+            "symbols": list(params.data.symbols),
+            "timeframe": params.features.base_timeframe,
+            "horizon": params.labels.horizon,
+            "label_kind": params.labels.kind,
+        }
+    cells = {}
+    for cell in params.matrix.all():
+        symbols = [s for s in params.matrix.groups[cell.group] if s in params.data.symbols]
+        if symbols and cell.timeframe in params.data.timeframes:
+            name = model_name(reg.name_prefix, cell.group, cell.timeframe, cell.label_kind, cell.horizon)
+            cells[name] = {
+                "cell": cell.id,
+                "symbols": symbols,
+                "timeframe": cell.timeframe,
+                "horizon": cell.horizon,
+                "label_kind": cell.label_kind,
+            }
+    if params.serving.models:
+        return {
+            n: cells.get(n) or _from_name(n, reg.name_prefix, params.matrix.groups)
+            for n in params.serving.models
+        }
+    for name, info in cells.items():
+        if name in out:
+            out[name]["cell"] = info["cell"]
+            out[name]["symbols"] = info["symbols"]
+        else:
+            out[name] = info
+    return out
+
+
+def _from_name(name: str, prefix: str, groups: dict[str, Any]) -> dict[str, Any]:
+    import re
+
+    m = re.fullmatch(
+        re.escape(prefix)
+        + r"-(?P<group>[A-Za-z0-9_]+)-(?P<tf>[A-Z]+[0-9]+)-(?P<kind>[a-z_0-9]+)-h(?P<h>[0-9]+)",
+        name,
+    )
+    if not m:
+        return {"cell": None, "symbols": None, "timeframe": None, "horizon": None, "label_kind": None}
+    symbols = groups.get(m["group"])
+    return {
+        "cell": None,
+        "symbols": list(symbols) if symbols else None,
+        "timeframe": m["tf"],
+        "horizon": int(m["h"]),
+        "label_kind": m["kind"],
+    }
 
 
 def feature_spec_from_meta(meta: dict[str, Any]) -> FeatureSpec | None:
@@ -115,9 +177,7 @@ def _pyfunc_class() -> type:
     return type("MT5ProbabilityModel", (ProbabilityModel, mlflow.pyfunc.PythonModel), {})
 
 
-def lineage(
-    repo: Path, params_sections: dict[str, Any], data_md5: str | None = None
-) -> dict[str, str]:
+def lineage(repo: Path, params_sections: dict[str, Any], data_md5: str | None = None) -> dict[str, str]:
     """git commit, the data's content hash and a hash of the params that shaped the model.
 
     ``data_dvc_md5`` is `data_md5` — the DVC directory hash of the bar store when featurize

@@ -48,7 +48,7 @@ def served_models(params: Any) -> list[dict[str, str]]:
             low, high = tags.get("gate_edge_low"), tags.get("gate_edge_high")
             skill = tags.get("gate_skill", "unknown")
             gate.append(f"v{version} skill {skill}" + (f" {edge} [{low}, {high}]" if edge else ""))
-        row["gate"] = "; ".join(gate) or "never gated"
+        row["gate"] = "; ".join(gate) or ("never gated" if aliases else "not built yet")
         out.append(row)
     return out
 

@@ -45,6 +45,7 @@ SWITCHES = {
     "/models": "models",
     "/results/latest": "results",
     "/results/range": "results",
+    "/matrix": "results",
     "/stream": "stream",
     "/export": "export",
 }

@@ -66,6 +66,7 @@ class Health:
         self.interval = interval
         self._store_error: str | None = None
         self._model_errors: list[str] = []
+        self._verified: set[tuple[str, str]] = set()  # (model, version) that loaded: not re-checked
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -101,17 +102,28 @@ class Health:
             if was:
                 log.warning("results store available again")
         errors = []
+        built = 0
         for name in self.models.names:
-            version = self.models.aliases(name).get(self.alias)
+            aliases = self.models.aliases(name)
+            if not aliases:
+                continue  # never registered (a matrix cell not trained yet): /models says so, 404
+            built += 1
+            version = aliases.get(self.alias)
             if version is None and self.models.no_skill(name) is not None:
                 continue  # the gate found no skill: a state the service answers (409), not an outage
             if version is None:
                 errors.append(f"{name} has no {self.alias} version")
                 continue
+            if (name, version) in self._verified:
+                continue  # loaded once: not again every check (the LRU may hold fewer than are served)
             try:
                 self.models.get(name, version)
             except Exception as exc:  # noqa: BLE001 - ModelUnavailable names version and back-off
                 errors.append(_one_line(exc))
+            else:
+                self._verified.add((name, version))
+        if not built and self.models.names:
+            errors.append(f"no served model is registered yet ({', '.join(self.models.names[:3])}, ...)")
         with self._lock:
             self._model_errors = errors
         return self.reasons()

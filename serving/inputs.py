@@ -45,6 +45,36 @@ def result_rows(frame: Any) -> list[ResultRow]:
     ]
 
 
+def matrix_grid(follows: Any, frame: Any) -> tuple[dict[str, Any], list[str]]:
+    """A tenant's followed subscriptions (`follows`) and its newest results (`frame`: one row
+    per symbol, timeframe, horizon, label kind) as the /matrix grid — symbol → timeframe →
+    label kind → horizon → `MatrixCell`, None where nothing has been scored yet — and those
+    followed cells with no result (``SYMBOL:TF:HORIZON:KIND``). Results of cells no longer
+    followed are left out."""
+    from serving.schemas import MatrixCell
+
+    newest = {(r.symbol, r.timeframe, int(r.horizon), r.label_kind): r for r in frame.itertuples(index=False)}
+    grid: dict[str, Any] = {}
+    missing = []
+    for sub in follows:
+        key = (sub.symbol, sub.timeframe, int(sub.horizon), sub.label_kind)
+        r = newest.get(key)
+        cell = None
+        if r is None:
+            missing.append(":".join(map(str, key)))
+        else:
+            cell = MatrixCell(
+                probability=float(r.probability),
+                signal=r.signal,
+                bar_time=r.bar_time.isoformat(),
+                model=r.model_name,
+                version=str(r.model_version),
+                scored_at=r.scored_at.isoformat(),
+            )
+        grid.setdefault(key[0], {}).setdefault(key[1], {}).setdefault(key[3], {})[str(key[2])] = cell
+    return grid, missing
+
+
 def feature_matrix(
     rows: list[list[float | None]], columns: list[str] | None, expected: list[str]
 ) -> np.ndarray:

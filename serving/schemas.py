@@ -91,11 +91,47 @@ class ModelInfo(BaseModel):
     no_skill: str | None = Field(
         None, description="why this model has no champion when the promotion gate found no skill in it"
     )
+    state: str = Field(
+        "serving",
+        description="serving (has a champion), no skill (the gate found none: 409), no champion, or "
+        "not built (no version registered yet: train its cell)",
+    )
+    cell: str | None = Field(None, description="its cell of the probability matrix (GROUP-TF-KIND-hH)")
+    symbols: list[str] | None = Field(None, description="the symbols it was trained for")
+    timeframe: str | None = None
+    horizon: int | None = Field(None, description="label horizon in bars of its timeframe")
+    label_kind: str | None = None
 
 
 class ModelsResponse(BaseModel):
     tenant: str
     models: list[ModelInfo]
+
+
+class MatrixCell(BaseModel):
+    """Your newest probability of one followed (symbol, timeframe, label kind, horizon)."""
+
+    probability: float = Field(
+        description="P(label 1): P(up) for direction, take-profit first for triple barrier"
+    )
+    signal: str = Field(description="long / short / flat by your thresholds")
+    bar_time: str = Field(description="open time (UTC, ISO 8601) of the bar it was scored on")
+    model: str
+    version: str
+    scored_at: str = Field(description="when the score was committed (UTC)")
+
+
+class MatrixResponse(BaseModel):
+    tenant: str
+    follows: int = Field(description="cells you follow")
+    missing: list[str] = Field(
+        description="followed cells (SYMBOL:TIMEFRAME:HORIZON:LABEL_KIND) with no probability yet "
+        "(null in the grid)"
+    )
+    grid: dict[str, dict[str, dict[str, dict[str, MatrixCell | None]]]] = Field(
+        description="symbol → timeframe → label kind → horizon (bars of that timeframe) → your newest "
+        "probability, null where none has been scored yet"
+    )
 
 
 class ResultRow(BaseModel):

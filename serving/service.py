@@ -41,11 +41,12 @@ from pydantic import Field
 from serving.docs import docs_app
 from serving.errors import ApiError
 from serving.guard import RequestGuard
-from serving.inputs import as_utc, feature_matrix, features_from_bars, result_rows
+from serving.inputs import as_utc, feature_matrix, features_from_bars, matrix_grid, result_rows
 from serving.schemas import (
     BarsInput,
     BarsScoreResponse,
     Columns,
+    MatrixResponse,
     ModelInfo,
     ModelName,
     ModelsResponse,
@@ -165,7 +166,7 @@ class ScoringService:
     def __init__(self) -> None:
         from pipelines.config import load_params
         from pipelines.model_cache import ModelCache
-        from pipelines.registry import served_model_names
+        from pipelines.registry import catalog
         from pipelines.store import ResultsStore
         from serving import bodies
         from serving.auth import Authenticator
@@ -181,9 +182,11 @@ class ScoringService:
             self.store.migrate()  # PostgreSQL: `python -m pipelines.tenants migrate` as the owner
         self.store.verify_keys()  # the wrong master key: stops here, before serving anything
         self.auth = Authenticator(self.store, self.settings.api_key_header, self.settings.auth_cache_seconds)
+        # what each served model serves (its matrix cell); the names in order: the first is the default
+        self.catalog = catalog(params)
         self.models = ModelCache(
             params.registry.tracking_uri,
-            served_model_names(params),
+            list(self.catalog),
             max_loaded=self.settings.max_loaded_versions,
             device=self.settings.device,
             default_alias=self.settings.alias,
@@ -528,7 +531,8 @@ class ScoringService:
 
     @bentoml.api(route="/models")
     async def list_models(self, ctx: bentoml.Context = None) -> ModelsResponse:  # type: ignore[assignment]
-        """The models this service serves, their aliases, loaded versions and the caller's default."""
+        """The catalog: every model this service serves — its cell of the probability matrix
+        (symbols, timeframe, horizon, label kind), state, aliases, loaded versions and your default."""
 
         async def handler() -> tuple[Any, dict[str, str]]:
             tenant = self._tenant(ctx)
@@ -541,6 +545,16 @@ class ScoringService:
                     (len(self.models.get(n, v).columns) for n, v in loaded if n == name and v == default),
                     None,
                 )
+                no_skill = self.models.no_skill(name)
+                state = (
+                    "not built"
+                    if not aliases
+                    else "serving"
+                    if self.settings.alias in aliases
+                    else "no skill"
+                    if no_skill
+                    else "no champion"
+                )
                 infos.append(
                     ModelInfo(
                         name=name,
@@ -548,7 +562,9 @@ class ScoringService:
                         loaded_versions=sorted((v for n, v in loaded if n == name), key=int),
                         default_version=default,
                         columns=cols,
-                        no_skill=self.models.no_skill(name),
+                        no_skill=no_skill,
+                        state=state,
+                        **(self.catalog.get(name) or {}),
                     )
                 )
             return ModelsResponse(tenant=tenant.name, models=infos), {}
@@ -571,6 +587,23 @@ class ScoringService:
             return ResultsResponse(tenant=me.name, rows=result_rows(frame)), {}
 
         return await self._guard(ctx, "results_latest", handler)
+
+    @bentoml.api(route="/matrix")
+    async def matrix(
+        self,
+        tenant: OwnTenant = None,
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
+    ) -> MatrixResponse:
+        """Your newest probability of every cell you follow in one call, as a grid: symbol →
+        timeframe → label kind → horizon → probability (null where none is scored yet)."""
+
+        async def handler() -> tuple[Any, dict[str, str]]:
+            me = self._own(self._tenant(ctx), tenant)
+            frame = await self._read(me, lambda s: s.latest())
+            grid, missing = matrix_grid(me.follows, frame)
+            return MatrixResponse(tenant=me.name, follows=len(me.follows), missing=missing, grid=grid), {}
+
+        return await self._guard(ctx, "matrix", handler)
 
     @bentoml.api(route="/results/range")
     async def results_range(

@@ -35,6 +35,7 @@ pytestmark = pytest.mark.slow
 
 NAME = "mt5prob-test-M5-direction-h12"
 NOSKILL = "mt5prob-noise-M5-direction-h12"  # every version refused by the gate for want of skill
+UNBUILT = "mt5prob-test-H1-triple_barrier-h24"  # served, never registered: a cell not trained yet
 SPEC = FeatureSpec(
     "M5",
     ("H1",),
@@ -111,6 +112,33 @@ def env(tmp_path_factory):
     acme, acme_key = store.add_tenant("acme", follows)
     beta, beta_key = store.add_tenant("beta", follows, pins={NAME: "1"})
     _, gamma_key = store.add_tenant("gamma", follows, pins={NAME: "3"})
+    # a tenant following four cells of the matrix, three of them scored (twice: the newest counts)
+    grid = [
+        Subscription("EURUSD", "M15", 4),  # not what the other tenants follow: their views stay as they were
+        Subscription("EURUSD", "H1", 24, "triple_barrier"),
+        Subscription("XAUUSD", "M5", 12),
+        Subscription("XAUUSD", "H1", 24, "triple_barrier"),
+    ]
+    delta, delta_key = store.add_tenant("delta", grid)
+    t0 = datetime(2024, 2, 5, 10, tzinfo=UTC)
+    store.write_scores(
+        [
+            ScoreRow(
+                sub.symbol,
+                sub.timeframe,
+                t0 + k * timedelta(hours=1),
+                sub.horizon,
+                sub.label_kind,
+                f"grid-{sub.timeframe}-{sub.label_kind}",
+                "1",
+                0.40 + 0.05 * i + 0.01 * k,
+                True,
+                t0 + k * timedelta(hours=1) + timedelta(hours=1),
+            )
+            for i, sub in enumerate(grid[:3])
+            for k in (0, 1)
+        ]
+    )
     params = root / "params.yaml"
     params.write_text(
         yaml.safe_dump(
@@ -118,7 +146,7 @@ def env(tmp_path_factory):
                 "registry": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"},
                 "store": {"url": f"sqlite:///{root / 'results.db'}"},
                 "serving": {
-                    "models": [NAME, NOSKILL],
+                    "models": [NAME, NOSKILL, UNBUILT],
                     "reload_interval_seconds": 0.5,
                     "max_batch_rows": 500,
                     "max_bars": 3000,
@@ -150,7 +178,7 @@ def env(tmp_path_factory):
             "acme": acme,
             "beta": beta,
             "log": log,
-            "keys": {"acme": acme_key, "beta": beta_key, "gamma": gamma_key},
+            "keys": {"acme": acme_key, "beta": beta_key, "gamma": gamma_key, "delta": delta_key},
         }
     store.close()
 
@@ -313,6 +341,48 @@ def test_a_model_without_skill_is_not_served_as_informative(env):
     assert anyway.status_code == 200 and anyway.json()["skill"] == "none"
     # NAME's versions were set champion by hand, never gated: the service does not pretend
     assert post(env, "/score", {"rows": X}).json()["skill"] == "unknown"
+
+
+def test_models_is_the_catalog_and_matrix_is_a_tenants_grid_in_one_call(env):
+    """/models lists every served model with its cell (timeframe, horizon, label kind) and
+    state — a served model never registered is "not built", answers 404 saying so, and does not
+    make the service unready; /matrix returns the tenant's newest probability of every cell it
+    follows as symbol → timeframe → label kind → horizon, null where nothing is scored yet."""
+    catalog = {m["name"]: m for m in post(env, "/models", {}).json()["models"]}
+    assert list(catalog) == [NAME, NOSKILL, UNBUILT]
+    assert catalog[NAME]["state"] == "serving" and catalog[NOSKILL]["state"] == "no skill"
+    assert (catalog[NAME]["timeframe"], catalog[NAME]["horizon"], catalog[NAME]["label_kind"]) == (
+        "M5",
+        12,
+        "direction",
+    )
+    built = catalog[UNBUILT]
+    assert (
+        built["state"] == "not built" and built["aliases"] == {} and built["label_kind"] == "triple_barrier"
+    )
+    assert (built["timeframe"], built["horizon"]) == ("H1", 24)
+    r = post(env, "/score", {"rows": env["X"][-1:].tolist(), "model": UNBUILT})
+    assert r.status_code == 404 and f"model {UNBUILT} is not built yet" in r.json()["error"], r.text
+    assert httpx.get(env["url"] + "/readyz", timeout=5).status_code == 200
+
+    r = post(env, "/matrix", {}, tenant="delta")
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["tenant"] == "delta" and got["follows"] == 4
+    assert got["missing"] == ["XAUUSD:H1:24:triple_barrier"]
+    grid = got["grid"]
+    assert set(grid) == {"EURUSD", "XAUUSD"}
+    newest = grid["EURUSD"]["M15"]["direction"]["4"]
+    assert newest["probability"] == pytest.approx(0.41) and newest["bar_time"].startswith("2024-02-05T11:00")
+    assert newest["model"] == "grid-M15-direction" and newest["signal"] == "short"  # below 0.45
+    assert grid["EURUSD"]["H1"]["triple_barrier"]["24"]["probability"] == pytest.approx(0.46)
+    assert grid["XAUUSD"]["M5"]["direction"]["12"]["probability"] == pytest.approx(0.51)
+    assert grid["XAUUSD"]["H1"]["triple_barrier"]["24"] is None
+    # only one's own grid
+    assert post(env, "/matrix", {"tenant": "acme"}, tenant="delta").status_code == 403
+    assert post(env, "/matrix", {}, tenant=None).status_code == 401
+    acme = post(env, "/matrix", {}).json()
+    assert acme["follows"] == 1 and "XAUUSD" not in acme["grid"]
 
 
 def test_loaded_versions_are_bounded_lru(env):

@@ -1,0 +1,73 @@
+"""The served catalog of the probability matrix: which model serves which cell, and what the
+service's readiness makes of cells not built yet (real MLflow store, real results store)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from models.base_learners import LogisticLearner
+from pipelines.config import load_params
+from pipelines.model_cache import ModelCache
+from pipelines.registry import Registry, catalog, served_model_names
+from pipelines.store import ResultsStore
+from serving.health import Health
+
+
+def test_the_catalog_serves_the_trained_model_first_then_every_cell():
+    params = load_params("params.yaml", "fast")
+    names = served_model_names(params)
+    assert names[0] == "mt5prob-fx-M5-direction-h12" and len(names) == len(params.matrix.cells) == 12
+    cat = catalog(params)
+    assert cat["mt5prob-fx-H1-triple_barrier-h24"] == {
+        "cell": "fx-H1-triple_barrier-h24",
+        "symbols": ["EURUSD", "XAUUSD"],  # the group's symbols that are ingested
+        "timeframe": "H1",
+        "horizon": 24,
+        "label_kind": "triple_barrier",
+    }
+    assert cat[names[0]]["cell"] == "fx-M5-direction-h12"
+    # a cell whose timeframe is not ingested is not served
+    fewer = load_params("params.yaml", "fast", {"data": {"timeframes": ["M5", "M15"]}})
+    assert not any("-H1-" in n for n in served_model_names(fewer))
+
+
+def _register(registry: Registry, name: str) -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 3))
+    y = (X[:, 0] + rng.normal(size=400) > 0).astype(float)
+    columns = ["a", "b", "c"]
+    learner = LogisticLearner(C=1.0).fit(X, y)
+    example = pd.DataFrame(X[:3], columns=columns)
+    version = registry.log_and_register(name, learner, columns, example, {}, {}, {"git_commit": "t"}, [])
+    registry.set_champion(name, version, reason="test", actor="test")
+
+
+def test_readiness_ignores_cells_not_built_and_loads_each_champion_once(tmp_path, caplog):
+    """With more cells served than the LRU holds, a check every second must not reload every
+    champion every second: each (model, version) is loaded once by the checks. A served model
+    never registered is not an outage (a cell not trained yet), but none registered at all is."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    registry = Registry(uri)
+    store = ResultsStore(f"sqlite:///{tmp_path / 'results.db'}")
+    store.migrate()
+    served = ["m-a", "m-b", "m-unbuilt"]
+    models = ModelCache(registry, served, max_loaded=1)
+    health = Health(store, models, "champion", 1.0)
+    models.refresh()
+    assert health.check() == [f"no served model is registered yet ({', '.join(served)}, ...)"]
+    _register(registry, "m-a")
+    _register(registry, "m-b")
+    models.refresh()
+    caplog.set_level(logging.INFO, logger="mt5prob")
+    assert health.check() == []  # m-unbuilt: not built, not an outage
+    assert models.loaded() == [("m-b", "1")]  # the LRU holds one of the two champions
+    caplog.clear()
+    for _ in range(3):
+        assert health.check() == []
+    # each (model, version) was verified by loading it once: later checks load nothing, where
+    # loading every champion every check would load both, each time, through an LRU of one
+    assert not [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded ")]
+    store.close()
