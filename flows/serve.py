@@ -14,6 +14,7 @@ retraining on ``schedules.retrain_cron``; the others run on demand.
 | ingest-live/ingest-live | ingest-live (one poll) | every base-timeframe close |
 | featurize/featurize | featurize | on demand |
 | train/train | train (featurize → train → evaluate → register + gate) | ``retrain_cron`` |
+| train-matrix/train-matrix | train-matrix (every cell of ``matrix.cells``, each gated) | on demand |
 | promote/promote | promote (gate the challenger again) | on demand |
 | rollback/rollback | rollback | on demand |
 | live-score/live-score | live-score (one cycle) | every base-timeframe close |
@@ -37,6 +38,7 @@ from flows.ingest import ingest_history_flow, ingest_live_flow
 from flows.keys import prune_audit_flow, rotate_data_key_flow, rotate_master_key_flow
 from flows.live import live_worker_deployment
 from flows.live_score import live_score_deployment
+from flows.matrix import train_matrix_flow
 from flows.monitor import monitor_flow
 from flows.registry import promote_flow, rollback_flow
 from flows.train import featurize_flow, train_flow
@@ -73,6 +75,13 @@ def deployments(params_path: str = "params.yaml", profile: str | None = None) ->
             tags=["train"],
             cron=params.schedules.retrain_cron,
             description="Periodic retraining: featurize → train → evaluate → register → gate.",
+        ),
+        train_matrix_flow.to_deployment(
+            name="train-matrix",
+            parameters=common,
+            tags=["train"],
+            description="The probability matrix: every cell featurized, trained, evaluated, registered "
+            "and gated as its own model, two cells at a time; one artifact of every cell's figures.",
         ),
         promote_flow.to_deployment(
             name="promote", parameters=common, tags=["registry"], description="Gate the challenger again."

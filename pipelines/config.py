@@ -570,7 +570,7 @@ class ServingParams(_Frozen):
 
     models: tuple[str, ...] = ()
     alias: str = "champion"
-    max_loaded_versions: int = Field(4, ge=1)  # least recently used versions are evicted
+    max_loaded_versions: int = Field(16, ge=1)  # least recently used versions are evicted
     reload_interval_seconds: float = Field(2.0, gt=0, le=60)  # alias changes picked up this fast
     max_batch_rows: int = Field(10_000, ge=1)  # rows per request on /score
     bulk_rows: int = Field(256, ge=1)  # /score requests this large are scored on a lane of their own

@@ -24,6 +24,7 @@ NAMES = {
     "ingest-live",
     "featurize",
     "train",
+    "train-matrix",
     "promote",
     "rollback",
     "live-score",
