@@ -313,10 +313,20 @@ class ModelCache:
         scoring needs each cycle; the other aliases keep their last read values."""
         changes = []
         errors = []
+        bulk: dict[str, dict[str, str]] | None = None
+        if not default_only and len(self.names) > 1:
+            try:  # every followed model's aliases in one query (a matrix serves a dozen or more)
+                bulk = self.registry.aliases_of(self.names)
+            except Exception as exc:  # noqa: BLE001 - MLflow down: keep serving what we have
+                self.registry_error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+                log.warning("could not read the models' aliases: %s", self.registry_error)
+                return changes
         for name in self.names:
             current = self.aliases(name)
             try:
-                if default_only:
+                if bulk is not None and name in bulk:
+                    fresh = bulk[name]
+                elif default_only:
                     version = self.registry.alias_version(name, self.default_alias)
                     fresh = {k: v for k, v in current.items() if k != self.default_alias}
                     if version is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -439,6 +440,30 @@ class Registry:
             except MlflowException:
                 known = []
             raise ValueError(f"{name} has no version {version!r} (versions: {known or 'none'})") from exc
+
+    def aliases_of(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
+        """alias → version of each of `names` in one paged search (not one query per model: a
+        service following a whole matrix re-reads them every few seconds); {} for a name not
+        registered yet."""
+        import os.path
+        import re
+
+        # a LIKE on the names' common prefix (cut before a quote or wildcard); `_` in it only
+        # widens the match, which the name check below narrows again
+        prefix = re.split(r"['%\\]", os.path.commonprefix(list(names)))[0]
+        wanted = set(names)
+        out: dict[str, dict[str, str]] = {n: {} for n in names}
+        token = None
+        while True:
+            page = self.client.search_registered_models(
+                filter_string=f"name LIKE '{prefix}%'" if prefix else None, max_results=1000, page_token=token
+            )
+            for model in page:
+                if model.name in wanted:
+                    out[model.name] = {str(k): str(v) for k, v in (model.aliases or {}).items()}
+            token = page.token
+            if not token:
+                return out
 
     def aliases(self, name: str) -> dict[str, str]:
         """alias → version of one registered model ({} when no model has that name yet)."""

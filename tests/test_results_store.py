@@ -278,6 +278,51 @@ def test_cli_round_trip(tmp_path, capsys):
     assert tenants_cli(["--params", str(params), "remove", "acme", "--yes"]) == 0
 
 
+def test_latest_is_the_newest_row_of_every_series_ever_followed(store):
+    """One row per series, sorted: the newest bar; of two versions scored for that bar (a
+    promotion between), the most recent score; a series no longer followed keeps its last row;
+    the symbol and timeframe filters narrow it."""
+    follows = [*FOLLOWS, Subscription("EURUSD", "H1", 4, "triple_barrier")]
+    a, _ = store.add_tenant("a", follows)
+    h1 = [
+        ScoreRow(
+            "EURUSD",
+            "H1",
+            T0 + timedelta(hours=k),
+            4,
+            "triple_barrier",
+            "tb",
+            "1",
+            0.3 + k / 10,
+            True,
+            T0 + timedelta(hours=k + 1),
+        )
+        for k in range(3)
+    ]
+    store.write_scores(rows("EURUSD", n=4) + rows("XAUUSD", n=2) + h1)
+    store.write_scores(rows("EURUSD", n=1, start=3, version="2", p=0.9))  # promoted: v2 scores bar 3 too
+    store.update_tenant("a", follows=FOLLOWS)  # no longer follows the H1 series
+    with store.tenant(a.tenant_id, "test") as s:
+        latest = s.latest()
+        eur = s.latest(symbol="EURUSD")
+        h1_only = s.latest(timeframe="H1")
+    got = list(zip(latest.symbol, latest.timeframe, latest.horizon, latest.label_kind, strict=True))
+    assert got == [
+        ("EURUSD", "H1", 4, "triple_barrier"),
+        ("EURUSD", "M5", 12, "direction"),
+        ("XAUUSD", "M5", 12, "direction"),
+    ]
+    by = {(r.symbol, r.timeframe): r for r in latest.itertuples()}
+    assert by[("EURUSD", "M5")].bar_time == pd.Timestamp(T0 + timedelta(minutes=15))
+    assert by[("EURUSD", "M5")].model_version == "2" and by[("EURUSD", "M5")].probability == 0.9
+    assert by[("XAUUSD", "M5")].bar_time == pd.Timestamp(T0 + timedelta(minutes=5))
+    assert by[("EURUSD", "H1")].probability == pytest.approx(0.5)  # its last row, kept
+    assert list(eur.symbol) == ["EURUSD", "EURUSD"] and list(h1_only.timeframe) == ["H1"]
+    b, _ = store.add_tenant("b", [Subscription("USDJPY", "M5", 12)])
+    with store.tenant(b.tenant_id, "test") as s:
+        assert s.latest().empty  # nothing scored for it, and nothing of a's
+
+
 def test_pinned_versions_visible_without_other_tenant_data(store):
     a, _ = store.add_tenant("a", FOLLOWS, pins={"m": "2"})
     store.add_tenant("b", FOLLOWS)

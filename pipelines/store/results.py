@@ -1460,38 +1460,39 @@ class TenantSession:
         return frame
 
     def latest(self, symbol: str | None = None, timeframe: str | None = None) -> pd.DataFrame:
-        """The newest row per (symbol, timeframe, horizon, label kind) of this tenant."""
-        p = tenant_results.c
-        newest = (
-            sa.select(p.symbol, p.timeframe, p.horizon, p.label_kind, sa.func.max(p.bar_time).label("bt"))
-            .where(p.tenant_id == self.tenant_id)
-            .group_by(p.symbol, p.timeframe, p.horizon, p.label_kind)
+        """The newest row per (symbol, timeframe, horizon, label kind) this tenant has ever
+        followed (of several model versions scored for the same bar, the most recent score).
+
+        One index seek per series (``ix_scores_series``, newest bar first, LIMIT 1) in a single
+        statement: the cost grows with the series followed, not with the history stored (a
+        GROUP BY over the tenant's rows took 0.4 s for 40 series × 30 days on SQLite)."""
+        sub = subscriptions.c
+        series = (
+            sa.select(sub.symbol, sub.timeframe, sub.horizon, sub.label_kind)
+            .where(sub.tenant_id == self.tenant_id)
+            .distinct()
         )
         if symbol:
-            newest = newest.where(p.symbol == symbol)
+            series = series.where(sub.symbol == symbol)
         if timeframe:
-            newest = newest.where(p.timeframe == timeframe)
-        sub = newest.subquery()
-        q = (
-            sa.select(*[p[c] for c in VIEW_COLUMNS])
-            .join(
-                sub,
-                sa.and_(
-                    p.symbol == sub.c.symbol,
-                    p.timeframe == sub.c.timeframe,
-                    p.horizon == sub.c.horizon,
-                    p.label_kind == sub.c.label_kind,
-                    p.bar_time == sub.c.bt,
-                ),
+            series = series.where(sub.timeframe == timeframe)
+        # in the order the frame is returned in: UNION ALL keeps its terms' order, so no sort after
+        keys = sorted(self.conn.execute(series).all())
+        frames = []
+        for i in range(0, max(len(keys), 1), 200):  # SQLite allows 500 terms in a compound SELECT
+            chunk = keys[i : i + 200]
+            binds: dict[str, Any] = {"t": self.tenant_id}
+            for j, k in enumerate(chunk):
+                binds.update(
+                    {f"s{j}": k.symbol, f"f{j}": k.timeframe, f"h{j}": k.horizon, f"k{j}": k.label_kind}
+                )
+            frames.append(
+                _frame(self.conn.execute(_latest_sql(len(chunk)), binds), self.vault, self.tenant_id)
             )
-            .where(p.tenant_id == self.tenant_id)
-            .order_by(p.symbol, p.timeframe, p.horizon, p.label_kind, p.event_id.desc())
-        )
-        frame = _frame(self.conn.execute(q), self.vault, self.tenant_id)
-        if len(frame):  # several model versions for the same bar: keep the most recent score
-            frame = frame.drop_duplicates(["symbol", "timeframe", "horizon", "label_kind"]).reset_index(
-                drop=True
-            )
+        frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        order = list(zip(frame.symbol, frame.timeframe, frame.horizon, frame.label_kind, strict=True))
+        if order != sorted(order):  # a database that did not keep the terms' order
+            frame = frame.sort_values(["symbol", "timeframe", "horizon", "label_kind"]).reset_index(drop=True)
         self.audit("results.read_latest", {"symbol": symbol, "timeframe": timeframe, "rows": len(frame)})
         return frame
 
@@ -1592,6 +1593,25 @@ class TenantSession:
 
 def _with_utc(row: dict[str, Any]) -> dict[str, Any]:
     return {k: _utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
+
+
+@functools.lru_cache(maxsize=256)
+def _latest_sql(n: int) -> Any:
+    """The newest visible row of each of `n` series of one tenant (binds ``t``; ``s<i>``,
+    ``f<i>``, ``h<i>``, ``k<i>``): one LIMIT-1 seek per series down ``ix_scores_series``,
+    UNION ALL'd. Cached per `n`, so a request costs no statement building."""
+    cols = ", ".join(VIEW_COLUMNS)
+    one = (
+        "SELECT * FROM (SELECT {cols} FROM tenant_results WHERE tenant_id = :t AND symbol = :s{i} "
+        "AND timeframe = :f{i} AND horizon = :h{i} AND label_kind = :k{i} "
+        "ORDER BY bar_time DESC, event_id DESC LIMIT 1) AS newest{i}"
+    )
+    if n == 0:
+        return sa.text(f"SELECT {cols} FROM tenant_results WHERE 1 = 0").columns(
+            *[tenant_results.c[c] for c in VIEW_COLUMNS]
+        )
+    sql = " UNION ALL ".join(one.format(cols=cols, i=i) for i in range(n))
+    return sa.text(sql).columns(*[tenant_results.c[c] for c in VIEW_COLUMNS])
 
 
 def _frame(result: Any, vault: Vault, tenant_id: str) -> pd.DataFrame:

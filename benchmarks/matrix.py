@@ -1,0 +1,225 @@
+"""Benchmark: the probability matrix (issue 17). Prints [PASS]/[FAIL] per target.
+
+Part ``api`` (this file so far): ``/matrix`` for a tenant following 40 cells, through a real
+``bentoml serve`` on loopback, against a results store holding ``--days`` of scores of every
+followed cell (one score per closed bar of the cell's timeframe) and ``--tenants`` other
+tenants following parts of the matrix. Measured in the same run: ``/matrix`` p50/p99 from one
+client, and the naive way to the same grid — one ``/results/range`` call per cell for its
+newest row, what a tenant had to do without ``/matrix``. Target: ``/matrix`` p99 ≤ 20 ms.
+
+Not yet here (issue 17, open): training the default matrix sequential vs fanned out, and live
+scoring with 1,000 tenants over every cell.
+
+    python benchmarks/matrix.py [--days 30] [--tenants 200] [--requests 400] [--store sqlite|postgresql]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines.mt5.constants import timeframe_seconds  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SYMBOLS = ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD")
+
+
+def cells_followed(params, n: int = 40) -> list:
+    """The first `n` subscriptions the default matrix serves (symbol × cell)."""
+    from pipelines.store import Subscription
+
+    subs = [
+        Subscription(s, c.timeframe, c.horizon, c.label_kind)
+        for c in params.matrix.all()
+        for s in params.matrix.groups[c.group]
+    ]
+    return subs[:n]
+
+
+def fill(store, subs, days: int, now: datetime) -> int:
+    """`days` of scores, one per closed bar of each subscription's timeframe (model per cell)."""
+    from pipelines.store import ScoreRow
+
+    rng = np.random.default_rng(0)
+    total = 0
+    for sub in subs:
+        step = timeframe_seconds(sub.timeframe)
+        start = int((now - timedelta(days=days)).timestamp()) // step * step
+        times = range(start, int(now.timestamp()) - step, step)
+        rows = [
+            ScoreRow(
+                sub.symbol,
+                sub.timeframe,
+                datetime.fromtimestamp(t, UTC),
+                sub.horizon,
+                sub.label_kind,
+                f"mt5prob-fx-{sub.timeframe}-{sub.label_kind}-h{sub.horizon}",
+                "1",
+                float(rng.uniform(0.3, 0.7)),
+                True,
+                datetime.fromtimestamp(t + step, UTC),
+            )
+            for t in times
+        ]
+        for i in range(0, len(rows), 5000):
+            total += store.write_scores(rows[i : i + 5000])
+    return total
+
+
+def timed(conn: http.client.HTTPConnection, path: str, body: dict, key: str) -> tuple[float, dict]:
+    t = time.perf_counter()
+    conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json", "X-API-Key": key})
+    r = conn.getresponse()
+    data = r.read()
+    dt = time.perf_counter() - t
+    if r.status != 200:
+        raise RuntimeError(f"{path}: {r.status} {data[:300]!r}")
+    return dt, json.loads(data)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--tenants", type=int, default=200)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--store", choices=["sqlite", "postgresql"], default="sqlite")
+    args = parser.parse_args()
+
+    from models.base_learners import LogisticLearner
+    from pipelines.config import load_params
+    from pipelines.registry import Registry
+    from pipelines.store import ResultsStore
+    from serving.devserver import running_service
+
+    os.environ.setdefault(
+        "MT5PROB_MASTER_KEY", os.popen(f"{sys.executable} -m pipelines.tenants keygen").read().strip()
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        url = f"sqlite:///{work / 'results.db'}"
+        admin = None
+        if args.store == "postgresql":
+            import sqlalchemy as sa
+
+            db = f"mt5prob_bench_{os.getpid()}"
+            with sa.create_engine(
+                "postgresql+psycopg://postgres@127.0.0.1:5432/test", isolation_level="AUTOCOMMIT"
+            ).connect() as c:
+                c.execute(sa.text(f"CREATE DATABASE {db}"))
+            url = admin = f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
+        raw = {
+            "registry": {"tracking_uri": f"sqlite:///{work / 'mlflow.db'}"},
+            "store": {"url": url, "admin_url": admin},
+            "serving": {
+                "limits": {"per_address_rps": 0, "per_tenant_rps": 0, "tenant_concurrency": 0},
+                "access_log": False,
+            },
+            "events": {"url": None},
+        }
+        params_file = work / "params.yaml"
+        params_file.write_text(yaml.safe_dump(raw))
+        params = load_params(params_file)
+        # one registered champion, so that the service is ready (the grid is read from the store)
+        registry = Registry(params.registry.tracking_uri)
+        rng = np.random.default_rng(1)
+        X = rng.normal(size=(200, 2))
+        learner = LogisticLearner(C=1.0).fit(X, (X[:, 0] > 0).astype(float))
+        import pandas as pd
+
+        name = "mt5prob-fx-M5-direction-h12"
+        v = registry.log_and_register(
+            name,
+            learner,
+            ["a", "b"],
+            pd.DataFrame(X[:2], columns=["a", "b"]),
+            {},
+            {},
+            {"git_commit": "b"},
+            [],
+        )
+        registry.set_champion(name, v, reason="benchmark", actor="benchmark")
+
+        store = ResultsStore(url)
+        store.migrate()
+        subs = cells_followed(params)
+        now = datetime(2024, 7, 1, tzinfo=UTC)
+        # tenants first: a tenant sees the scores committed after it subscribed
+        _, key = store.add_tenant("wide", subs)
+        for i in range(args.tenants):  # others following parts of the matrix
+            store.add_tenant(f"other{i}", subs[i % len(subs) :: 7])
+        started = time.perf_counter()
+        written = fill(store, subs, args.days, now)
+        print(
+            f"store ({args.store}): {written:,} scores of {len(subs)} cells over {args.days} days "
+            f"written in {time.perf_counter() - started:.0f} s"
+        )
+        if args.store == "postgresql":
+            with store.engine.begin() as c:
+                c.exec_driver_sql("ANALYZE")
+        store.close()
+
+        with running_service(params_file) as service:
+            port = int(service.url.rsplit(":", 1)[1])
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            _, grid = timed(conn, "/matrix", {}, key)
+            assert grid["follows"] == 40 and not grid["missing"], grid["missing"]
+            for _ in range(20):
+                timed(conn, "/matrix", {}, key)
+            lat = np.array([timed(conn, "/matrix", {}, key)[0] for _ in range(args.requests)]) * 1000
+            flat = np.array([timed(conn, "/results/latest", {}, key)[0] for _ in range(args.requests)]) * 1000
+            naive = []
+            for _ in range(max(10, args.requests // 40)):
+                t = time.perf_counter()
+                for sub in subs:
+                    step = timeframe_seconds(sub.timeframe)
+                    body = {
+                        "symbol": sub.symbol,
+                        "timeframe": sub.timeframe,
+                        "start": (now - timedelta(seconds=3 * step)).isoformat(),
+                        "end": now.isoformat(),
+                        "limit": 4,
+                    }
+                    timed(conn, "/results/range", body, key)
+                naive.append((time.perf_counter() - t) * 1000)
+            conn.close()
+        p50, p99 = np.percentile(lat, [50, 99])
+        n50 = float(np.percentile(naive, 50))
+        f50, f99 = np.percentile(flat, [50, 99])
+        print(f"peer: /results/latest (the same 40 rows, flat): p50 {f50:.1f} ms, p99 {f99:.1f} ms")
+        print(
+            f"/matrix, 40 cells, {args.requests} sequential calls: p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
+            f"max {lat.max():.1f} ms"
+        )
+        print(
+            f"naive grid (40 × /results/range): p50 {n50:.0f} ms per grid — /matrix is "
+            f"{n50 / p50:.0f}× faster at p50"
+        )
+        ok = p99 <= 20
+        print(
+            f"[{'PASS' if ok else 'FAIL'}] /matrix p99 ≤ 20 ms for a tenant following 40 cells: {p99:.1f} ms"
+        )
+        if args.store == "postgresql":
+            import sqlalchemy as sa
+
+            with sa.create_engine(
+                "postgresql+psycopg://postgres@127.0.0.1:5432/test", isolation_level="AUTOCOMMIT"
+            ).connect() as c:
+                c.execute(sa.text(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+
+
+if __name__ == "__main__":
+    main()
