@@ -7,10 +7,14 @@ tenants following parts of the matrix. Measured in the same run: ``/matrix`` p50
 client, and the naive way to the same grid — one ``/results/range`` call per cell for its
 newest row, what a tenant had to do without ``/matrix``. Target: ``/matrix`` p99 ≤ 20 ms.
 
-Not yet here (issue 17, open): training the default matrix sequential vs fanned out, and live
-scoring with 1,000 tenants over every cell.
+Part ``train``: the default matrix (12 cells) trained by the ``train-matrix`` Prefect flow on
+the fast profile's data, one cell at a time and then ``--workers`` at a time, each run from
+scratch: wall time per cell and in total, the speed-up, and the gate's decision per cell.
 
-    python benchmarks/matrix.py [--days 30] [--tenants 200] [--requests 400] [--store sqlite|postgresql]
+Not yet here (issue 17, open): live scoring with 1,000 tenants over every cell.
+
+    python benchmarks/matrix.py [--part all|api|train] [--days 30] [--tenants 200] [--requests 400]
+                                [--store sqlite|postgresql] [--workers 2]
 """
 
 from __future__ import annotations
@@ -97,17 +101,72 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=200)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--store", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--part", choices=["all", "api", "train"], default="all")
+    parser.add_argument("--workers", type=int, default=2, help="train: cells at a time when fanned out")
     args = parser.parse_args()
+    os.environ.setdefault(
+        "MT5PROB_MASTER_KEY", os.popen(f"{sys.executable} -m pipelines.tenants keygen").read().strip()
+    )
+    if args.part in ("all", "train"):
+        train(args)
+    if args.part in ("all", "api"):
+        api(args)
 
+
+def train(args: argparse.Namespace) -> None:
+    """The default matrix (12 cells) on the fast profile's data, built by the ``train-matrix``
+    flow one cell at a time and then `args.workers` at a time (threads), each from scratch
+    (own Optuna studies, MLflow store and outputs): wall time per cell and in total."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.matrix import train_matrix
+    from pipelines import ingest
+    from pipelines.config import _deep_merge, load_params
+
+    with tempfile.TemporaryDirectory() as tmp, prefect_test_harness():
+        work = Path(tmp)
+        raw = yaml.safe_load((REPO / "params.yaml").read_text())
+        runs = {}
+        for mode, workers in (("sequential", 1), (f"fanned out ({args.workers} threads)", args.workers)):
+            folder = work / str(workers)
+            overrides = {
+                "data": {"root": str(work / "data")},
+                "registry": {"tracking_uri": f"sqlite:///{folder / 'mlflow.db'}"},
+                "tune": {"storage": f"sqlite:///{folder / 'optuna.db'}"},
+                "outputs": str(folder / "outputs"),
+            }
+            folder.mkdir()
+            params_file = folder / "params.yaml"
+            params_file.write_text(yaml.safe_dump(_deep_merge(raw, overrides)))
+            if workers == 1:
+                started = time.perf_counter()
+                ingest.history(load_params(params_file, "fast").data)
+                print(f"train: fast profile ingested in {time.perf_counter() - started:.0f} s")
+            started = time.perf_counter()
+            done = train_matrix(params_path=str(params_file), profile="fast", workers=workers)
+            runs[mode] = (time.perf_counter() - started, {r["cell"]: r for r in done["cells"]})
+        (seq_s, seq), (fan_s, fan) = runs.values()
+        fan_mode = list(runs)[1]
+        print(f"\n{'cell':<28} {'sequential s':>12} {'fanned out s':>12}  gate (sequential run)")
+        for cell in seq:
+            r = seq[cell]
+            gate = "promoted" if r["promoted"] else f"not promoted ({r['skill']} skill)"
+            print(f"{cell:<28} {r['seconds']:>12.0f} {fan[cell]['seconds']:>12.0f}  {gate}")
+        print(f"total: sequential {seq_s:.0f} s, {fan_mode} {fan_s:.0f} s — speed-up {seq_s / fan_s:.2f}×")
+        print(
+            f"[{'PASS' if fan_s <= 600 else 'FAIL'}] the default matrix (fast profile) trains in ≤ 10 min "
+            f"on 2 cores: {fan_s:.0f} s"
+        )
+
+
+def api(args: argparse.Namespace) -> None:
+    """/matrix for a tenant following 40 cells (see the module's doc)."""
     from models.base_learners import LogisticLearner
     from pipelines.config import load_params
     from pipelines.registry import Registry
     from pipelines.store import ResultsStore
     from serving.devserver import running_service
 
-    os.environ.setdefault(
-        "MT5PROB_MASTER_KEY", os.popen(f"{sys.executable} -m pipelines.tenants keygen").read().strip()
-    )
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         url = f"sqlite:///{work / 'results.db'}"

@@ -153,7 +153,7 @@ def test_demo_runs_the_whole_loop_and_every_surface_answers(copy, prefect_harnes
                 return {d.name for d in await client.read_deployments()}
 
         assert {d.name for d in declared} <= asyncio.run(register_and_list())
-        assert len(declared) == 12  # their names are checked in test_deployments
+        assert len(declared) == 13  # their names are checked in test_deployments
     finally:
         if pid_file.exists():
             try:
