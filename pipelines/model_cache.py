@@ -128,7 +128,10 @@ class ModelCache:
         self._loaded: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
         self._lock = threading.RLock()
         self._load_locks: dict[tuple[str, str], threading.Lock] = {}
-        self._no_skill: dict[str, str] = {}  # name → why it has no champion (the gate found no skill)
+        # name → why it has no champion because the gate refused its challenger (no skill, or
+        # skill but another rule: calibration), and which of the two (`refusal`)
+        self._no_skill: dict[str, str] = {}
+        self._refusal: dict[str, str] = {}
         self._skill_unread: set[str] = set()  # names whose challenger's gate tags could not be read
         self.changes: list[tuple[float, str, str, str | None, str]] = []  # (when, name, alias, old, new)
 
@@ -253,9 +256,15 @@ class ModelCache:
         return model
 
     def no_skill(self, name: str) -> str | None:
-        """Why `name` has no champion when the gate found no skill in it (else None)."""
+        """Why `name` has no champion when the gate refused its challenger — no skill, or a
+        rule other than skill (calibration) — else None. Requests for it answer 409 with it."""
         with self._lock:
             return self._no_skill.get(name)
+
+    def refusal(self, name: str) -> str | None:
+        """``no skill`` or ``refused by the gate`` when `no_skill` has a reason, else None."""
+        with self._lock:
+            return self._refusal.get(name) if name in self._no_skill else None
 
     def _note_skill(self, name: str, aliases: dict[str, str]) -> None:
         """Remember why `name` has no champion when its challenger was refused for want of
@@ -280,11 +289,20 @@ class ModelCache:
                     f"{challenger}: log-loss improvement over the base rate {edge} nats/row does not exclude "
                     "zero); ask for a version number to score anyway"
                 )
+                state = "no skill"
+            elif tags.get("gate_decision") == "rejected":  # skill shown, another rule failed (calibration)
+                reason = " ".join(tags.get("gate_reason", "no reason recorded").split())[:300]
+                why = (
+                    f"model {name} has no {self.default_alias}: the promotion gate refused version "
+                    f"{challenger} ({reason}); ask for a version number to score anyway"
+                )
+                state = "refused by the gate"
         with self._lock:
             if why is None:
                 self._no_skill.pop(name, None)
             else:
                 self._no_skill[name] = why
+                self._refusal[name] = state
 
     def _evict(self) -> None:
         aliased = {(n, v) for n, a in self._aliases.items() for v in a.values()}

@@ -197,9 +197,10 @@ def gate_summary(name: str, version: str, decision: GateDecision) -> str:
     else:
         lines.append(f"  NO SKILL: {skill} — the interval does not exclude zero")
     if not decision.promoted and decision.champion is None:
+        why = "no version has shown skill here" if not decision.has_skill else "the gate refused it (above)"
         lines.append(
-            f"  {name} has no champion: no version has shown skill here, and the scoring service answers "
-            "requests for it with that status instead of probabilities"
+            f"  {name} has no champion: {why}, and the scoring service answers requests for it with that "
+            "status instead of probabilities"
         )
     return "\n".join(lines)
 

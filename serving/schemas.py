@@ -89,12 +89,15 @@ class ModelInfo(BaseModel):
     default_version: str | None = Field(description="what a request without a version gets (pin or alias)")
     columns: int | None = None
     no_skill: str | None = Field(
-        None, description="why this model has no champion when the promotion gate found no skill in it"
+        None,
+        description="why this model has no champion when the promotion gate refused it (no skill, or "
+        "another rule)",
     )
     state: str = Field(
         "serving",
-        description="serving (has a champion), no skill (the gate found none: 409), no champion, or "
-        "not built (no version registered yet: train its cell)",
+        description="serving (has a champion), no skill (the gate found none: 409), refused by the gate "
+        "(skill shown, another rule failed, e.g. calibration: 409), no champion, or not built (no version "
+        "registered yet: train its cell)",
     )
     cell: str | None = Field(None, description="its cell of the probability matrix (GROUP-TF-KIND-hH)")
     symbols: list[str] | None = Field(None, description="the symbols it was trained for")

@@ -551,9 +551,7 @@ class ScoringService:
                     if not aliases
                     else "serving"
                     if self.settings.alias in aliases
-                    else "no skill"
-                    if no_skill
-                    else "no champion"
+                    else self.models.refusal(name) or "no champion"
                 )
                 infos.append(
                     ModelInfo(

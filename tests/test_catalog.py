@@ -71,3 +71,41 @@ def test_readiness_ignores_cells_not_built_and_loads_each_champion_once(tmp_path
     # loading every champion every check would load both, each time, through an LRU of one
     assert not [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded ")]
     store.close()
+
+
+def test_a_model_the_gate_refused_for_calibration_is_a_state_not_an_outage(tmp_path):
+    """Skill shown but calibration refused: no champion, and — like a model without skill —
+    requests for it get the gate's reason (409), /readyz is not failed by it, and its state
+    says which rule refused it (before, only "no skill" was a state: a calibration refusal of
+    one matrix cell made the whole service unready)."""
+    from pipelines.model_cache import NoSkill
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    registry = Registry(uri)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4000, 3))
+    y = (X[:, 0] + 0.5 * rng.normal(size=4000) > 0).astype(float)
+    learner = LogisticLearner(C=1.0).fit(X, y)
+    columns = ["a", "b", "c"]
+    registry.log_and_register(
+        "m-cal2", learner, columns, pd.DataFrame(X[:3], columns=columns), {}, {}, {}, []
+    )
+    times = np.arange(X.shape[0]) * 86_400 // 50
+    calibrated = registry.promotion_gate(
+        "m-cal2", pd.DataFrame(X, columns=columns), y, max_ece=1e-6, ece_ceiling=1e-6, times=times
+    )
+    assert not calibrated.promoted and calibrated.has_skill, calibrated.reason
+    store = ResultsStore(f"sqlite:///{tmp_path / 'results.db'}")
+    store.migrate()
+    models = ModelCache(registry, ["m-cal2"])
+    models.refresh()
+    assert models.refusal("m-cal2") == "refused by the gate"
+    assert "the promotion gate refused version 1 (" in models.no_skill("m-cal2")
+    assert Health(store, models, "champion", 1.0).check() == []
+    try:
+        models.resolve("m-cal2", None)
+    except NoSkill as exc:
+        assert "ECE" in str(exc), exc
+    else:
+        raise AssertionError("a refused model's champion was resolved")
+    store.close()
