@@ -128,10 +128,9 @@ class ModelCache:
         self._loaded: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
         self._lock = threading.RLock()
         self._load_locks: dict[tuple[str, str], threading.Lock] = {}
-        # name → why it has no champion because the gate refused its challenger (no skill, or
-        # skill but another rule: calibration), and which of the two (`refusal`)
-        self._no_skill: dict[str, str] = {}
-        self._refusal: dict[str, str] = {}
+        # name → (``no skill`` | ``refused by the gate``, why): it has no champion because the
+        # gate refused its challenger for want of skill, or for another rule (calibration)
+        self._refused: dict[str, tuple[str, str]] = {}
         self._skill_unread: set[str] = set()  # names whose challenger's gate tags could not be read
         self.changes: list[tuple[float, str, str, str | None, str]] = []  # (when, name, alias, old, new)
 
@@ -259,12 +258,12 @@ class ModelCache:
         """Why `name` has no champion when the gate refused its challenger — no skill, or a
         rule other than skill (calibration) — else None. Requests for it answer 409 with it."""
         with self._lock:
-            return self._no_skill.get(name)
+            return self._refused[name][1] if name in self._refused else None
 
     def refusal(self, name: str) -> str | None:
         """``no skill`` or ``refused by the gate`` when `no_skill` has a reason, else None."""
         with self._lock:
-            return self._refusal.get(name) if name in self._no_skill else None
+            return self._refused[name][0] if name in self._refused else None
 
     def _note_skill(self, name: str, aliases: dict[str, str]) -> None:
         """Remember why `name` has no champion when its challenger was refused for want of
@@ -299,10 +298,9 @@ class ModelCache:
                 state = "refused by the gate"
         with self._lock:
             if why is None:
-                self._no_skill.pop(name, None)
+                self._refused.pop(name, None)
             else:
-                self._no_skill[name] = why
-                self._refusal[name] = state
+                self._refused[name] = (state, why)
 
     def _evict(self) -> None:
         aliased = {(n, v) for n, a in self._aliases.items() for v in a.values()}
