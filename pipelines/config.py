@@ -676,20 +676,6 @@ class MatrixParams(_Frozen):
         """The first symbol group holding `symbol` (None: in none)."""
         return next((g for g, symbols in self.groups.items() if symbol in symbols), None)
 
-    def find(
-        self, symbol: str, timeframe: str, horizon: int, label_kind: str, symbols: Sequence[str]
-    ) -> Cell | None:
-        """The cell serving `symbol` (one of the ingested `symbols`) on `timeframe`, `horizon`
-        bars ahead, labels of `label_kind`; None when the matrix has none."""
-        if symbol not in symbols:
-            return None
-        for cell in self.all():
-            if (cell.timeframe, cell.horizon, cell.label_kind) == (timeframe, horizon, label_kind) and (
-                symbol in self.groups[cell.group]
-            ):
-                return cell
-        return None
-
     def nearest(
         self, symbol: str, timeframe: str, horizon: int, label_kind: str, symbols: Sequence[str], n: int = 3
     ) -> list[str]:

@@ -73,8 +73,6 @@ def served_model_names(params: Any) -> list[str]:
     """``serving.models``, or the model this params file trains and registers followed by the
     model of every cell of the matrix (``matrix.cells``) whose group has a symbol and whose
     timeframe is ingested (``data.symbols``, ``data.timeframes``)."""
-    if params.serving.models:
-        return list(params.serving.models)
     return list(catalog(params))
 
 
@@ -127,22 +125,21 @@ def catalog(params: Any) -> dict[str, dict[str, Any]]:
 
 
 def _from_name(name: str, prefix: str, groups: dict[str, Any]) -> dict[str, Any]:
-    import re
+    """What a served model outside the matrix serves, read from its name: ``<prefix>-<cell id>``
+    (`pipelines.config.Cell.parse`); None where the name does not say."""
+    from pipelines.config import Cell, ParamsError
 
-    m = re.fullmatch(
-        re.escape(prefix)
-        + r"-(?P<group>[A-Za-z0-9_]+)-(?P<tf>[A-Z]+[0-9]+)-(?P<kind>[a-z_0-9]+)-h(?P<h>[0-9]+)",
-        name,
-    )
-    if not m:
+    try:
+        cell = Cell.parse(name.removeprefix(f"{prefix}-"))
+    except ParamsError:
         return {"cell": None, "symbols": None, "timeframe": None, "horizon": None, "label_kind": None}
-    symbols = groups.get(m["group"])
+    symbols = groups.get(cell.group)
     return {
         "cell": None,
         "symbols": list(symbols) if symbols else None,
-        "timeframe": m["tf"],
-        "horizon": int(m["h"]),
-        "label_kind": m["kind"],
+        "timeframe": cell.timeframe,
+        "horizon": cell.horizon,
+        "label_kind": cell.label_kind,
     }
 
 

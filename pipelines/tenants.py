@@ -48,16 +48,17 @@ from pipelines.store.crypto import KeyringError, new_master_key_text
 
 
 def served_follows(params: Params, texts: Sequence[str]) -> list[Subscription]:
-    """Parse ``--follow`` values, accepting only what a model serves: a cell of the matrix
-    (``matrix.cells``, its group holding the symbol, the symbol ingested) or a model named in
-    ``serving.models``. Anything else is a `StoreError` that names the nearest served ones."""
-    from pipelines.registry import subscription_model_name
+    """Parse ``--follow`` values, accepting only what a served model serves
+    (`pipelines.registry.catalog`: a cell of the matrix whose group holds the ingested symbol,
+    or a model of ``serving.models``). Anything else is a `StoreError` naming the nearest."""
+    from pipelines.registry import catalog, subscription_model_name
 
     subs = [Subscription.parse(t) for t in texts]
-    named = set(params.serving.models)
+    served = catalog(params)
     for sub in subs:
         key = (sub.symbol, sub.timeframe, sub.horizon, sub.label_kind)
-        if params.matrix.find(*key, params.data.symbols) or subscription_model_name(params, sub) in named:
+        info = served.get(subscription_model_name(params, sub))
+        if info is not None and (info["symbols"] is None or sub.symbol in info["symbols"]):
             continue
         near = params.matrix.nearest(*key, params.data.symbols)
         where = (
