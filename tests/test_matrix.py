@@ -9,10 +9,8 @@ import json
 import pytest
 import yaml
 
-from pipelines.bar_store import BarStore
 from pipelines.config import load_params
-from pipelines.ingest import connect, ingest_history, make_contract
-from pipelines.terminal import open_terminal
+from pipelines.ingest import history
 
 pytestmark = pytest.mark.slow
 
@@ -47,10 +45,7 @@ def test_every_cell_is_trained_gated_and_registered_on_its_own(prefect_harness, 
     }
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(config))
-    data = load_params(path).data
-    client = open_terminal(data)
-    connect(client)
-    ingest_history(client, BarStore(data.root), make_contract(data), data)
+    history(load_params(path).data)
 
     with pytest.raises(
         MatrixFailed, match=r"fx-M5-direction-h12: ParamsError: .*timeframe M5 is not in data"
