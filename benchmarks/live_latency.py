@@ -5,7 +5,10 @@ Setup (not timed): the world of `live_score_cycle.py` (10 symbols, M5/M15 base �
 and 24, four registered models), a PostgreSQL results store with N tenants (default 1,000)
 each following 10 symbols × 2 timeframes × 2 horizons (40,000 tenant-results per close of all
 40), the scoring service started for real (`bentoml serve`) and a few SSE clients on `/stream`
-that reconnect with `Last-Event-ID` whenever their connection drops.
+that reconnect with `Last-Event-ID` whenever their connection drops. ``--world matrix``: the
+probability matrix's instead (`matrix.py`: the default matrix's 12 cells — M5, M15 and H1 ×
+two horizons × direction and triple barrier — over the fx group's 4 symbols, one model per
+cell, the tenants spread over all 48 (symbol, cell) subscriptions).
 
 Phase 1, the timers (``--baseline-seconds``): today's ``ingest-live`` and ``live-score``
 deployments, emulated in this process with their own code: every base bar length (M5) an
@@ -37,7 +40,7 @@ Targets (issue 13, 2 cores): committed p50 ≤ 100 ms, p99 ≤ 250 ms; SSE recei
 no bar missed or duplicated (store and streams) across the faults; worker memory flat.
 
     python benchmarks/live_latency.py [--tenants 1000] [--seconds 150] [--baseline-seconds 40]
-                                      [--speed 300] [--clients 5] [--workers 2]
+                                      [--speed 300] [--clients 5] [--workers 2] [--world matrix]
 """
 
 from __future__ import annotations
@@ -70,8 +73,12 @@ WARMUP_SECONDS = 15.0  # a worker process's start-up (imports, models, caches)
 MEMORY_FROM = 30.0  # RSS is compared from this long after a worker's start (caches filled)
 
 
-def _cycle_bench():
-    spec = importlib.util.spec_from_file_location("live_score_cycle", REPO / "benchmarks/live_score_cycle.py")
+def _cycle_bench(world: str = "default"):
+    """The world scored: a module with SYMBOLS, TIMEFRAMES, setup_world(work) → (params,
+    registry), add_tenants(store, n), subscriptions() (every followed subscription) and
+    model_names()."""
+    file = {"default": "live_score_cycle", "matrix": "matrix"}[world]
+    spec = importlib.util.spec_from_file_location(file, REPO / f"benchmarks/{file}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -206,6 +213,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--keep-logs", default=None, metavar="DIR", help="keep the logs here")
+    parser.add_argument("--world", choices=["default", "matrix"], default="default")
     args = parser.parse_args()
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     # tenant data is sealed (issue 15): a master key of this run's own unless one is given
@@ -214,17 +222,18 @@ def main() -> None:
     os.environ.setdefault("MT5PROB_MASTER_KEY", new_master_key_text())
     os.environ.setdefault("MT5PROB_ALLOW_PASSWORDLESS", "1")  # the local server trusts its clients
     from pipelines.bar_store import BarStore, SeriesKey, frame_times
-    from pipelines.registry import model_name
+    from pipelines.mt5.constants import timeframe_seconds
     from pipelines.store import ResultsStore, app_url
     from serving.devserver import free_port, running_service
 
-    bench = _cycle_bench()
+    bench = _cycle_bench(args.world)
+    followed = bench.subscriptions()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
         params, registry = bench.setup_world(work)
         print(
-            f"setup: {len(bench.SYMBOLS)} symbols ingested, 4 models registered "
+            f"setup: {len(bench.SYMBOLS)} symbols ingested, {len(bench.model_names())} models registered "
             f"in {time.perf_counter() - t0:.0f} s"
         )
         name = f"mt5prob_latency_{uuid.uuid4().hex[:8]}"
@@ -241,7 +250,7 @@ def main() -> None:
             keys = [store.rotate_key(t.name) for t in store.list_tenants()[: args.clients]]
             end = params.data.simulator.end
             last = {
-                (s, tf): end - timedelta(seconds=300 if tf == "M5" else 900)
+                (s, tf): end - timedelta(seconds=timeframe_seconds(tf))
                 for s in bench.SYMBOLS
                 for tf in bench.TIMEFRAMES
             }
@@ -261,13 +270,10 @@ def main() -> None:
                 }
             )
             live = params.model_copy(update={"data": params.data.model_copy(update={"simulator": sim})})
-            models = [
-                model_name("mt5prob", "fx", tf, "direction", h)
-                for tf in bench.TIMEFRAMES
-                for h in bench.HORIZONS
-            ]
+            models = bench.model_names()
             overrides = {
                 "data": json.loads(live.data.model_dump_json()),
+                "matrix": json.loads(params.matrix.model_dump_json()),
                 "registry": {"tracking_uri": params.registry.tracking_uri},
                 "store": {"url": app_url(admin), "admin_url": admin},
                 "serving": {"models": models},
@@ -368,8 +374,8 @@ def main() -> None:
             with store.admin_engine.connect() as conn:
                 rows = conn.execute(
                     sa.text(
-                        "SELECT id, symbol, timeframe, bar_time, horizon, model_version, followed, "
-                        "extract(epoch FROM bar_closed_at) AS closed, "
+                        "SELECT id, symbol, timeframe, bar_time, horizon, label_kind, model_version, "
+                        "followed, extract(epoch FROM bar_closed_at) AS closed, "
                         "extract(epoch FROM committed_at - bar_closed_at) AS lag FROM scores ORDER BY id"
                     )
                 ).all()
@@ -430,13 +436,20 @@ def main() -> None:
     steady = [float(r.lag) for r in live_rows if not disrupted(float(r.closed))]
     recovery = [float(r.lag) for r in live_rows if disrupted(float(r.closed), workers_only=True)]
     base = [float(r.lag) for r in timer_rows]
-    keyset = [(r.symbol, r.timeframe, r.bar_time, r.horizon, r.model_version, r.followed) for r in rows]
-    # completeness: every stored bar after the history's end has one score per horizon
+    keyset = [
+        (r.symbol, r.timeframe, r.bar_time, r.horizon, r.label_kind, r.model_version, r.followed)
+        for r in rows
+    ]
+    # completeness: every stored bar after the history's end has one score per followed
+    # (horizon, label kind) of its series
     first = int(end.timestamp())
     want = {
-        (s, tf, int(t), h) for (s, tf), ts in stored.items() for t in ts if t >= first for h in bench.HORIZONS
+        (f.symbol, f.timeframe, int(t), f.horizon, f.label_kind)
+        for f in followed
+        for t in stored[(f.symbol, f.timeframe)]
+        if t >= first
     }
-    have = {(r.symbol, r.timeframe, int(r.bar_time.timestamp()), r.horizon) for r in rows}
+    have = {(r.symbol, r.timeframe, int(r.bar_time.timestamp()), r.horizon, r.label_kind) for r in rows}
     missed = want - have
     live_ids = {r.id for r in live_rows}
     received = [now - closed for c in clients for i, closed, now in c.got if not disrupted(closed)]
@@ -447,7 +460,8 @@ def main() -> None:
     complete_streams = [live_ids <= {i for i, _, _ in c.got} for c in clients]
 
     print(
-        f"\nlive latency — {args.tenants:,} tenants × 40 series at {args.speed:.0f}× "
+        f"\nlive latency — world {args.world}: {args.tenants:,} tenants, {len(followed)} subscriptions "
+        f"over {len(stored)} series at {args.speed:.0f}× "
         f"(an M5 close every {300 / args.speed:.1f} s), {os.cpu_count()} cores, PostgreSQL"
     )
     print(

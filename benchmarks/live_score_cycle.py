@@ -96,10 +96,22 @@ def setup_world(work: Path):
     return params, registry
 
 
-def add_tenants(store, n: int) -> None:
+def subscriptions() -> list:
+    """What every tenant of this world follows (10 symbols × 2 timeframes × 2 horizons)."""
     from pipelines.store import Subscription
 
-    follows = [Subscription(s, tf, h) for s in SYMBOLS for tf in TIMEFRAMES for h in HORIZONS]
+    return [Subscription(s, tf, h) for s in SYMBOLS for tf in TIMEFRAMES for h in HORIZONS]
+
+
+def model_names() -> list[str]:
+    """The models this world registers (`setup_world`)."""
+    from pipelines.registry import model_name
+
+    return [model_name("mt5prob", "fx", tf, "direction", h) for tf in TIMEFRAMES for h in HORIZONS]
+
+
+def add_tenants(store, n: int) -> None:
+    follows = subscriptions()
     for i in range(n):
         store.add_tenant(f"tenant-{i:04d}", follows)
 

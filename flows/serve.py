@@ -6,15 +6,15 @@
 registers the deployments below (typed, described parameters become forms in the UI) and
 serves them from this process — no work pool needed; a run triggered from the UI or the REST
 API runs here. Schedules: live ingestion and live scoring at each base-timeframe close,
-retraining on ``schedules.retrain_cron``; the others run on demand.
+retraining of the whole matrix on ``schedules.retrain_cron``; the others run on demand.
 
 | deployment | flow | schedule |
 |---|---|---|
 | ingest-history/ingest-history | ingest-history | on demand |
 | ingest-live/ingest-live | ingest-live (one poll) | every base-timeframe close |
 | featurize/featurize | featurize | on demand |
-| train/train | train (featurize → train → evaluate → register + gate) | ``retrain_cron`` |
-| train-matrix/train-matrix | train-matrix (every cell of ``matrix.cells``, each gated) | on demand |
+| train/train | train (featurize → train → evaluate → register + gate; one model) | on demand |
+| train-matrix/train-matrix | train-matrix (every cell of ``matrix.cells``, each gated) | ``retrain_cron`` |
 | promote/promote | promote (gate the challenger again) | on demand |
 | rollback/rollback | rollback | on demand |
 | live-score/live-score | live-score (one cycle) | every base-timeframe close |
@@ -73,15 +73,17 @@ def deployments(params_path: str = "params.yaml", profile: str | None = None) ->
             name="train",
             parameters=common,
             tags=["train"],
-            cron=params.schedules.retrain_cron,
-            description="Periodic retraining: featurize → train → evaluate → register → gate.",
+            description="One model (the base timeframe and labels of params.yaml): featurize → train → "
+            "evaluate → register → gate.",
         ),
         train_matrix_flow.to_deployment(
             name="train-matrix",
             parameters=common,
             tags=["train"],
-            description="The probability matrix: every cell featurized, trained, evaluated, registered "
-            "and gated as its own model, two cells at a time; one artifact of every cell's figures.",
+            cron=params.schedules.retrain_cron,
+            description="Periodic retraining of the probability matrix: every cell featurized, trained, "
+            "evaluated, registered and gated as its own model, two cells at a time; one artifact of "
+            "every cell's figures.",
         ),
         promote_flow.to_deployment(
             name="promote", parameters=common, tags=["registry"], description="Gate the challenger again."

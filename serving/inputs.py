@@ -50,13 +50,16 @@ def matrix_grid(follows: Any, frame: Any) -> tuple[dict[str, Any], list[str]]:
     per symbol, timeframe, horizon, label kind) as the /matrix grid — symbol → timeframe →
     label kind → horizon → `MatrixCell`, None where nothing has been scored yet — and those
     followed cells with no result (``SYMBOL:TF:HORIZON:KIND``). Results of cells no longer
-    followed are left out."""
+    followed are left out. Ordered for reading: symbols by name, timeframes shortest first,
+    label kinds by name, horizons shortest first."""
+    from pipelines.mt5.constants import timeframe_seconds
     from serving.schemas import MatrixCell
 
     newest = {(r.symbol, r.timeframe, int(r.horizon), r.label_kind): r for r in frame.itertuples(index=False)}
     grid: dict[str, Any] = {}
     missing = []
-    for sub in follows:
+    order = lambda s: (s.symbol, timeframe_seconds(s.timeframe), s.label_kind, int(s.horizon))  # noqa: E731
+    for sub in sorted(follows, key=order):
         key = (sub.symbol, sub.timeframe, int(sub.horizon), sub.label_kind)
         r = newest.get(key)
         cell = None

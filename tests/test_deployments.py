@@ -51,7 +51,8 @@ def test_deployments_are_declared_with_schedules():
     assert set(found) == NAMES
     assert found["live-score"].schedules[0].schedule.interval == timedelta(minutes=5)
     assert found["ingest-live"].schedules[0].schedule.interval == timedelta(minutes=5)
-    assert found["train"].schedules[0].schedule.cron == "0 3 * * 6"
+    assert found["train-matrix"].schedules[0].schedule.cron == "0 3 * * 6"  # every cell, weekly
+    assert not found["train"].schedules
     schema = found["train"]._parameter_openapi_schema.properties
     assert schema["horizon"]["anyOf"][0]["type"] == "integer" and "trials" in schema
     # the bar-close driven worker or the two timers, never both

@@ -1,8 +1,11 @@
 """The user's whole loop, as the README's first command runs it: `./run demo` in a fresh copy
-of the repository on the fast profile, then every surface checked — deployments listed through
-the Prefect API, `champion` set in MLflow, the service answering with that version, result rows
-per tenant in the store, the README's runnable curl lines as written, narrow DVC metrics and
-DVC-native plots, and `dvc repro` up to date afterwards."""
+of the repository on the fast profile's data, then every surface checked — deployments listed
+through the Prefect API, every cell of the matrix registered and gated in MLflow, the service
+answering with the champions, result rows per tenant in the store, the tenant's matrix in one
+call, the README's runnable curl lines as written. And the research build: `dvc repro` of a
+copy whose matrix has two cells — each cell in its own outputs, narrow DVC metrics listing every
+cell, DVC-native plots, up to date afterwards, and a per-cell `dvc exp run -S` that reruns that
+cell only."""
 
 from __future__ import annotations
 
@@ -26,10 +29,10 @@ from serving.devserver import REPO, free_port
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def copy(tmp_path):
+def make_copy(tmp_path: Path, cells: dict | None = None, **overrides: object) -> Path:
     """The committed files of this repository in a new git repository, with the fast profile
-    made the default (so `dvc repro` and every step use it)."""
+    made the default (so `dvc repro` and every step use it; the other profiles stay),
+    `overrides` (top-level sections) merged over it and `cells` replacing ``matrix.cells``."""
     dest = tmp_path / "repo"
     files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
     for name in filter(None, files.decode().split("\0")):
@@ -38,10 +41,11 @@ def copy(tmp_path):
         target.write_bytes((REPO / name).read_bytes())
         target.chmod((REPO / name).stat().st_mode)
     raw = yaml.safe_load((dest / "params.yaml").read_text())
-    fast = raw["profiles"]["fast"]
-    (dest / "params.yaml").write_text(
-        yaml.safe_dump(_deep_merge({k: v for k, v in raw.items() if k != "profiles"}, fast))
-    )
+    profiles = raw.pop("profiles")
+    raw = _deep_merge(_deep_merge(raw, profiles.pop("fast")), overrides)
+    if cells is not None:
+        raw["matrix"]["cells"] = cells
+    (dest / "params.yaml").write_text(yaml.safe_dump({**raw, "profiles": profiles}))
     for cmd in (
         ["git", "init", "-q"],
         ["git", "add", "-A"],
@@ -49,6 +53,11 @@ def copy(tmp_path):
     ):
         subprocess.run(cmd, cwd=dest, check=True)
     return dest
+
+
+@pytest.fixture
+def copy(tmp_path):
+    return make_copy(tmp_path)
 
 
 def test_demo_runs_the_whole_loop_and_every_surface_answers(copy, prefect_harness):
@@ -70,25 +79,86 @@ def test_demo_runs_the_whole_loop_and_every_surface_answers(copy, prefect_harnes
         keys = dict(re.findall(r"(demo-acme|demo-beta): (mt5p_[A-Za-z0-9_-]+)", out))
         assert set(keys) == {"demo-acme", "demo-beta"}
 
-        # MLflow: the gate promoted the first version to champion
-        registry = Registry(f"sqlite:///{copy / 'mlflow.db'}")
-        name = "mt5prob-fx-M5-direction-h12"
-        champion = registry.alias_version(name, "champion")
-        assert champion == "1"
+        # MLflow: every cell of the matrix registered (version 1) and gated; the M5 direction
+        # model (the fast data's planted signal is strong there) promoted to champion
+        from pipelines.config import load_params
+        from pipelines.registry import catalog
 
-        # the service (left running by the demo) answers with that version
+        params = load_params(copy / "params.yaml", "demo")
+        served = catalog(params)
+        assert len(served) == 12
+        registry = Registry(f"sqlite:///{copy / 'mlflow.db'}")
+        aliases = registry.aliases_of(list(served))
+        assert set(aliases) == set(served)
+        champions = {n: a["champion"] for n, a in aliases.items() if "champion" in a}
+        assert champions.get("mt5prob-fx-M5-direction-h12") == "1", aliases
+        assert "matrix: 12 cells" in out and "promoted to champion" in out
+
+        # the service (left running by the demo) serves the whole catalog, with each state
         url = f"http://127.0.0.1:{port}"
         models = httpx.post(
             f"{url}/models", json={}, headers={"X-API-Key": keys["demo-beta"]}, timeout=30
+        ).json()["models"]
+        assert {m["name"] for m in models} == set(served)
+        for m in models:
+            assert m["state"] == ("serving" if m["name"] in champions else m["state"]), m
+            assert m["state"] in ("serving", "no skill", "refused by the gate"), m
+            assert m["aliases"].get("champion") == champions.get(m["name"]), m
+        assert "demo-acme's matrix" in demo.stdout and "XAUUSD   M5   direction" in demo.stdout
+
+        # demo-acme follows every cell for both symbols: /matrix has a probability for each cell
+        # whose model has a champion, null (and named missing) for the others
+        matrix = httpx.post(
+            f"{url}/matrix", json={}, headers={"X-API-Key": keys["demo-acme"]}, timeout=30
         ).json()
-        assert models["models"][0]["aliases"]["champion"] == champion
+        assert matrix["follows"] == 24
+        filled = set()
+        for symbol, by_tf in matrix["grid"].items():
+            for tf, by_kind in by_tf.items():
+                for kind, by_h in by_kind.items():
+                    for h, cell in by_h.items():
+                        if cell is not None:
+                            assert 0 < cell["probability"] < 1
+                            assert champions[cell["model"]] == cell["version"]
+                            filled.add(cell["model"])
+                        else:
+                            assert f"{symbol}:{tf}:{h}:{kind}" in matrix["missing"]
+        assert filled == set(champions)
+        # /score_bars for every cell with a champion from the demo's own history (the newest
+        # 2,000 bars of each timeframe from the cell's up), and a 400 naming the need with too few
+        from pipelines.bar_store import BarStore, SeriesKey, frame_times
+
+        history = BarStore(copy / "data")
+
+        def bars_of(tf: str, n: int) -> dict:
+            f = history.read(SeriesKey("bars", "XAUUSD", tf)).tail(n)
+            fields = ("open", "high", "low", "close", "tick_volume", "spread")
+            return {"time": frame_times(f, "s").tolist(), **{c: f[c].astype(float).tolist() for c in fields}}
+
+        ladder = ["M5", "M15", "H1"]
+        for name in champions:
+            tfs = ladder[ladder.index(served[name]["timeframe"]) :]
+            body = {"symbol": "XAUUSD", "model": name, "bars": {tf: bars_of(tf, 2000) for tf in tfs}}
+            scored = httpx.post(
+                f"{url}/score_bars", json=body, headers={"X-API-Key": keys["demo-acme"]}, timeout=60
+            )
+            assert scored.status_code == 200, (name, scored.text[:500])
+            assert scored.json()["model"] == name and 0 < scored.json()["probability"] < 1
+        body = {"symbol": "XAUUSD", "bars": {tf: bars_of(tf, 30) for tf in ladder}}
+        short = httpx.post(
+            f"{url}/score_bars", json=body, headers={"X-API-Key": keys["demo-acme"]}, timeout=60
+        )
+        assert short.status_code == 400 and "need" in short.text, short.text[:500]
+
         latest = httpx.post(
-            f"{url}/results/latest", json={}, headers={"X-API-Key": keys["demo-acme"]}, timeout=30
+            f"{url}/results/latest", json={}, headers={"X-API-Key": keys["demo-beta"]}, timeout=30
         )
         assert latest.status_code == 200
-        assert {r["model_version"] for r in latest.json()["rows"]} == {champion}
+        assert {r["model_version"] for r in latest.json()["rows"]} == {
+            champions["mt5prob-fx-M5-direction-h12"]
+        }
 
-        # result rows per tenant in the store (6 replayed bars × the symbols each follows)
+        # result rows per tenant in the store: 6 replayed bars × each followed series with a champion
         # (names are sealed: read through the store, with the master key the demo used)
         from pipelines.store import ResultsStore
         from pipelines.store.crypto import LocalMasterKey
@@ -102,46 +172,14 @@ def test_demo_runs_the_whole_loop_and_every_surface_answers(copy, prefect_harnes
             with store.tenant(t.tenant_id, "test") as session:
                 per_tenant[t.name] = len(session.probabilities())
         store.close()
-        assert per_tenant == {"demo-acme": 12, "demo-beta": 6}  # fast profile: EURUSD and XAUUSD
+        scored = sum(len(served[n]["symbols"]) for n in champions)  # fast profile: EURUSD and XAUUSD
+        assert per_tenant == {"demo-acme": 6 * scored, "demo-beta": 6}
         with sqlite3.connect(copy / "results.db") as db:  # and no tenant name in the clear
             clear = "SELECT count(*) FROM tenants WHERE instr(name_sealed, CAST('demo-' AS BLOB)) > 0"
             sealed = db.execute(clear).fetchone()[0]
         assert sealed == 0
 
-        # DVC: everything the demo produced is what dvc.yaml says it should be
-        dvc = Path(sys.executable).with_name("dvc")
-        status = subprocess.run([str(dvc), "status"], cwd=copy, capture_output=True, text=True, env=env)
-        assert "up to date" in status.stdout, status.stdout + status.stderr
-        metrics = subprocess.run(
-            [str(dvc), "metrics", "show"], cwd=copy, capture_output=True, text=True, env=env
-        )
-        header = metrics.stdout.splitlines()[0].split()
-        want = {"log_loss", "edge", "edge_low", "edge_high", "ece", "auc"}
-        assert want <= set(header), metrics.stdout + metrics.stderr
-        assert max(len(line) for line in metrics.stdout.splitlines()) <= 120, metrics.stdout
-        plots = subprocess.run(
-            [str(dvc), "plots", "show", "--json"], cwd=copy, capture_output=True, text=True, env=env
-        )
-        assert plots.returncode == 0, plots.stderr
-        shown = json.loads(plots.stdout)["data"]  # plot id → its rendered (vega) definitions
-        wanted = {"outputs/evaluate/reliability.csv", "outputs/evaluate/histogram.csv"}
-        assert wanted <= set(shown), shown.keys()
-        spec = json.dumps(shown["outputs/evaluate/reliability.csv"])
-        assert '"predicted"' in spec and '"observed"' in spec  # data series with axes, not an image
-
         _run_readme_blocks(copy, port, keys["demo-acme"])
-        # a variant through dvc exp: only the stages that depend on the changed param run again
-        path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
-        exp = subprocess.run(
-            [str(dvc), "exp", "run", "-S", "models.registered=ensemble"],
-            cwd=copy,
-            capture_output=True,
-            text=True,
-            env={**env, "PATH": path},
-            timeout=600,
-        )
-        assert exp.returncode == 0, exp.stdout[-2000:] + exp.stderr[-2000:]
-        assert "Running stage 'train'" in exp.stdout and "Running stage 'featurize'" not in exp.stdout
 
         # Prefect: every deployment registers with the API
         declared = deployments(str(copy / "params.yaml"))
@@ -207,3 +245,59 @@ def _run_readme_blocks(copy: Path, port: int, key: str) -> None:
             assert body["rows"], (command, body)
         if "/score " in command + " ":
             assert 0 < body["probabilities"][0] < 1
+
+
+TWO_CELLS = {"fx-H1-direction-h4": {}, "fx-M15-triple_barrier-h4": {}}
+
+
+def test_dvc_repro_builds_every_cell_in_its_own_outputs_and_reruns_only_what_changed(tmp_path):
+    """The research build of a two-cell matrix (fast data; Optuna cut to 2 trials per learner to
+    keep the suite short): `dvc repro` runs the default model's stages and each cell's, into
+    ``outputs/cells/<id>/``; afterwards everything is up to date, `dvc metrics show` lists every
+    cell in a narrow table, `dvc plots show` renders every reliability diagram as data, and
+    `dvc exp run -S` on one cell's entry reruns that cell and nothing else."""
+    copy = make_copy(tmp_path, cells=TWO_CELLS, tune={"n_trials": 2})
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    env = {**os.environ, "PATH": path}
+
+    def run(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+        done = subprocess.run(args, cwd=copy, capture_output=True, text=True, env=env, timeout=timeout)
+        assert done.returncode == 0, f"{args}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        return done
+
+    run(sys.executable, "-m", "pipelines.ingest", "history")
+    run("dvc", "commit", "-f", "-q", "data.dvc")
+    repro = run("dvc", "repro").stdout
+    for cell in TWO_CELLS:
+        for step in ("featurize", "train", "evaluate"):
+            assert f"Running stage 'cell-{step}@{cell}'" in repro, repro[-3000:]
+        metrics = json.loads((copy / "outputs" / "cells" / cell / "evaluate" / "metrics.json").read_text())
+        assert metrics["rows"] > 0 and "edge_low" in metrics
+    assert "Running stage 'train'" in repro  # the default model's stages too
+    assert sorted(p.name for p in (copy / "outputs" / "cells").iterdir()) == sorted(TWO_CELLS)
+
+    assert "up to date" in run("dvc", "status").stdout
+    shown = run("dvc", "metrics", "show").stdout
+    header = shown.splitlines()[0].split()
+    assert {"log_loss", "edge", "edge_low", "edge_high", "ece", "auc"} <= set(header), shown
+    assert "outputs/evaluate/metrics.json" in shown
+    for cell in TWO_CELLS:
+        assert f"outputs/cells/{cell}/evaluate/metrics.json" in shown, shown
+    assert max(len(line) for line in shown.splitlines()) <= 140, shown
+    plots = json.loads(run("dvc", "plots", "show", "--json").stdout)["data"]
+    wanted = {"outputs/evaluate/reliability.csv", "outputs/evaluate/histogram.csv"} | {
+        f"outputs/cells/{cell}/evaluate/reliability.csv" for cell in TWO_CELLS
+    }
+    assert wanted <= set(plots), plots.keys()
+    spec = json.dumps(plots["outputs/cells/fx-H1-direction-h4/evaluate/reliability.csv"])
+    assert '"predicted"' in spec and '"observed"' in spec  # data series with axes, not an image
+
+    # one cell's variant: its stages run again, no other cell's and not the default model's
+    # (a key the cell's entry does not have yet takes hydra's leading +)
+    exp = run("dvc", "exp", "run", "-S", "+matrix.cells.fx-H1-direction-h4.models.registered=ensemble")
+    out = exp.stdout
+    assert "Running stage 'cell-train@fx-H1-direction-h4'" in out, out[-3000:]
+    assert "Running stage 'cell-evaluate@fx-H1-direction-h4'" in out, out[-3000:]
+    assert "fx-M15-triple_barrier-h4'" not in out and "Running stage 'train'" not in out, out[-3000:]
+    shown = run("dvc", "exp", "show", "--no-pager", "--md").stdout
+    assert "fx-H1-direction-h4" in shown

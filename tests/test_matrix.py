@@ -84,3 +84,35 @@ def test_every_cell_is_trained_gated_and_registered_on_its_own(prefect_harness, 
     assert by_cell["fx-M15-direction-h4"]["skill"] == "demonstrated"  # a strong planted signal
     with pytest.raises(Exception, match=r"no cell 'fx-H1-direction-h5'.*nearest"):
         train_matrix(params_path=str(path), cells=["fx-H1-direction-h5"])
+
+
+def test_the_matrix_grid_reads_in_order_and_names_what_is_missing():
+    """/matrix's grid: timeframes shortest first and horizons by number (not as strings: 4
+    before 16), a followed cell with no result null and listed, a result no longer followed left out."""
+    from datetime import UTC, datetime
+
+    import pandas as pd
+
+    from pipelines.store import Subscription
+    from serving.inputs import matrix_grid
+
+    follows = [
+        Subscription.parse(f) for f in ("EURUSD:H1:4", "EURUSD:M5:48", "EURUSD:M15:16", "EURUSD:M15:4")
+    ]
+    t = datetime(2024, 6, 28, tzinfo=UTC)
+    rows = [
+        ("EURUSD", tf, h, "direction", 0.6, "long", t, f"m-{tf}-{h}", "1", t)
+        for tf, h in (("M15", 4), ("M5", 48), ("H1", 4), ("H4", 1))
+    ]
+    frame = pd.DataFrame(
+        rows,
+        columns=[
+            "symbol", "timeframe", "horizon", "label_kind", "probability", "signal",
+            "bar_time", "model_name", "model_version", "scored_at",
+        ],
+    )  # fmt: skip
+    grid, missing = matrix_grid(follows, frame)
+    assert list(grid["EURUSD"]) == ["M5", "M15", "H1"]  # H4: no longer followed
+    assert list(grid["EURUSD"]["M15"]["direction"]) == ["4", "16"]
+    assert grid["EURUSD"]["M15"]["direction"]["16"] is None and missing == ["EURUSD:M15:16:direction"]
+    assert grid["EURUSD"]["M5"]["direction"]["48"].model == "m-M5-48"
