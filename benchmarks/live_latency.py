@@ -247,7 +247,12 @@ def main() -> None:
             store.migrate()
             t0 = time.perf_counter()
             bench.add_tenants(store, args.tenants)
-            keys = [store.rotate_key(t.name) for t in store.list_tenants()[: args.clients]]
+            watched = store.list_tenants()[: args.clients]  # the SSE clients' tenants
+            keys = [store.rotate_key(t.name) for t in watched]
+            # what each client's stream must carry: the results of the subscriptions it follows
+            streams_follow = [
+                {(f.symbol, f.timeframe, f.horizon, f.label_kind) for f in t.follows} for t in watched
+            ]
             end = params.data.simulator.end
             last = {
                 (s, tf): end - timedelta(seconds=timeframe_seconds(tf))
@@ -451,13 +456,16 @@ def main() -> None:
     }
     have = {(r.symbol, r.timeframe, int(r.bar_time.timestamp()), r.horizon, r.label_kind) for r in rows}
     missed = want - have
-    live_ids = {r.id for r in live_rows}
     received = [now - closed for c in clients for i, closed, now in c.got if not disrupted(closed)]
     # the delivery part alone: committed (the worker's stamp) → received by the client
     delivery = [now - c.committed[i] for c in clients for i, closed, now in c.got if not disrupted(closed)]
     late = [now - closed for c in clients for i, closed, now in c.got if disrupted(closed)]
     dup_stream = sum(len(c.got) - len({i for i, _, _ in c.got}) for c in clients)
-    complete_streams = [live_ids <= {i for i, _, _ in c.got} for c in clients]
+    owed = [  # per client: the live-phase results of what its tenant follows
+        {r.id for r in live_rows if (r.symbol, r.timeframe, r.horizon, r.label_kind) in follows}
+        for follows in streams_follow
+    ]
+    complete_streams = [ids <= {i for i, _, _ in c.got} for c, ids in zip(clients, owed, strict=True)]
 
     print(
         f"\nlive latency — world {args.world}: {args.tenants:,} tenants, {len(followed)} subscriptions "
@@ -508,7 +516,8 @@ def main() -> None:
     )
     print(
         f"  SSE ({len(clients)} clients, reconnects {[c.reconnects for c in clients]}, "
-        f"events {[len(c.got) for c in clients]} of {len(live_ids)}): steady-state bar close → received "
+        f"events {[len(c.got) for c in clients]} of {[len(ids) for ids in owed]} owed): "
+        f"steady-state bar close → received "
         f"p50 {q(received, 0.5):.0f} ms, p99 {q(received, 0.99):.0f} ms; during faults "
         f"{len(late):,} events, max {q(late, 1.0) / 1e3:.1f} s"
     )
