@@ -121,8 +121,8 @@ def model_names() -> list[str]:
 
 
 def add_tenants(store, n: int) -> None:
-    """`n` tenants, each following FOLLOWS_PER_TENANT of the 48 subscriptions (seeded draws,
-    rotated so that every subscription is followed)."""
+    """`n` tenants, each following FOLLOWS_PER_TENANT of the 48 subscriptions (seeded draws;
+    tenant i < 48 always includes subscription i, so that every subscription is followed)."""
     subs = subscriptions()
     rng = np.random.default_rng(17)
     for i in range(n):
