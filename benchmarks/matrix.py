@@ -104,12 +104,9 @@ def setup_world(work: Path):
 
 def subscriptions() -> list:
     """Every (symbol, cell) of the default matrix over the 4 symbols: 48 subscriptions."""
-    from pipelines.store import Subscription
+    from pipelines.registry import served_subscriptions
 
-    params = load_params(REPO / "params.yaml")
-    return [
-        Subscription(s, c.timeframe, c.horizon, c.label_kind) for c in params.matrix.all() for s in SYMBOLS
-    ]
+    return served_subscriptions(load_params(REPO / "params.yaml", None, {"data": {"symbols": list(SYMBOLS)}}))
 
 
 def model_names() -> list[str]:
@@ -130,18 +127,6 @@ def add_tenants(store, n: int) -> None:
         if i < len(subs) and i not in picked:
             picked[0] = i  # the first 48 tenants make sure every subscription is followed
         store.add_tenant(f"tenant-{i:04d}", [subs[j] for j in sorted(picked)])
-
-
-def cells_followed(params, n: int = 40) -> list:
-    """The first `n` subscriptions the default matrix serves (symbol × cell)."""
-    from pipelines.store import Subscription
-
-    subs = [
-        Subscription(s, c.timeframe, c.horizon, c.label_kind)
-        for c in params.matrix.all()
-        for s in params.matrix.groups[c.group]
-    ]
-    return subs[:n]
 
 
 def fill(store, subs, days: int, now: datetime) -> int:
@@ -326,7 +311,7 @@ def api(args: argparse.Namespace) -> None:
 
         store = ResultsStore(url)
         store.migrate()
-        subs = cells_followed(params)
+        subs = subscriptions()[:40]  # a tenant following 40 cells
         now = datetime(2024, 7, 1, tzinfo=UTC)
         # tenants first: a tenant sees the scores committed after it subscribed
         _, key = store.add_tenant("wide", subs)

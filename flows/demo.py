@@ -31,10 +31,11 @@ from prefect.cache_policies import NO_CACHE
 from flows.ingest import ingest_history_flow
 from flows.live_score import live_score_flow
 from flows.matrix import train_matrix_flow
-from pipelines.config import Params, cli_parser, load_params
+from pipelines.config import cli_parser, load_params
 
 DEMO_PROFILE = "demo"
-# demo-acme's follows are every cell of the matrix for each symbol the profile trains (`demo_follows`)
+# demo-acme follows (None) every cell of the matrix for each symbol the profile trains
+# (`pipelines.registry.served_subscriptions`)
 DEMO_TENANTS = {
     "demo-acme": {"follows": None, "long_above": 0.55, "short_below": 0.45},
     "demo-beta": {"follows": ["EURUSD:M5:12"], "long_above": 0.52, "short_below": 0.48},
@@ -70,22 +71,9 @@ def demo_flow(params_path: str = "params.yaml", profile: str = DEMO_PROFILE) -> 
     return built
 
 
-def demo_follows(params: Params) -> list[str]:
-    """Every cell of the matrix for every symbol it serves (`pipelines.registry.catalog`), as
-    ``SYMBOL:TIMEFRAME:HORIZON:LABEL_KIND``."""
-    from pipelines.registry import catalog
-
-    follows = {
-        f"{symbol}:{m['timeframe']}:{m['horizon']}:{m['label_kind']}"
-        for m in catalog(params).values()
-        if m["cell"] is not None
-        for symbol in m["symbols"]
-    }
-    return sorted(follows)
-
-
 def demo_tenants(params_path: str, profile: str | None = DEMO_PROFILE) -> dict[str, str]:
     """Create the demo tenants (or rotate their keys when they exist); returns name → key."""
+    from pipelines.registry import served_subscriptions
     from pipelines.store import ResultsStore, Subscription
 
     params = load_params(params_path, profile)
@@ -95,7 +83,9 @@ def demo_tenants(params_path: str, profile: str | None = DEMO_PROFILE) -> dict[s
         return {
             name: store.ensure_tenant(
                 name,
-                [Subscription.parse(f) for f in spec["follows"] or demo_follows(params)],
+                [Subscription.parse(f) for f in spec["follows"]]
+                if spec["follows"]
+                else served_subscriptions(params),
                 spec["long_above"],
                 spec["short_below"],
             )

@@ -76,6 +76,20 @@ def served_model_names(params: Any) -> list[str]:
     return list(catalog(params))
 
 
+def served_subscriptions(params: Any) -> list[Any]:
+    """Every (symbol, cell) the matrix serves (`catalog`: each served cell's model and its
+    ingested symbols) as a `pipelines.store.Subscription`, in catalog order, symbols in group
+    order — what a tenant following the whole matrix follows."""
+    from pipelines.store import Subscription
+
+    return [
+        Subscription(symbol, m["timeframe"], m["horizon"], m["label_kind"])
+        for m in catalog(params).values()
+        if m["cell"] is not None
+        for symbol in m["symbols"]
+    ]
+
+
 def catalog(params: Any) -> dict[str, dict[str, Any]]:
     """What each served model serves, by name: ``cell`` (its matrix cell id, None for a model
     outside the matrix), ``symbols``, ``timeframe``, ``horizon`` (bars of that timeframe) and

@@ -11,7 +11,7 @@ import pandas as pd
 from models.base_learners import LogisticLearner
 from pipelines.config import load_params
 from pipelines.model_cache import ModelCache
-from pipelines.registry import Registry, catalog, served_model_names
+from pipelines.registry import Registry, catalog, served_model_names, served_subscriptions
 from pipelines.store import ResultsStore
 from serving.health import Health
 
@@ -32,6 +32,14 @@ def test_the_catalog_serves_the_trained_model_first_then_every_cell():
     # a cell whose timeframe is not ingested is not served
     fewer = load_params("params.yaml", "fast", {"data": {"timeframes": ["M5", "M15"]}})
     assert not any("-H1-" in n for n in served_model_names(fewer))
+    # following the whole matrix: every served cell for each of its ingested symbols
+    subs = served_subscriptions(params)
+    assert len(subs) == 12 * 2 and len(set(subs)) == 24
+    assert {s.symbol for s in subs} == {"EURUSD", "XAUUSD"}
+    assert (subs[0].symbol, subs[0].timeframe, subs[0].horizon, subs[0].label_kind) == (
+        "EURUSD", "M5", 12, "direction"
+    )  # fmt: skip
+    assert not any(s.timeframe == "H1" for s in served_subscriptions(fewer))
 
 
 def _register(registry: Registry, name: str) -> None:
