@@ -73,7 +73,7 @@ WARMUP_SECONDS = 15.0  # a worker process's start-up (imports, models, caches)
 MEMORY_FROM = 30.0  # RSS is compared from this long after a worker's start (caches filled)
 
 
-def _cycle_bench(world: str = "default"):
+def _world(world: str = "default"):
     """The world scored: a module with SYMBOLS, TIMEFRAMES, setup_world(work) → (params,
     registry), add_tenants(store, n), subscriptions() (every followed subscription) and
     model_names()."""
@@ -226,7 +226,7 @@ def main() -> None:
     from pipelines.store import ResultsStore, app_url
     from serving.devserver import free_port, running_service
 
-    bench = _cycle_bench(args.world)
+    bench = _world(args.world)
     followed = bench.subscriptions()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

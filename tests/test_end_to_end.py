@@ -101,7 +101,7 @@ def test_demo_runs_the_whole_loop_and_every_surface_answers(copy, prefect_harnes
         ).json()["models"]
         assert {m["name"] for m in models} == set(served)
         for m in models:
-            assert m["state"] == ("serving" if m["name"] in champions else m["state"]), m
+            assert (m["state"] == "serving") == (m["name"] in champions), m
             assert m["state"] in ("serving", "no skill", "refused by the gate"), m
             assert m["aliases"].get("champion") == champions.get(m["name"]), m
         assert "demo-acme's matrix" in demo.stdout and "XAUUSD   M5   direction" in demo.stdout
