@@ -1,4 +1,5 @@
-"""Labels: fixed-horizon direction and triple barrier (López de Prado), with event end times.
+"""Labels: fixed-horizon direction, triple barrier (López de Prado) and up/flat/down, with event
+end times.
 
 Every label at bar t is decided by bars t+1 … t1 only; ``t1`` (UTC epoch seconds, the *close*
 time of the bar that decided it) is returned so validation can purge overlapping samples.
@@ -115,13 +116,31 @@ def meta_labels(
     return {"label": meta, "t1": tb["t1"], "ret": tb["ret"]}
 
 
-def binary_label(label_kind: str, label: np.ndarray) -> np.ndarray:
-    """The binary target a probability model of `label_kind` predicts, from the labels above:
+def up_flat_down_labels(
+    b: Bars, horizon: int, flat_within: float, atr_window: int = 14, hours: MarketHours | None = None
+) -> Labels:
+    """Three classes over the next `horizon` bars: 0 = down, 1 = flat, 2 = up, flat when
+    |close[t+h] − close[t]| ≤ `flat_within` × ATR(`atr_window`, at t) × √horizon — the dead
+    zone grows with the horizon as a random walk's typical move does, so the classes stay
+    comparably balanced across horizons. ``t1`` and ``ret`` as for `direction_labels`."""
+    if flat_within <= 0:
+        raise ValueError(f"flat_within must be > 0 (ATR × √horizon), got {flat_within}")
+    spec = DirectionLabelSpec(horizon, flat_within * float(np.sqrt(horizon)), "atr", "class", atr_window)
+    return direction_labels(b, spec, hours)
+
+
+LABEL_KINDS = ("direction", "triple_barrier", "up_flat_down")
+THREE_CLASS = ("down", "flat", "up")  # class index → name (up_flat_down labels)
+
+
+def model_target(label_kind: str, label: np.ndarray) -> np.ndarray:
+    """The target a probability model of `label_kind` predicts, from the labels above:
     direction (``neutral="drop"``) as it is, 1 up / 0 down; triple barrier 1 when the
-    take-profit was touched first, else 0. NaN stays NaN."""
+    take-profit was touched first, else 0; up/flat/down as it is, 0 down / 1 flat / 2 up.
+    NaN stays NaN."""
     label = np.asarray(label, dtype=float)
-    if label_kind == "direction":
+    if label_kind in ("direction", "up_flat_down"):
         return label
     if label_kind == "triple_barrier":
         return np.where(np.isnan(label), np.nan, (label == 1).astype(float))
-    raise ValueError(f"unknown label kind {label_kind!r}: direction or triple_barrier")
+    raise ValueError(f"unknown label kind {label_kind!r}: one of {', '.join(LABEL_KINDS)}")

@@ -99,7 +99,7 @@ def train_flow(
     profile: str | None = None,
     symbols: list[str] | None = None,
     timeframe: str | None = None,
-    label_kind: Literal["direction", "triple_barrier"] | None = None,
+    label_kind: Literal["direction", "triple_barrier", "up_flat_down"] | None = None,
     horizon: int | None = None,
     trials: int | None = None,
 ) -> dict[str, Any]:

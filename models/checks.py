@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from features.gaps import MarketHours, is_open
-from models.uncertainty import Interval, block_ids, bootstrap_mean, row_log_loss
+from models.metrics import row_log_loss
+from models.uncertainty import Interval, block_ids, bootstrap_mean
 
 
 @dataclass(frozen=True)

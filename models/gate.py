@@ -5,15 +5,17 @@ decision and moves the aliases.
 Every rule must hold (the reason names each one that does not):
 
 1. **Skill.** The challenger's log-loss improvement over the base rate (always predicting the
-   holdout's own frequency of label 1: the best constant in hindsight, the strictest one) must
+   holdout's own frequency of label 1 — of each class, for three-class models: the best
+   constant in hindsight, the strictest one) must
    have a lower confidence bound above zero. The interval is a block bootstrap over stretches
    of calendar time (`models.uncertainty`: UTC days, longer when a label spans more than a
    day, every symbol of a stretch in one block), so overlapping labels and symbols moving
    together count as what they are. The first challenger too: "no model has skill here" is an
    outcome, recorded as ``gate_skill = none``.
-2. **Calibration.** The challenger's ECE must be within ``max(max_ece, min(noise floor,
-   ece_ceiling))``, the floor being the 95th percentile of the ECE a *perfectly calibrated*
-   model with the challenger's own probabilities would show on these rows
+2. **Calibration.** The challenger's ECE (classwise for three-class models) must be within
+   ``max(max_ece, min(noise floor, ece_ceiling))``, the floor being the 95th percentile of
+   the ECE a *perfectly calibrated* model with the challenger's own probabilities would show
+   on these rows
    (`models.metrics.ece_noise_floor`); the ceiling bounds how far that floor may raise the
    limit, so a small or heavily overlapping holdout cannot wave calibration through.
 3. **Beat the champion.** With a champion, the challenger's log-loss improvement over it,
@@ -26,8 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.metrics import ece, ece_noise_floor, log_loss
-from models.uncertainty import DAY, Interval, block_ids, bootstrap_mean, row_log_loss
+from models.metrics import base_rate, constant, ece, ece_noise_floor, is_multiclass, log_loss, row_log_loss
+from models.uncertainty import DAY, Interval, block_ids, bootstrap_mean
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class GateDecision:
     ece_noise_floor: float
     rows: int
     skill: Interval
-    base_rate: float
+    base_rate: float | tuple[float, ...]  # P(label 1); three-class: each class's frequency
     vs_champion: Interval | None = None
     ece_ceiling: float = 1.0
     challenger: str | None = None
@@ -69,7 +71,11 @@ class GateDecision:
             "gate_edge_high": f"{self.skill.high:.6f}",
             "gate_edge_level": f"{self.skill.level:g}",
             "gate_blocks": str(self.skill.blocks),
-            "gate_base_rate": f"{self.base_rate:.6f}",
+            "gate_base_rate": (
+                ",".join(f"{r:.6f}" for r in self.base_rate)
+                if isinstance(self.base_rate, tuple)
+                else f"{self.base_rate:.6f}"
+            ),
             "gate_challenger_log_loss": f"{self.challenger_log_loss:.6f}",
             "gate_challenger_ece": f"{self.challenger_ece:.6f}",
             "gate_ece_limit": f"{self.ece_limit:.6f}",
@@ -101,20 +107,25 @@ def decide(
     draws: int = 2000,
 ) -> GateDecision:
     """Decide on holdout labels `y` (0/1, rows in time order within each group) and the
-    challenger's (and, if there is one, the champion's) P(label 1) on the same rows. `times`:
+    challenger's (and, if there is one, the champion's) P(label 1) on the same rows — or,
+    for three-class models, labels 0/1/2 and (n, 3) class probabilities. `times`:
     each row's bar open time (UTC epoch seconds), grouped into `block_seconds` stretches for
     the bootstrap; without them, runs of max(horizon, 24) consecutive rows are the blocks.
     `level`: two-sided confidence level of the intervals (their lower bounds decide)."""
     y = np.asarray(y, dtype=float)
     p_new = np.asarray(p_challenger, dtype=float)
-    if p_new.shape != y.shape or (p_champion is not None and np.shape(p_champion) != y.shape):
-        raise ValueError(f"labels and probabilities differ in shape: {y.shape} vs {p_new.shape}")
+    rows_of = p_new.shape[:1]
+    if rows_of != y.shape or (p_champion is not None and np.shape(p_champion) != p_new.shape):
+        raise ValueError(
+            f"labels and probabilities differ in shape: {y.shape} vs {p_new.shape}"
+            + ("" if p_champion is None else f" (champion {np.shape(p_champion)})")
+        )
     if y.size == 0:
         raise ValueError("no holdout rows to gate on")
     blocks = block_ids(times, y.size, block_seconds, rows_per_block=max(int(horizon), 24))
     new_rows = row_log_loss(y, p_new)
-    rate = float(y.mean())
-    skill = bootstrap_mean(row_log_loss(y, np.full(y.size, rate)) - new_rows, blocks, level, draws)
+    rate = base_rate(y, p_new.shape[1] if is_multiclass(p_new) else None)
+    skill = bootstrap_mean(row_log_loss(y, constant(y, rate)) - new_rows, blocks, level, draws)
     new_ll, new_ece = log_loss(y, p_new), ece(y, p_new)
     floor = ece_noise_floor(p_new, horizon, groups)
     limit = max(max_ece, min(floor, ece_ceiling))
@@ -153,5 +164,16 @@ def decide(
             f"beats champion: log loss {new_ll:.5f} vs {old_ll:.5f}, improvement {vs.text(5)}",
         )
     return GateDecision(
-        promoted, reason, new_ll, old_ll, new_ece, limit, floor, int(len(y)), skill, rate, vs, ece_ceiling
+        promoted,
+        reason,
+        new_ll,
+        old_ll,
+        new_ece,
+        limit,
+        floor,
+        int(len(y)),
+        skill,
+        tuple(float(r) for r in rate) if isinstance(rate, np.ndarray) else rate,
+        vs,
+        ece_ceiling,
     )

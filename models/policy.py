@@ -1,8 +1,20 @@
-"""The threshold policy: a probability of the label (P(up)) → long, short or flat.
+"""The threshold policy: a model's probabilities → long, short or flat.
 
 One rule for every place that turns probabilities into positions: the evaluation backtest
 (symmetric thresholds from ``models.backtest.threshold``), each tenant's signals (its own
 ``long_above`` / ``short_below``) and live scoring (which stores the tenant's signal).
+
+What the probability means decides which sides it can give (`for_label_kind`):
+
+* **direction** — p = P(up), and 1 − p = P(down): long above ``long_above``, short below
+  ``short_below``.
+* **triple_barrier** — p = P(take-profit touched first). A low p says the long trade's
+  take-profit is unlikely to come first (the stop or the vertical barrier is): a reason not to
+  go long, *not* a prediction that a short would pay. So this kind is long or flat, never
+  short.
+* **up_flat_down** — p = [P(down), P(flat), P(up)]: long when P(up) > ``long_above``, short
+  when P(down) > 1 − ``short_below`` (the same thresholds as direction, where P(down) is
+  1 − P(up)); a probable flat move is flat.
 """
 
 from __future__ import annotations
@@ -21,6 +33,7 @@ class ThresholdPolicy:
 
     long_above: float = 0.55
     short_below: float = 0.45
+    long_only: bool = False  # never short (triple-barrier probabilities: see module)
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.short_below <= self.long_above <= 1.0):
@@ -36,15 +49,26 @@ class ThresholdPolicy:
             raise ValueError(f"a symmetric threshold must be in [0.5, 1], got {threshold}")
         return cls(long_above=threshold, short_below=1.0 - threshold)
 
-    def sides(self, p: np.ndarray) -> np.ndarray:
-        """+1 (long), −1 (short) or 0 (flat) per probability, as float."""
-        p = np.asarray(p, dtype=float)
-        return np.where(p > self.long_above, 1.0, np.where(p < self.short_below, -1.0, 0.0))
+    @classmethod
+    def for_label_kind(cls, label_kind: str, long_above: float, short_below: float) -> ThresholdPolicy:
+        """The policy for probabilities of `label_kind` (see module): triple barrier never
+        shorts; direction and up/flat/down use both thresholds."""
+        return cls(long_above, short_below, long_only=label_kind == "triple_barrier")
 
-    def signal(self, p: float) -> str:
-        """``long``, ``short`` or ``flat`` for one probability."""
-        if p > self.long_above:
-            return "long"
-        if p < self.short_below:
-            return "short"
-        return "flat"
+    def sides(self, p: np.ndarray) -> np.ndarray:
+        """+1 (long), −1 (short) or 0 (flat) per row, as float: `p` is P(label 1) per row
+        (n,), or [P(down), P(flat), P(up)] per row (n, 3)."""
+        p = np.asarray(p, dtype=float)
+        if p.ndim == 2:
+            up, short = p[:, 2] > self.long_above, p[:, 0] > 1.0 - self.short_below
+        else:
+            up, short = p > self.long_above, p < self.short_below
+        if self.long_only:
+            short = np.zeros_like(up)
+        return np.where(up, 1.0, np.where(short, -1.0, 0.0))
+
+    def signal(self, p: float | np.ndarray) -> str:
+        """``long``, ``short`` or ``flat`` for one probability (or one row of three)."""
+        row = np.asarray(p, dtype=float)
+        side = self.sides(row[None, :] if row.ndim == 1 else row[None])[0]
+        return SIGNALS[int(side) + 1]

@@ -127,9 +127,7 @@ def bootstrap_statistic(
     return Interval(estimate, float(low), float(high), level, len(members))
 
 
-def wilson(
-    freq: np.ndarray, n: np.ndarray, level: float = 0.95
-) -> tuple[np.ndarray, np.ndarray]:
+def wilson(freq: np.ndarray, n: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """Wilson score interval (lower, upper) of observed frequencies `freq` on `n` outcomes
     (an effective count: overlapping labels carry less than one outcome each), clipped to
     [0, 1]. Keeps its coverage at frequencies near 0 or 1 and on small `n`, unlike the normal
@@ -144,13 +142,6 @@ def wilson(
     half = z * np.sqrt(f * (1 - f) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     low = np.minimum(np.clip(centre - half, 0.0, 1.0), f)
     return low, np.maximum(np.clip(centre + half, 0.0, 1.0), f)
-
-
-def row_log_loss(y: np.ndarray, p: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Per-row log loss (natural log)."""
-    p = np.clip(np.asarray(p, dtype=float), eps, 1 - eps)
-    y = np.asarray(y, dtype=float)
-    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
 
 
 def effective_labels(n: int, horizon: int, groups: np.ndarray | None = None) -> float:

@@ -290,14 +290,23 @@ class TripleBarrierParams(_Frozen):
     vertical: Literal["zero", "sign"] = "zero"
 
 
-class LabelsParams(_Frozen):
-    """The ``labels:`` section: both kinds are always built; `kind` is the one models train on."""
+class UpFlatDownParams(_Frozen):
+    """Three classes (`features.labels.up_flat_down_labels`): flat within ± `flat_within` ×
+    ATR × √horizon."""
 
-    kind: Literal["direction", "triple_barrier"] = "direction"
+    flat_within: float = Field(0.3, gt=0)
+
+
+class LabelsParams(_Frozen):
+    """The ``labels:`` section: every kind is always built; `kind` is the one models train on
+    (``up_flat_down``: three-class models, `models.three_way`)."""
+
+    kind: Literal["direction", "triple_barrier", "up_flat_down"] = "direction"
     horizon: int = Field(12, ge=1)
     atr_window: int = Field(14, ge=1)
     direction: DirectionParams = DirectionParams()
     triple_barrier: TripleBarrierParams = TripleBarrierParams()
+    up_flat_down: UpFlatDownParams = UpFlatDownParams()
 
     def direction_spec(self) -> DirectionLabelSpec:
         d = self.direction
@@ -595,7 +604,7 @@ class ServingParams(_Frozen):
 
 
 CELL_ID = re.compile(
-    r"^(?P<group>[A-Za-z0-9_]+)-(?P<timeframe>[A-Z]+[0-9]+)-(?P<kind>direction|triple_barrier)-h(?P<horizon>[1-9][0-9]*)$"
+    r"^(?P<group>[A-Za-z0-9_]+)-(?P<timeframe>[A-Z]+[0-9]+)-(?P<kind>direction|triple_barrier|up_flat_down)-h(?P<horizon>[1-9][0-9]*)$"
 )
 CELL_SECTIONS = ("features", "labels", "models", "tune")  # what a cell may override
 
@@ -619,7 +628,7 @@ class Cell(BaseModel):
         if not m:
             raise ParamsError(
                 f"matrix.cells.{cell_id}: not a cell id — expected GROUP-TIMEFRAME-LABELKIND-hHORIZON, "
-                "e.g. fx-H1-triple_barrier-h24 (label kinds: direction, triple_barrier)"
+                "e.g. fx-H1-triple_barrier-h24 (label kinds: direction, triple_barrier, up_flat_down)"
             )
         try:
             tf = timeframe_name(m["timeframe"])

@@ -4,8 +4,11 @@ Metrics for the registered predictor, the stack, the ensemble and each base lear
 loss, Brier, ECE (15 bins), AUC, accuracy, base-rate log loss (always predicting the
 holdout's own frequency: the strictest constant, as the promotion gate); on simulator data
 with direction labels also the Bayes-optimal log loss from the planted true probabilities and
-the relative gap to it. A threshold-policy backtest (long when p > t,
-short when p < 1 − t; the bar's spread — or `assumed_spread_pips` where the data's spread is
+the relative gap to it. Three-class (up/flat/down) models: the same figures for the three
+probabilities (multiclass log loss against the class frequencies, classwise ECE, mean
+one-vs-rest AUC), the reliability of each class. A threshold-policy backtest
+(`models.policy`: long when P(up) > t, short when P(down) > t; triple barrier long only; the
+bar's spread — or `assumed_spread_pips` where the data's spread is
 zero or missing — and a commission charged, in pips) reports trades, hit rate, PnL, Sharpe
 and max drawdown.
 
@@ -39,8 +42,9 @@ import joblib
 import numpy as np
 
 from features.bars import pip_size
-from models.metrics import auc, ece, reliability, summary
+from models.metrics import auc, base_rate, constant, ece, is_multiclass, reliability, row_log_loss, summary
 from models.policy import ThresholdPolicy
+from models.three_way import CLASSES
 from models.uncertainty import (
     Interval,
     block_ids,
@@ -48,7 +52,6 @@ from models.uncertainty import (
     bootstrap_mean,
     bootstrap_statistic,
     effective_labels,
-    row_log_loss,
 )
 from pipelines.atomic_files import staged_dir, write_atomic, write_text_atomic
 from pipelines.config import BacktestParams, Params
@@ -127,18 +130,25 @@ def _policy(pnl: np.ndarray, day: np.ndarray, block_days: int, level: float = 0.
 
 
 def backtest(
-    p: np.ndarray, data: TrainingData, rows: np.ndarray, cfg: BacktestParams, block_days: int = 1
+    p: np.ndarray,
+    data: TrainingData,
+    rows: np.ndarray,
+    cfg: BacktestParams,
+    block_days: int = 1,
+    label_kind: str = "direction",
 ) -> dict[str, dict[str, Any]]:
     """Threshold policy on the holdout rows, per symbol (pips are per-symbol units).
 
-    Long when p > threshold, short when p < 1 − threshold, each signal held to its label's end
+    Long when P(up) > threshold, short when P(down) > threshold (`models.policy`, by the label
+    kind: triple-barrier probabilities are long or flat), each signal held to its label's end
     (positions may overlap); the bar's spread and the commission are charged in pips — where
     the data's spread is zero or missing (many exports), `cfg.assumed_spread_pips` instead, and
     the symbol's ``spread_assumed_rows`` says on how many rows. Sharpe is annualised from
     daily PnL (√252), so overlapping positions do not inflate it; intervals resample blocks of
     `block_days` days.
     """
-    side = ThresholdPolicy.symmetric(cfg.threshold).sides(p)
+    sym = ThresholdPolicy.symmetric(cfg.threshold)
+    side = ThresholdPolicy.for_label_kind(label_kind, sym.long_above, sym.short_below).sides(p)
     pip = np.array([pip_size(x) for x in data.point[rows]])
     move = (np.exp(data.ret[rows]) - 1.0) * data.close[rows] / pip
     spread = data.spread[rows] * data.point[rows] / pip
@@ -169,14 +179,15 @@ def spread_report(result: dict[str, dict[str, Any]], assumed: float) -> list[str
 
 
 def intervals(
-    y: np.ndarray, p: np.ndarray, base_rate: float, blocks: np.ndarray, level: float = 0.95
+    y: np.ndarray, p: np.ndarray, rate: float | np.ndarray, blocks: np.ndarray, level: float = 0.95
 ) -> dict[str, dict[str, float]]:
     """Block-bootstrap intervals of the registered predictor's headline figures: log loss, its
-    improvement over always predicting `base_rate` (``edge``, nats per row), ECE and AUC."""
+    improvement over always predicting `rate` (``edge``, nats per row; a vector of class
+    rates for three-class models), ECE and AUC."""
     rows = row_log_loss(y, p)
     return {
         "log_loss": bootstrap_mean(rows, blocks, level).as_dict(),
-        "edge": bootstrap_mean(row_log_loss(y, np.full(y.size, base_rate)) - rows, blocks, level).as_dict(),
+        "edge": bootstrap_mean(row_log_loss(y, constant(y, rate)) - rows, blocks, level).as_dict(),
         "ece": bootstrap_statistic(ece, (y, p), blocks, level, draws=300).as_dict(),
         "auc": bootstrap_statistic(auc, (y, p), blocks, level, draws=300).as_dict(),
     }
@@ -186,9 +197,18 @@ def predictions_table(
     data: TrainingData, rows: np.ndarray, preds: dict[str, np.ndarray], registered: str, p_true: Any
 ) -> bytes:
     """Every holdout row as Parquet: symbol, bar_time (bar open, UTC), decision_time (its
-    close, UTC), label, ``p_<predictor>`` for each predictor (and ``p_true`` on the
-    simulator), ``registered`` naming the registered predictor's column."""
+    close, UTC), label, ``p_<predictor>`` for each predictor (three-class:
+    ``p_<predictor>_down``, ``_flat``, ``_up``; and ``p_true`` on the simulator),
+    ``registered`` naming the registered predictor's column (its prefix, three-class)."""
     import pandas as pd
+
+    columns: dict[str, np.ndarray] = {}
+    for name, p in preds.items():
+        p = np.asarray(p, dtype=float)
+        if p.ndim == 2:
+            columns.update({f"p_{name}_{c}": p[:, k] for k, c in enumerate(CLASSES)})
+        else:
+            columns[f"p_{name}"] = p
 
     frame = pd.DataFrame(
         {
@@ -196,7 +216,7 @@ def predictions_table(
             "bar_time": pd.to_datetime(data.bar_time[rows], unit="s", utc=True),
             "decision_time": pd.to_datetime(data.t0[rows], unit="s", utc=True),
             "label": data.y[rows].astype(float),
-            **{f"p_{name}": np.asarray(p, dtype=float) for name, p in preds.items()},
+            **columns,
             **({"p_true": p_true} if p_true is not None else {}),
             "registered": f"p_{registered}",
         }
@@ -222,37 +242,51 @@ def reliability_bands(
     return wilson(freq, count / max(design_effect, 1.0), level)
 
 
+def per_class(y: np.ndarray, p: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, 0/1 outcome, probability) of each class a reliability diagram shows: one,
+    ``up``, for binary probabilities; ``down``, ``flat``, ``up`` for three-class ones."""
+    if not is_multiclass(p):
+        return [("up", np.asarray(y, dtype=float), np.asarray(p, dtype=float))]
+    y = np.asarray(y)
+    return [(c, (y == k).astype(float), np.asarray(p, dtype=float)[:, k]) for k, c in enumerate(CLASSES)]
+
+
 def reliability_figure(
     y: np.ndarray, p: np.ndarray, p_true: np.ndarray | None, design_effect: float = 1.0
 ) -> Any:
-    """The reliability diagram (15 equal-width bins): every bin's point inside the axes —
-    predicted means *and* observed frequencies, which can lie far outside the predictions on
-    a thin bin — each labelled with its row count and drawn with its 95 % band
-    (`reliability_bands`), so a wild point on ten rows reads as such."""
+    """The reliability diagram (15 equal-width bins; one curve per class for three-class
+    probabilities): every bin's point inside the axes — predicted means *and* observed
+    frequencies, which can lie far outside the predictions on a thin bin — each labelled with
+    its row count and drawn with its 95 % band (`reliability_bands`), so a wild point on ten
+    rows reads as such."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    mean_p, freq, count = reliability(y, p)
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
-    used = count > 0
-    low, high = reliability_bands(freq, count, design_effect)
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect")
-    ax.plot(mean_p[used], freq[used], marker="o", label="model")
-    ax.errorbar(
-        mean_p[used],
-        freq[used],
-        yerr=[freq[used] - low[used], high[used] - freq[used]],
-        fmt="none",
-        capsize=2,
-        color="C0",
-        alpha=0.6,
-        label="95% band",
-    )
-    for x, f, n in zip(mean_p[used], freq[used], count[used], strict=True):
-        ax.annotate(f"{int(n):,}", (x, f), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    shown = [mean_p[used], freq[used], low[used], high[used]]
+    classes = per_class(y, p)
+    shown = []
+    for i, (name, yk, pk) in enumerate(classes):
+        mean_p, freq, count = reliability(yk, pk)
+        used = count > 0
+        low, high = reliability_bands(freq, count, design_effect)
+        label = "model" if len(classes) == 1 else f"P({name})"
+        ax.plot(mean_p[used], freq[used], marker="o", color=f"C{i}", label=label)
+        ax.errorbar(
+            mean_p[used],
+            freq[used],
+            yerr=[freq[used] - low[used], high[used] - freq[used]],
+            fmt="none",
+            capsize=2,
+            color=f"C{i}",
+            alpha=0.6,
+            label="95% band" if i == 0 else None,
+        )
+        for x, f, n in zip(mean_p[used], freq[used], count[used], strict=True):
+            ax.annotate(f"{int(n):,}", (x, f), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        shown += [mean_p[used], freq[used], low[used], high[used]]
     if p_true is not None:
         tp, tf, tc = reliability(y, p_true)
         ax.plot(tp[tc > 0], tf[tc > 0], marker=".", alpha=0.6, label="planted truth")
@@ -263,7 +297,7 @@ def reliability_figure(
     ax.set(
         xlim=(lo, hi),
         ylim=(lo, hi),
-        xlabel="predicted P(up)",
+        xlabel="predicted P(up)" if len(classes) == 1 else "predicted P(class)",
         ylabel="observed frequency",
         title="Reliability (holdout, 15 bins; labels: rows per bin)",
     )
@@ -275,18 +309,27 @@ def plot_data(y: np.ndarray, p: np.ndarray, design_effect: float = 1.0) -> dict[
     """The plots as DVC-native data (CSV, one row per point), so ``dvc plots diff`` overlays
     experiments: ``reliability.csv`` (predicted, observed, its 95 % band observed_low and
     observed_high, rows per used bin of 15) and ``histogram.csv`` (p, rows per bin of 50 on
-    [0, 1])."""
-    mean_p, freq, count = reliability(y, p)
-    low, high = reliability_bands(freq, count, design_effect)
-    used = count > 0
-    lines = ["predicted,observed,observed_low,observed_high,rows"] + [
-        f"{x:.6f},{f:.6f},{lo:.6f},{hi:.6f},{int(n)}"
-        for x, f, lo, hi, n in zip(mean_p[used], freq[used], low[used], high[used], count[used], strict=True)
-    ]
-    counts, edges = np.histogram(p, bins=50, range=(0.0, 1.0))
-    centres = (edges[:-1] + edges[1:]) / 2
-    used = counts > 0
-    hist = ["p,rows"] + [f"{c:.4f},{int(n)}" for c, n in zip(centres[used], counts[used], strict=True)]
+    [0, 1]); three-class probabilities add a ``class`` column (down, flat, up)."""
+    classes = per_class(y, p)
+    multi = len(classes) > 1
+    tag = ",class" if multi else ""
+    lines = [f"predicted,observed,observed_low,observed_high,rows{tag}"]
+    hist = [f"p,rows{tag}"]
+    for name, yk, pk in classes:
+        mean_p, freq, count = reliability(yk, pk)
+        low, high = reliability_bands(freq, count, design_effect)
+        used = count > 0
+        suffix = f",{name}" if multi else ""
+        lines += [
+            f"{x:.6f},{f:.6f},{lo:.6f},{hi:.6f},{int(n)}{suffix}"
+            for x, f, lo, hi, n in zip(
+                mean_p[used], freq[used], low[used], high[used], count[used], strict=True
+            )
+        ]
+        counts, edges = np.histogram(pk, bins=50, range=(0.0, 1.0))
+        centres = (edges[:-1] + edges[1:]) / 2
+        used = counts > 0
+        hist += [f"{c:.4f},{int(n)}{suffix}" for c, n in zip(centres[used], counts[used], strict=True)]
     return {
         "reliability.csv": ("\n".join(lines) + "\n").encode(),
         "histogram.csv": ("\n".join(hist) + "\n").encode(),
@@ -307,10 +350,21 @@ def plots(
     out = {"reliability.png": _png(fig)}
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(p, bins=50, alpha=0.8, label="model")
+    classes = per_class(y, p)
+    for name, _, pk in classes:
+        ax.hist(
+            pk,
+            bins=50,
+            alpha=0.8 if len(classes) == 1 else 0.5,
+            label="model" if len(classes) == 1 else f"P({name})",
+        )
     if p_true is not None:
         ax.hist(p_true, bins=50, alpha=0.5, label="planted truth")
-    ax.set(xlabel="P(up)", ylabel="rows", title="Probability histogram (holdout)")
+    ax.set(
+        xlabel="P(up)" if len(classes) == 1 else "P(class)",
+        ylabel="rows",
+        title="Probability histogram (holdout)",
+    )
     ax.legend()
     out["histogram.png"] = _png(fig)
     plt.close(fig)
@@ -360,11 +414,12 @@ def evaluate(
     p_true = true_probabilities(data, rows, params)
     # the base rate is the holdout's own frequency — the strictest constant, and the one the
     # promotion gate measures skill against — so the edge printed here is the gate's edge
-    rate = float(y.mean())
     stacked, ensemble = bundle["stacked"], bundle["ensemble"]
     preds = {"stacked": stacked.predict_proba(X), "ensemble": ensemble.predict_proba(X)}
     for name, model in zip(stacked.names, stacked.base, strict=True):
         preds[name] = model.predict_proba(X)
+    multi = is_multiclass(preds["stacked"])
+    rate = base_rate(y, preds["stacked"].shape[1] if multi else None)
     metrics: dict[str, Any] = {name: summary(y, p, p_true, rate) for name, p in preds.items()}
     registered = preds[bundle["registered"]]
     metrics["registered"] = {**summary(y, registered, p_true, rate), "kind": bundle["registered"]}
@@ -374,7 +429,11 @@ def evaluate(
     metrics["effective_labels"] = effective_labels(rows.size, params.labels.horizon, data.symbol[rows])
     metrics["bootstrap_blocks"] = int(np.unique(blocks).size)
     metrics["bootstrap_block_days"] = span // 86_400
-    metrics["backtest"] = backtest(registered, data, rows, params.models.backtest, span // 86_400)
+    metrics["backtest"] = backtest(
+        registered, data, rows, params.models.backtest, span // 86_400, bundle["label_kind"]
+    )
+    if multi:
+        metrics["classes"] = list(CLASSES)
     metrics["holdout_rows"] = int(rows.size)
     metrics["overfitting"] = bundle.get("overfitting", {})  # PBO of each Optuna study's choice
     design = rows.size / max(metrics["effective_labels"], 1.0)

@@ -1,12 +1,12 @@
-"""Featurize step: stored bars → the feature matrix and both label kinds, per symbol.
+"""Featurize step: stored bars → the feature matrix and every label kind, per symbol.
 
 Reads the base and higher timeframes of every configured symbol from the bar store, builds
 the multi-timeframe features (`features.matrix`), checks them against the feature contract,
-adds direction and triple-barrier labels (with their event end times ``*_t1`` for purging),
-and writes atomically::
+adds direction, triple-barrier and up/flat/down labels (with their event end times ``*_t1``
+for purging; up/flat/down shares the direction's), and writes atomically::
 
     outputs/featurize/<SYMBOL>.parquet   time, <features…>, close, spread, dir_label, dir_t1, dir_ret,
-                                         tb_label, tb_t1, tb_ret        (times UTC)
+                                         tb_label, tb_t1, tb_ret, ufd_label        (times UTC)
     outputs/featurize/columns.json       the ordered feature columns, label kind, specs
 
 Entry point (dvc.yaml stage ``featurize``)::
@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 
 from features.bars import Bars
-from features.labels import direction_labels, triple_barrier_labels
+from features.labels import direction_labels, triple_barrier_labels, up_flat_down_labels
 from features.matrix import build_features
 from pipelines.atomic_files import staged_dir, write_parquet_atomic, write_text_atomic
 from pipelines.bar_store import BarStore, SeriesKey
@@ -33,7 +33,17 @@ from pipelines.config import DataParams, FeaturesParams, LabelsParams
 from pipelines.mt5.constants import timeframe_seconds
 from pipelines.validate import DataContract
 
-LABEL_COLUMNS = ["close", "spread", "dir_label", "dir_t1", "dir_ret", "tb_label", "tb_t1", "tb_ret"]
+LABEL_COLUMNS = [
+    "close",
+    "spread",
+    "dir_label",
+    "dir_t1",
+    "dir_ret",
+    "tb_label",
+    "tb_t1",
+    "tb_ret",
+    "ufd_label",
+]
 
 
 class FeaturizeError(RuntimeError):
@@ -68,6 +78,8 @@ def featurize_symbol(
     base = bars[spec.base_timeframe]
     d = direction_labels(base, labels.direction_spec(), spec.market_hours)
     tb = triple_barrier_labels(base, labels.triple_barrier_spec(), hours=spec.market_hours)
+    u = labels.up_flat_down
+    ufd = up_flat_down_labels(base, labels.horizon, u.flat_within, labels.atr_window, spec.market_hours)
     t1 = {
         k: pd.to_datetime(v, unit="s", utc=True).as_unit("s") for k, v in (("dir", d["t1"]), ("tb", tb["t1"]))
     }
@@ -81,6 +93,7 @@ def featurize_symbol(
             "tb_label": tb["label"],
             "tb_t1": t1["tb"],
             "tb_ret": tb["ret"],
+            "ufd_label": ufd["label"],  # its t1 and ret are dir_t1 and dir_ret
         }
     )
     return pd.concat([frame, label_frame], axis=1), matrix.columns
@@ -157,6 +170,7 @@ def _write_folder(
         "feature_spec": asdict(features.spec()),
         "direction": asdict(labels.direction_spec()),
         "triple_barrier": asdict(labels.triple_barrier_spec()),
+        "up_flat_down": labels.up_flat_down.model_dump(),
         "data_md5": data_md5 or "unknown",
     }
     write_text_atomic(json.dumps(manifest, indent=2) + "\n", out_dir / "columns.json")

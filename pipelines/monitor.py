@@ -23,7 +23,7 @@ are its live probabilities still calibrated and skilful, is the service healthy?
   with features/) against the training window (featurize outputs before the holdout).
 * Live calibration — for every probability in the results store whose label has matured
   (its horizon has passed in the stored bars), the realised label of its kind (direction or
-  triple barrier, `features.labels.binary_label`); ECE and log loss
+  triple barrier, `features.labels.model_target`); ECE and log loss
   per model version and per tenant, from ``monitor.min_rows`` rows up.
 
 Past ``monitor.psi_max`` / ``monitor.ece_max`` a check is a breach. Every check yields
@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 
 from features.bars import Bars
-from features.labels import binary_label, direction_labels, triple_barrier_labels
+from features.labels import direction_labels, model_target, triple_barrier_labels, up_flat_down_labels
 from features.matrix import build_features, family_columns
 from models.checks import (
     Finding,
@@ -139,8 +139,9 @@ def feature_drift(params: Params) -> list[dict[str, Any]]:
 def _realised(
     store: BarStore, symbol: str, timeframe: str, horizon: int, label_kind: str, params: Params
 ) -> pd.Series:
-    """Realised binary label of `label_kind` (`features.labels.binary_label`: direction 1 up,
-    0 down, NaN flat; triple barrier 1 when the take-profit was touched first, else 0; NaN
+    """Realised label of `label_kind` (`features.labels.model_target`: direction 1 up, 0 down,
+    NaN flat; triple barrier 1 when the take-profit was touched first, else 0; up/flat/down
+    0, 1, 2; NaN
     where not matured or across a hole) by bar open time (UTC epoch seconds), under the
     ``labels:`` settings of `params` with the model's horizon."""
     frame = store.read(SeriesKey("bars", symbol, timeframe))
@@ -149,10 +150,13 @@ def _realised(
     if label_kind == "triple_barrier":
         tb = dataclasses.replace(params.labels.triple_barrier_spec(), horizon=horizon)
         labels = triple_barrier_labels(bars, tb, hours=hours)
+    elif label_kind == "up_flat_down":
+        u = params.labels
+        labels = up_flat_down_labels(bars, horizon, u.up_flat_down.flat_within, u.atr_window, hours)
     else:
         spec = dataclasses.replace(params.labels.direction_spec(), horizon=horizon, neutral="drop")
         labels = direction_labels(bars, spec, hours)
-    return pd.Series(binary_label(label_kind, labels["label"]), index=bars.time)
+    return pd.Series(model_target(label_kind, labels["label"]), index=bars.time)
 
 
 def _with_realised(rows: pd.DataFrame, params: Params) -> pd.DataFrame:

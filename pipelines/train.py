@@ -3,7 +3,9 @@
 Pools the configured symbols' rows (sorted by decision time), holds out the final
 ``models.holdout_fraction`` of time for evaluation (purged and embargoed), computes
 out-of-fold base-learner probabilities on purged walk-forward folds of the rest, and fits
-both the stack and the ensemble. Writes ``outputs/train/model.pkl`` (both predictors, the
+both the stack and the ensemble. Three-class (``up_flat_down``) labels train two binary
+problems the same way, ``move`` and ``side`` (`models.three_way`), on the same holdout and
+folds, and combine them into three-class predictors. Writes ``outputs/train/model.pkl`` (both predictors, the
 feature columns, the label) and ``outputs/train/train.json`` (out-of-fold scores).
 
     python -m pipelines.train [--params params.yaml] [--profile fast]
@@ -23,9 +25,10 @@ import joblib
 import numpy as np
 import pandas as pd
 
-from features.labels import binary_label
+from features.labels import model_target
 from models.learners import LEARNERS, BuildContext, build_learner
 from models.stacking import LearnerFactory, fit_base, fit_ensemble, fit_stacked, out_of_fold
+from models.three_way import ThreeWayModel, move_target, restrict_folds, side_rows, side_target
 from models.tuning import tune
 from models.validation import Fold, holdout_split, purged_walk_forward_splits
 from pipelines.atomic_files import staged_dir, write_atomic, write_text_atomic
@@ -36,7 +39,8 @@ from pipelines.registry import TrialLogger
 
 @dataclass
 class TrainingData:
-    """Rows sorted by decision time t0 (UTC s, the base bar's close); y ∈ {0, 1}."""
+    """Rows sorted by decision time t0 (UTC s, the base bar's close); y ∈ {0, 1}, or
+    {0 down, 1 flat, 2 up} for ``up_flat_down``."""
 
     X: np.ndarray
     y: np.ndarray
@@ -53,10 +57,11 @@ class TrainingData:
 
 
 def load_training_data(featurize_dir: Path, label_kind: str) -> TrainingData:
-    """Read the featurize outputs and build binary labels of `label_kind`.
+    """Read the featurize outputs and build the labels of `label_kind`.
 
     direction: y = 1 for up, 0 for down (flat rows dropped; needs ``neutral: drop``);
-    triple_barrier: y = 1 when the take-profit is touched first, else 0.
+    triple_barrier: y = 1 when the take-profit is touched first, else 0; up_flat_down:
+    y = 0 down, 1 flat, 2 up (``labels.up_flat_down``).
     """
     manifest = json.loads((featurize_dir / "columns.json").read_text())
     columns = manifest["columns"]
@@ -75,8 +80,12 @@ def load_training_data(featurize_dir: Path, label_kind: str) -> TrainingData:
                 "for binary probability models"
             )
         label, t1, ret = rows["dir_label"], rows["dir_t1"], rows["dir_ret"]
+    elif label_kind == "up_flat_down":
+        if "ufd_label" not in rows:
+            raise ValueError(f"{featurize_dir} has no up/flat/down labels: run the featurize step again")
+        label, t1, ret = rows["ufd_label"], rows["dir_t1"], rows["dir_ret"]
     else:
-        label = pd.Series(binary_label("triple_barrier", rows["tb_label"].to_numpy(float)))
+        label = pd.Series(model_target("triple_barrier", rows["tb_label"].to_numpy(float)))
         t1, ret = rows["tb_t1"], rows["tb_ret"]
     bar_time = rows["time"].array.as_unit("s").asi8
     keep = label.notna().to_numpy()
@@ -132,6 +141,47 @@ def splits(data: TrainingData, models: ModelsParams) -> tuple[Fold, list[Fold]]:
     return holdout, folds
 
 
+@dataclass
+class Problem:
+    """One binary question trained on the training segment: `name` "" for a binary label
+    kind, ``move`` or ``side`` for up/flat/down (`models.three_way`). `X`, `y` and `folds`
+    (indices into these rows) are the training segment's rows that question is asked on."""
+
+    name: str
+    X: np.ndarray
+    y: np.ndarray
+    folds: list[Fold]
+
+    def key(self, learner: str) -> str:
+        """How its learner `learner` is named in ``tuned`` and OOF maps."""
+        return f"{self.name}:{learner}" if self.name else learner
+
+
+def problems(data: TrainingData, models: ModelsParams) -> tuple[Fold, list[Problem]]:
+    """The evaluation holdout and the binary problems of the training segment (see `Problem`):
+    one for binary label kinds; ``move`` (every row) and ``side`` (the rows that moved, the
+    same folds restricted to them) for ``up_flat_down``."""
+    holdout, folds = splits(data, models)
+    X, y = data.X[holdout.train], data.y[holdout.train]
+    if data.manifest["label_kind"] != "up_flat_down":
+        return holdout, [Problem("", X, y, folds)]
+    moved = side_rows(y)
+    return holdout, [
+        Problem("move", X, move_target(y), folds),
+        Problem("side", X[moved], side_target(y[moved]), restrict_folds(folds, moved)),
+    ]
+
+
+def _of(problem: Problem, mapping: dict[str, Any] | None) -> dict[str, Any]:
+    """The entries of `mapping` (keyed by `Problem.key`) that belong to `problem`, by learner."""
+    prefix = f"{problem.name}:" if problem.name else ""
+    return {
+        k[len(prefix) :]: v
+        for k, v in (mapping or {}).items()
+        if (k.startswith(prefix) if prefix else ":" not in k)
+    }
+
+
 def tune_learners(
     data: TrainingData,
     models: ModelsParams,
@@ -142,71 +192,84 @@ def tune_learners(
     oof_out: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """One Optuna study per base learner with a search space (only `learners`, when given:
-    the unit of a per-learner fan-out); returns the best parameters. With `oof_out`, the best
-    trial's out-of-fold probabilities (training-segment rows) are put there per learner when
-    this call ran that trial, for `train` to reuse.
+    the unit of a per-learner fan-out) and per binary problem (`problems`); returns the best
+    parameters by `Problem.key`. With `oof_out`, the best trial's out-of-fold probabilities
+    (the problem's training rows) are put there the same way when this call ran that trial,
+    for `train` to reuse.
 
     Each trial is also recorded as a nested MLflow run under a ``tune-<learner>`` parent run
     when `tracking_uri` is given and ``tune.log_to_mlflow`` is on.
     """
-    holdout, folds = splits(data, models)
-    X, y = data.X[holdout.train], data.y[holdout.train]
+    _, asked = problems(data, models)
     purge_rows = horizon * len(data.manifest["symbols"])
     best: dict[str, dict[str, Any]] = {}
-    for name in models.learners:
-        if learners is not None and name not in learners:
-            continue
-        space = tune_cfg.spaces.get(name)
-        if not space:
-            continue
+    for problem in asked:
+        for name in models.learners:
+            if learners is not None and name not in learners:
+                continue
+            space = tune_cfg.spaces.get(name)
+            if not space:
+                continue
 
-        def build(params: dict[str, Any], name: str = name) -> Any:
-            return learner_factories(models, purge_rows, {name: params}, data.columns)[name]()
+            def build(params: dict[str, Any], name: str = name) -> Any:
+                return learner_factories(models, purge_rows, {name: params}, data.columns)[name]()
 
-        study_name = _study_name(data, models, int(y.size), horizon, name, space)
-        logger = TrialLogger(tracking_uri, study_name) if tracking_uri and tune_cfg.log_to_mlflow else None
-        with logger or nullcontext():
-            result = tune(
-                study_name,
-                build,
-                space,
-                X,
-                y,
-                folds,
-                tune_cfg.n_trials,
-                tune_cfg.timeout_seconds,
-                tune_cfg.storage,
-                models.seed,
-                logger.on_trial if logger else None,
+            study_name = _study_name(data, models, int(problem.y.size), horizon, name, space, problem.name)
+            logger = (
+                TrialLogger(tracking_uri, study_name) if tracking_uri and tune_cfg.log_to_mlflow else None
             )
-        best[name] = result.params
-        if oof_out is not None and result.oof is not None:
-            oof_out[name] = result.oof
+            with logger or nullcontext():
+                result = tune(
+                    study_name,
+                    build,
+                    space,
+                    problem.X,
+                    problem.y,
+                    problem.folds,
+                    tune_cfg.n_trials,
+                    tune_cfg.timeout_seconds,
+                    tune_cfg.storage,
+                    models.seed,
+                    logger.on_trial if logger else None,
+                )
+            best[problem.key(name)] = result.params
+            if oof_out is not None and result.oof is not None:
+                oof_out[problem.key(name)] = result.oof
     return best
 
 
 def _study_name(
-    data: TrainingData, models: ModelsParams, rows: int, horizon: int, name: str, space: Any
+    data: TrainingData,
+    models: ModelsParams,
+    rows: int,
+    horizon: int,
+    name: str,
+    space: Any,
+    problem: str = "",
 ) -> str:
-    """A study answers one question: same rows, labels, folds, fixed settings and space."""
+    """A study answers one question: same rows, labels, folds, fixed settings and space
+    (`problem`: which binary question of a three-class label, `Problem`)."""
+    kind = data.manifest["label_kind"] + (f"-{problem}" if problem else "")
+    extra = [data.manifest.get("up_flat_down")] if problem else []  # binary kinds keep their names
     key = hashlib.sha256(
         json.dumps(
             [
                 data.manifest["feature_spec"],
                 data.manifest["direction"],
-                data.manifest["label_kind"],
+                kind,
                 rows,
                 horizon,
                 models.cv.model_dump(),
                 models.seed,
                 getattr(models, LEARNERS[name].section).model_dump(),
                 space,
+                *extra,
             ],
             sort_keys=True,
             default=str,
         ).encode()
     ).hexdigest()[:10]
-    return f"{name}-{data.manifest['label_kind']}-h{horizon}-{key}"
+    return f"{name}-{kind}-h{horizon}-{key}"
 
 
 def tuning_overfitting(
@@ -221,30 +284,28 @@ def tuning_overfitting(
 
     from models.uncertainty import fold_values, probability_of_overfitting
 
-    holdout, folds = splits(data, models)
-    rows = int(holdout.train.size)
+    _, asked = problems(data, models)
     out: dict[str, dict[str, float]] = {}
-    for name in models.learners:
+    for problem, name in ((p, n) for p in asked for n in models.learners):
         space = tune_cfg.spaces.get(name)
         if not space:
             continue
+        study_name = _study_name(data, models, int(problem.y.size), horizon, name, space, problem.name)
         try:
-            study = optuna.load_study(
-                study_name=_study_name(data, models, rows, horizon, name, space), storage=tune_cfg.storage
-            )
+            study = optuna.load_study(study_name=study_name, storage=tune_cfg.storage)
         except KeyError:  # no such study (tuning off, or another storage)
             continue
         columns = [
             v
             for t in study.trials
             if t.state == optuna.trial.TrialState.COMPLETE
-            and (v := fold_values(t.intermediate_values, len(folds))) is not None
+            and (v := fold_values(t.intermediate_values, len(problem.folds))) is not None
         ]
         if len(columns) < 2:
             continue
         perf = np.column_stack(columns)  # folds × trials, log loss (lower is better)
         usable = perf.shape[0] - perf.shape[0] % 2
-        out[name] = {
+        out[problem.key(name)] = {
             "pbo": probability_of_overfitting(perf[-usable:]),
             "trials": float(perf.shape[1]),
             "partitions": float(usable),
@@ -281,27 +342,20 @@ def regime_columns(columns: Sequence[str], names: Sequence[str]) -> list[int]:
     return [list(columns).index(n) for n in names]
 
 
-def train(
-    data: TrainingData,
+def _fit_problem(
+    problem: Problem,
+    factories: dict[str, LearnerFactory],
     models: ModelsParams,
     horizon: int,
-    tuned: dict[str, dict[str, Any]] | None = None,
-    oof: dict[str, np.ndarray] | None = None,
-) -> dict[str, Any]:
-    """Fit stack and ensemble on the training segment; returns the bundle to persist.
-
-    `oof`: out-of-fold probabilities already computed for some learners with exactly these
-    parameters and folds (the tuning study's best trial, `tune_learners`); those learners are
-    not refitted fold by fold."""
-    regime_index = regime_columns(data.columns, models.stack.regime_features)  # fail before fitting
-    holdout, folds = splits(data, models)
-    tr = holdout.train
-    overlap = horizon * len(data.manifest["symbols"])  # rows (symbols interleaved) sharing an outcome
-    factories = learner_factories(models, purge_rows=overlap, tuned=tuned, columns=data.columns)
-    X, y = data.X[tr], data.y[tr]
-    known = {k: v for k, v in (oof or {}).items() if k in factories}
+    overlap: int,
+    regime_index: Sequence[int],
+    known: dict[str, np.ndarray],
+) -> tuple[Any, Any]:
+    """Stack and ensemble of one binary problem (OOF over its folds, then both fitted)."""
+    X, y, folds = problem.X, problem.y, problem.folds
     fits = len(factories) + (len(factories) - len(known)) * len(folds)
-    with _progress(fits, "train: base-learner fits") as bar:
+    desc = "train: base-learner fits" + (f" ({problem.name})" if problem.name else "")
+    with _progress(fits, desc) as bar:
         counted = {name: _ticking(make, name, bar) for name, make in factories.items()}
         probs = out_of_fold(counted, X, y, folds, known)
         base = fit_base(counted, X, y)
@@ -327,6 +381,38 @@ def train(
         horizon=horizon,
         block_rows=overlap,
     )
+    return stacked, ensemble
+
+
+def train(
+    data: TrainingData,
+    models: ModelsParams,
+    horizon: int,
+    tuned: dict[str, dict[str, Any]] | None = None,
+    oof: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Fit stack and ensemble on the training segment; returns the bundle to persist. For
+    ``up_flat_down`` each is a `ThreeWayModel` of the ``move`` and ``side`` problems' ones, and
+    ``oof_scores`` are named ``<problem>:<predictor>``.
+
+    `tuned` and `oof` (by `Problem.key`): tuned parameters, and out-of-fold probabilities
+    already computed for some learners with exactly these parameters and folds (the tuning
+    study's best trial, `tune_learners`); those learners are not refitted fold by fold."""
+    regime_index = regime_columns(data.columns, models.stack.regime_features)  # fail before fitting
+    holdout, asked = problems(data, models)
+    overlap = horizon * len(data.manifest["symbols"])  # rows (symbols interleaved) sharing an outcome
+    fitted, scores = {}, {}
+    for problem in asked:
+        factories = learner_factories(models, overlap, _of(problem, tuned), data.columns)
+        known = {k: v for k, v in _of(problem, oof).items() if k in factories}
+        stacked, ensemble = _fit_problem(problem, factories, models, horizon, overlap, regime_index, known)
+        fitted[problem.name] = (stacked, ensemble)
+        scores.update({problem.key(k): v for k, v in {**stacked.oof_scores, **ensemble.oof_scores}.items()})
+    if len(asked) == 1:
+        stacked, ensemble = fitted[""]
+    else:
+        stacked, ensemble = (ThreeWayModel(fitted["move"][i], fitted["side"][i]) for i in (0, 1))
+    y = data.y[holdout.train]
     return {
         "stacked": stacked,
         "ensemble": ensemble,
@@ -335,11 +421,12 @@ def train(
         "label_kind": data.manifest["label_kind"],
         "base_timeframe": data.manifest["base_timeframe"],
         "symbols": data.manifest["symbols"],
-        "train_rows": int(tr.size),
+        "train_rows": int(holdout.train.size),
         "holdout_rows": int(holdout.test.size),
         "holdout_start": float(data.t0[holdout.test[0]]),
-        "oof_scores": {**stacked.oof_scores, **ensemble.oof_scores},
-        "train_positive_rate": float(y.mean()),
+        "oof_scores": scores,
+        "train_positive_rate": float(y.mean()) if len(asked) == 1 else None,
+        "train_class_rates": [float(np.mean(y == k)) for k in range(3)] if len(asked) > 1 else None,
         "tuned": tuned or {},
     }
 

@@ -189,12 +189,12 @@ def _realised_tb(params):
     """The EURUSD M5 bars' realised take-profit-first labels (h12) under params' labels."""
     import dataclasses
 
-    from features.labels import binary_label, triple_barrier_labels
+    from features.labels import model_target, triple_barrier_labels
 
     frame = BarStore(params.data.root).read(SeriesKey("bars", "EURUSD", "M5"))
     bars = Bars.from_frame(frame, 300)
     spec = dataclasses.replace(params.labels.triple_barrier_spec(), horizon=12)
-    return bars, binary_label("triple_barrier", triple_barrier_labels(bars, spec)["label"])
+    return bars, model_target("triple_barrier", triple_barrier_labels(bars, spec)["label"])
 
 
 def test_triple_barrier_models_are_judged_on_their_own_labels(world):
