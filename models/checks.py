@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from features.gaps import MarketHours, is_open
-from models.metrics import row_log_loss
+from models.metrics import base_rate, constant, is_multiclass, row_log_loss
 from models.uncertainty import Interval, block_ids, bootstrap_mean
 
 
@@ -111,15 +111,16 @@ def skill_check(
     """Live skill of `key` (``model NAME VERSION`` or ``tenant ID NAME``): the log-loss
     improvement of probabilities `p` over the base rate (the rows' own frequency, as the gate)
     on matured labels `y`, nats per row, with its `level` block-bootstrap interval (blocks of
-    `block_s` seconds of bar time `times`). A breach when the lower bound is not above zero;
-    not judged below `min_rows` rows."""
+    `block_s` seconds of bar time `times`). Three-class probabilities ((n, 3), labels 0/1/2)
+    against each class's frequency. A breach when the lower bound is not above zero; not
+    judged below `min_rows` rows."""
     y = np.asarray(y, dtype=float)
     p = np.asarray(p, dtype=float)
     check = f"skill:{key.replace(' ', ':')}"
     if y.size < min_rows:
         return Finding(check, False, float("nan"), 0.0, f"{key}: {y.size} matured rows, too few", False), None
-    rate = float(y.mean())
-    diff = row_log_loss(y, np.full(y.size, rate)) - row_log_loss(y, p)
+    rate = base_rate(y, p.shape[1] if is_multiclass(p) else None)
+    diff = row_log_loss(y, constant(y, rate)) - row_log_loss(y, p)
     edge = bootstrap_mean(diff, block_ids(np.asarray(times), y.size, block_s), level)
     breached = not edge.low > 0
     return (

@@ -201,3 +201,15 @@ def test_three_class_training_never_sees_the_holdout_and_evaluates_calibrated(th
 
     table = pd.read_parquet(io.BytesIO(files["predictions.parquet"]))
     assert {"p_stacked_down", "p_stacked_flat", "p_stacked_up"} <= set(table.columns)
+
+
+def test_live_skill_check_reads_three_class_probabilities():
+    from models.checks import skill_check
+
+    y, p = _planted(5000, seed=2)
+    times = 1_704_067_200 + 300 * np.arange(y.size)
+    finding, edge = skill_check("model m 1", y, p, times, 3600, min_rows=100)
+    assert not finding.breached and edge is not None and edge.low > 0, finding.message
+    rates = np.array([np.mean(y == k) for k in range(3)])
+    finding, edge = skill_check("model m 1", y, np.tile(rates, (y.size, 1)), times, 3600, min_rows=100)
+    assert finding.breached and abs(edge.estimate) < 1e-9
