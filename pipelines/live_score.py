@@ -28,7 +28,8 @@ table, given to no tenant, where the monitor compares them on matured labels
 
 A crash anywhere leaves the store as it was; the next cycle scores the same bars again (a
 score already stored is kept), so after a crash or an MT5 outage nothing is missed and nothing
-is written twice. Bar times are bar open times, UTC; probabilities are P(label 1).
+is written twice. Bar times are bar open times, UTC; probabilities are P(label 1), or (P(down),
+P(flat), P(up)) for three-class models.
 
     python -m pipelines.live_score [--cycles N] [--params params.yaml] [--profile fast]
 """
@@ -132,7 +133,7 @@ class _ShadowWork:
     model: str
     champion: str
     after: int | None
-    probabilities: dict[int, float]
+    probabilities: dict[int, Any]  # float, or a three-class (down, flat, up) tuple
 
 
 SHADOW_BACKLOG = 64  # cycles of shadow work kept when nobody runs `shadow` (benchmarks, the CLI)
@@ -455,7 +456,7 @@ class LiveScorer:
         t1 = time.perf_counter()
 
         # scoring: one call per model version over every symbol's new rows
-        probs: dict[tuple[str, str, str, str], dict[int, float]] = {}
+        probs: dict[tuple[str, str, str, str], dict[int, Any]] = {}
         for (name, version), chunks in rows_by_model.items():
             X = np.concatenate([c[2] for c in chunks])
             P = self.model(name, version).predict(X)
@@ -464,7 +465,7 @@ class LiveScorer:
             for symbol, tf, Xc, times in chunks:
                 part = P[start : start + len(Xc)]
                 start += len(Xc)
-                probs[(symbol, tf, name, version)] = dict(zip(times.tolist(), part.tolist(), strict=True))
+                probs[(symbol, tf, name, version)] = dict(zip(times.tolist(), _values(part), strict=True))
                 report.scored[(symbol, tf, name, version)] = len(Xc)
         if fault:
             fault("scored")
@@ -510,7 +511,7 @@ class LiveScorer:
     def _keep_for_shadow(
         self,
         needs: Sequence[_Need],
-        probs: dict[tuple[str, str, str, str], dict[int, float]],
+        probs: dict[tuple[str, str, str, str], dict[int, Any]],
         watermarks: dict[tuple[str, str], datetime],
     ) -> None:
         """Remember what this cycle scored with followed versions, for `shadow` (cheap: no
@@ -599,7 +600,7 @@ class LiveScorer:
         P = model.predict(X[keep])
         sec = timeframe_seconds(w.timeframe)
         out = []
-        for t, p in zip(times[keep].tolist(), P.tolist(), strict=True):
+        for t, p in zip(times[keep].tolist(), _values(P), strict=True):
             t = int(t)
             out.append(
                 ShadowRow(
@@ -611,12 +612,18 @@ class LiveScorer:
                     w.model,
                     version,
                     w.champion,
-                    float(p),
-                    float(w.probabilities[t]),
+                    p,
+                    w.probabilities[t],
                     self.closed_at(t + sec),
                 )
             )
         return out
+
+
+def _values(P: np.ndarray) -> list[Any]:
+    """A model's probabilities as stored: P(label 1) floats, or (down, flat, up) tuples of a
+    three-class model."""
+    return P.tolist() if P.ndim == 1 else [tuple(row) for row in P.tolist()]
 
 
 def _idle_reason(

@@ -71,6 +71,7 @@ from pipelines.config import Params
 from pipelines.featurize import load_bars
 from pipelines.mt5.constants import timeframe_seconds
 from pipelines.store import ResultsStore
+from pipelines.store.results import frame_probabilities, probability_array
 from pipelines.train import load_training_data, splits
 
 
@@ -187,7 +188,7 @@ def live_calibration(
 ) -> tuple[list[dict[str, Any]], pd.DataFrame]:
     """ECE, log loss and skill of matured live probabilities of bars opened in [`since`,
     `until`) (UTC; None: unbounded), per model version and per tenant (each model against its
-    own label kind, direction or triple barrier; read through each tenant's own session); and
+    own label kind: direction, triple barrier or up/flat/down; read through each tenant's own session); and
     the matured rows themselves (bar_time, y, probability, model, tenant)."""
     frames = []
     for tenant in results.directory():
@@ -203,7 +204,7 @@ def live_calibration(
     cfg = params.monitor
     for key, label in ((["model_name", "model_version"], "model"), (["tenant", "model_name"], "tenant")):
         for k, g in matured.groupby(key):
-            y, p = g.y.to_numpy(), g.probability.to_numpy()
+            y, p = g.y.to_numpy(), frame_probabilities(g)
             name = f"{label} {' '.join(map(str, k))}"
             times, span = _blocks(g)
             finding, edge = skill_check(name, y, p, times, span, cfg.skill_min_rows, cfg.level)
@@ -242,8 +243,9 @@ def shadow_comparison(
         y = g.y.to_numpy()
         times, span = _blocks(g)
         key = f"{name} v{challenger} vs v{champion}"
+        challenger_p, champion_p = probability_array(g.challenger), probability_array(g.champion)
         finding, edge = shadow_check(
-            key, y, g.challenger.to_numpy(), g.champion.to_numpy(), times, span, cfg.skill_min_rows, cfg.level
+            key, y, challenger_p, champion_p, times, span, cfg.skill_min_rows, cfg.level
         )
         out.append(
             {
@@ -251,8 +253,8 @@ def shadow_comparison(
                 "challenger": str(challenger),
                 "champion": str(champion),
                 "rows": len(g),
-                "challenger_log_loss": log_loss(y, g.challenger.to_numpy()),
-                "champion_log_loss": log_loss(y, g.champion.to_numpy()),
+                "challenger_log_loss": log_loss(y, challenger_p),
+                "champion_log_loss": log_loss(y, champion_p),
                 "edge": edge.estimate if edge else float("nan"),
                 "edge_low": edge.low if edge else float("nan"),
                 "edge_high": edge.high if edge else float("nan"),

@@ -155,6 +155,11 @@ def model_description(
     spec, h, tf, kind = meta["feature_spec"], meta["horizon"], meta["base_timeframe"], meta["label_kind"]
     if kind == "direction":
         what = f"P(the close {h} {tf} bars ahead is above this bar's close)"
+    elif kind == "up_flat_down":
+        what = (
+            f"P(down), P(flat), P(up) of the close {h} {tf} bars ahead against this bar's close, flat "
+            "within a dead zone of ATR × √horizon (labels.up_flat_down.flat_within)"
+        )
     else:
         what = f"P(the take-profit barrier is touched before the stop-loss within {h} {tf} bars)"
     features = f"{', '.join(spec['families'])} on {tf}"

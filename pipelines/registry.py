@@ -39,7 +39,8 @@ def model_name(prefix: str, symbol_group: str, timeframe: str, label_kind: str, 
 class ProbabilityModel:
     """The whole predictor (feature columns, base learners, stacker or ensemble, calibrator)
     behind MLflow's pyfunc interface: a frame with the recorded feature columns in → a frame
-    with ``p_up`` (probability of label 1) out."""
+    with ``p_up`` (probability of label 1) out — for three-class (up/flat/down) models
+    ``p_down``, ``p_flat`` and ``p_up`` (`PROBABILITY_COLUMNS`, `probabilities_of`)."""
 
     def __init__(self, predictor: Any, columns: list[str], meta: dict[str, Any] | None = None) -> None:
         self.predictor = predictor
@@ -49,7 +50,8 @@ class ProbabilityModel:
         self.meta = dict(meta or {})
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """P(label 1) for a float matrix whose columns are `columns`, in that order."""
+        """P(label 1) for a float matrix whose columns are `columns`, in that order; (n, 3)
+        [P(down), P(flat), P(up)] for a three-class model."""
         return np.asarray(self.predictor.predict_proba(np.asarray(X, dtype=np.float32)), dtype=np.float64)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
@@ -57,7 +59,21 @@ class ProbabilityModel:
         if missing:
             raise ValueError(f"input lacks feature columns {missing[:5]} (expects {len(self.columns)})")
         X = model_input[self.columns].to_numpy(np.float32)
-        return pd.DataFrame({"p_up": self.predictor.predict_proba(X)})
+        p = np.asarray(self.predictor.predict_proba(X), dtype=np.float64)
+        if p.ndim == 2:
+            return pd.DataFrame(p, columns=list(PROBABILITY_COLUMNS))
+        return pd.DataFrame({"p_up": p})
+
+
+PROBABILITY_COLUMNS = ("p_down", "p_flat", "p_up")  # a three-class pyfunc's output, in class order
+
+
+def probabilities_of(frame: pd.DataFrame) -> np.ndarray:
+    """A pyfunc's output as the probabilities `models.gate` takes: P(label 1) per row, or
+    (n, 3) class probabilities when it has the three-class columns."""
+    if all(c in frame.columns for c in PROBABILITY_COLUMNS):
+        return frame[list(PROBABILITY_COLUMNS)].to_numpy(np.float64)
+    return frame["p_up"].to_numpy(np.float64)
 
 
 def subscription_model_name(params: Any, sub: Any) -> str:
@@ -342,10 +358,10 @@ class Registry:
         if challenger is None:
             raise ValueError(f"{name} has no challenger to gate")
         champion = self.alias_version(name, "champion")
-        p_new = self.load(name, challenger).predict(X)["p_up"].to_numpy()
+        p_new = probabilities_of(self.load(name, challenger).predict(X))
         p_old = None
         if champion is not None and champion != challenger:
-            p_old = self.load(name, champion).predict(X)["p_up"].to_numpy()
+            p_old = probabilities_of(self.load(name, champion).predict(X))
         decision = decide(
             y,
             p_new,

@@ -136,8 +136,6 @@ def status_plots(report: MonitorReport) -> dict[str, bytes]:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from models.metrics import ece, log_loss
-
     def png(fig: Any) -> bytes:
         buf = io.BytesIO()
         fig.tight_layout()
@@ -173,16 +171,7 @@ def status_plots(report: MonitorReport) -> dict[str, bytes]:
         fig, (a1, a2) = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
         day = m.bar_time.dt.floor("D")
         for (name, version), g in m.groupby(["model_name", "model_version"]):
-            daily = [
-                (
-                    d,
-                    ece(x.y.to_numpy(), x.probability.to_numpy()),
-                    log_loss(x.y.to_numpy(), np.full(len(x), x.y.mean()))
-                    - log_loss(x.y.to_numpy(), x.probability.to_numpy()),
-                )
-                for d, x in g.groupby(day[g.index])
-                if len(x) >= 20
-            ]
+            daily = [_daily(d, x) for d, x in g.groupby(day[g.index]) if len(x) >= 20]
             if daily:
                 days, eces, edges = zip(*daily, strict=True)
                 a1.plot(days, eces, marker=".", label=f"{name} v{version}")
@@ -193,6 +182,16 @@ def status_plots(report: MonitorReport) -> dict[str, bytes]:
         a1.legend(fontsize=7)
         out["Live reliability over time"] = png(fig)
     return out
+
+
+def _daily(day: Any, x: Any) -> tuple[Any, float, float]:
+    """One day's ECE and edge over its own base rate (class rates for three-class scores) of
+    matured result rows `x` of one model version."""
+    from models.metrics import base_rate_log_loss, ece, log_loss
+    from pipelines.store.results import frame_probabilities
+
+    y, p = x.y.to_numpy(), frame_probabilities(x)
+    return day, ece(y, p), base_rate_log_loss(y, classes=p.shape[1] if p.ndim == 2 else None) - log_loss(y, p)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

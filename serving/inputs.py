@@ -34,6 +34,7 @@ def result_rows(frame: Any) -> list[ResultRow]:
             horizon=int(r.horizon),
             label_kind=r.label_kind,
             probability=float(r.probability),
+            probabilities=r.probabilities,
             signal=r.signal,
             model_name=r.model_name,
             model_version=str(r.model_version),
@@ -68,6 +69,7 @@ def matrix_grid(follows: Any, frame: Any) -> tuple[dict[str, Any], list[str]]:
         else:
             cell = MatrixCell(
                 probability=float(r.probability),
+                probabilities=r.probabilities,
                 signal=r.signal,
                 bar_time=r.bar_time.isoformat(),
                 model=r.model_name,

@@ -44,7 +44,19 @@ class ScoreResponse(BaseModel):
     model: str = Field(description="registered model name")
     version: str = Field(description="registered model version that produced the probabilities")
     alias: str | None = Field(None, description="the alias the request resolved through, if any")
-    probabilities: list[float] = Field(description="P(up) per input row, in input order")
+    probabilities: list[float] = Field(
+        description="P(label 1) per input row, in input order: P(up) for direction and up/flat/down models, "
+        "P(take-profit first) for triple barrier"
+    )
+    classes: list[str] | None = Field(
+        None,
+        description="three-class (up/flat/down) models: the order of class_probabilities, [down, flat, up]",
+    )
+    class_probabilities: list[list[float]] | None = Field(
+        None,
+        description="three-class models: [P(down), P(flat), P(up)] per input row, summing to 1; "
+        "null otherwise",
+    )
     skill: str = Field(
         "unknown",
         description="the promotion gate's verdict on this version: 'demonstrated' (its log-loss improvement "
@@ -72,7 +84,13 @@ class BarsScoreResponse(BaseModel):
     alias: str | None = None
     symbol: str
     bar_time: str = Field(description="open time (UTC, ISO 8601) of the scored bar: the newest given")
-    probability: float = Field(description="P(up) over the model's horizon from that bar's close")
+    probability: float = Field(
+        description="P(label 1) over the model's horizon from that bar's close: P(up) for direction and "
+        "up/flat/down models, P(take-profit first) for triple barrier"
+    )
+    probabilities: dict[str, float] | None = Field(
+        None, description="three-class models: {down, flat, up} probabilities summing to 1; null otherwise"
+    )
     features: int = Field(description="number of feature columns computed")
     skill: str = Field(
         "unknown",
@@ -115,9 +133,15 @@ class MatrixCell(BaseModel):
     """Your newest probability of one followed (symbol, timeframe, label kind, horizon)."""
 
     probability: float = Field(
-        description="P(label 1): P(up) for direction, take-profit first for triple barrier"
+        description="P(label 1): P(up) for direction and up/flat/down, take-profit first for triple barrier"
     )
-    signal: str = Field(description="long / short / flat by your thresholds")
+    probabilities: dict[str, float] | None = Field(
+        None, description="up/flat/down cells: {down, flat, up} probabilities summing to 1; null otherwise"
+    )
+    signal: str = Field(
+        description="long / short / flat by your thresholds (triple barrier: long or flat; up/flat/down: "
+        "long when P(up) > long_above, short when P(down) > 1 − short_below)"
+    )
     bar_time: str = Field(description="open time (UTC, ISO 8601) of the bar it was scored on")
     model: str
     version: str
@@ -143,7 +167,10 @@ class ResultRow(BaseModel):
     bar_time: str
     horizon: int
     label_kind: str
-    probability: float
+    probability: float = Field(description="P(label 1): P(up), or take-profit first for triple barrier")
+    probabilities: dict[str, float] | None = Field(
+        None, description="up/flat/down results: {down, flat, up} probabilities; null otherwise"
+    )
     signal: str
     model_name: str
     model_version: str

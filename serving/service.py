@@ -38,6 +38,7 @@ import numpy as np
 from bentoml.validators import ContentType
 from pydantic import Field
 
+from models.three_way import CLASSES
 from serving.docs import docs_app
 from serving.errors import ApiError
 from serving.guard import RequestGuard
@@ -444,8 +445,9 @@ class ScoringService:
         version: VersionRef | None = None,
         ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> ScoreResponse:
-        """P(up) for rows of features. Adaptive batching: concurrent calls for the same model
-        version are scored together."""
+        """P(up) (P(label 1)) for rows of features, and [P(down), P(flat), P(up)] per row from
+        three-class models. Adaptive batching: concurrent calls for the same model version are
+        scored together."""
 
         async def handler() -> tuple[Any, dict[str, str]]:
             tenant = self._tenant(ctx)
@@ -467,11 +469,14 @@ class ScoringService:
             P = await self._batcher(loaded, len(X)).submit(X)
             _ROWS.labels(model=loaded.name, version=loaded.version).inc(len(P))
             labels = {"model": loaded.name, "version": loaded.version}
+            three = P.ndim == 2
             return ScoreResponse(
                 model=loaded.name,
                 version=loaded.version,
                 alias=alias,
-                probabilities=P.tolist(),
+                probabilities=(P[:, 2] if three else P).tolist(),
+                classes=list(CLASSES) if three else None,
+                class_probabilities=P.tolist() if three else None,
                 skill=loaded.skill,
             ), labels
 
@@ -496,7 +501,8 @@ class ScoringService:
         version: VersionRef | None = None,
         ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> BarsScoreResponse:
-        """P(up) for the newest bar, features computed here with the training code (features/)."""
+        """P(up) (P(label 1); all three of a three-class model) for the newest bar, features
+        computed here with the training code (features/)."""
 
         async def handler() -> tuple[Any, dict[str, str]]:
             tenant = self._tenant(ctx)
@@ -522,7 +528,8 @@ class ScoringService:
                 alias=alias,
                 symbol=symbol,
                 bar_time=bar_time,
-                probability=float(P[0]),
+                probability=float(P[0, 2] if P.ndim == 2 else P[0]),
+                probabilities=dict(zip(CLASSES, map(float, P[0]), strict=True)) if P.ndim == 2 else None,
                 features=len(loaded.columns),
                 skill=loaded.skill,
             ), {"model": loaded.name, "version": loaded.version}

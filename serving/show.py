@@ -28,7 +28,8 @@ def models_table(body: dict[str, Any]) -> list[str]:
 
 def matrix_table(body: dict[str, Any]) -> list[str]:
     """One line per followed cell: symbol, timeframe, label kind, horizon, probability (``-``
-    where none is scored yet: its model has no champion or no bar has closed since)."""
+    where none is scored yet: its model has no champion or no bar has closed since); an
+    up/flat/down cell's P is P(up), its three probabilities follow the model."""
     missing = len(body["missing"])
     lines = [f"tenant {body['tenant']}: {body['follows']} cells followed, {missing} without a probability"]
     head = f"{'symbol':<8} {'tf':<4} {'label kind':<15} {'h':>3}  {'P':>6}  {'signal':<6} {'bar (UTC)':<26}"
@@ -40,9 +41,11 @@ def matrix_table(body: dict[str, Any]) -> list[str]:
                     if cell is None:
                         lines.append(f"{symbol:<8} {tf:<4} {kind:<15} {h:>3}  {'-':>6}")
                     else:
+                        three = cell.get("probabilities")
                         lines.append(
                             f"{symbol:<8} {tf:<4} {kind:<15} {h:>3}  {cell['probability']:>6.3f}  "
                             f"{cell['signal']:<6} {cell['bar_time']:<26} {cell['model']} v{cell['version']}"
+                            + ("  " + " ".join(f"{k} {v:.3f}" for k, v in three.items()) if three else "")
                         )
     return lines
 

@@ -86,13 +86,16 @@ def test_demo_runs_the_whole_loop_and_every_surface_answers(copy, prefect_harnes
 
         params = load_params(copy / "params.yaml", "demo")
         served = catalog(params)
-        assert len(served) == 12
+        assert len(served) == 14
         registry = Registry(f"sqlite:///{copy / 'mlflow.db'}")
         aliases = registry.aliases_of(list(served))
         assert set(aliases) == set(served)
         champions = {n: a["champion"] for n, a in aliases.items() if "champion" in a}
         assert champions.get("mt5prob-fx-M5-direction-h12") == "1", aliases
-        assert "matrix: 12 cells" in out and "promoted to champion" in out
+        # the three-class model of the same horizon: three probabilities, skill shown too
+        three = "mt5prob-fx-M5-up_flat_down-h12"
+        assert champions.get(three) == "1", registry.version_tags(three, "1").get("gate_reason")
+        assert "matrix: 14 cells" in out and "promoted to champion" in out
 
         # the service (left running by the demo) serves the whole catalog, with each state
         url = f"http://127.0.0.1:{port}"
@@ -111,7 +114,7 @@ def test_demo_runs_the_whole_loop_and_every_surface_answers(copy, prefect_harnes
         matrix = httpx.post(
             f"{url}/matrix", json={}, headers={"X-API-Key": keys["demo-acme"]}, timeout=30
         ).json()
-        assert matrix["follows"] == 24
+        assert matrix["follows"] == 28
         filled = set()
         for symbol, by_tf in matrix["grid"].items():
             for tf, by_kind in by_tf.items():
@@ -121,6 +124,12 @@ def test_demo_runs_the_whole_loop_and_every_surface_answers(copy, prefect_harnes
                             assert 0 < cell["probability"] < 1
                             assert champions[cell["model"]] == cell["version"]
                             filled.add(cell["model"])
+                            three_class = cell["probabilities"]
+                            assert (three_class is not None) == (kind == "up_flat_down"), cell
+                            if three_class:  # P(up) is the cell's probability; the three sum to 1
+                                assert list(three_class) == ["down", "flat", "up"]
+                                assert three_class["up"] == cell["probability"]
+                                assert sum(three_class.values()) == pytest.approx(1.0)
                         else:
                             assert f"{symbol}:{tf}:{h}:{kind}" in matrix["missing"]
         assert filled == set(champions)
@@ -144,6 +153,12 @@ def test_demo_runs_the_whole_loop_and_every_surface_answers(copy, prefect_harnes
             )
             assert scored.status_code == 200, (name, scored.text[:500])
             assert scored.json()["model"] == name and 0 < scored.json()["probability"] < 1
+            if served[name]["label_kind"] == "up_flat_down":
+                three_class = scored.json()["probabilities"]
+                assert (
+                    sum(three_class.values()) == pytest.approx(1.0)
+                    and three_class["up"] == scored.json()["probability"]
+                )
         body = {"symbol": "XAUUSD", "bars": {tf: bars_of(tf, 30) for tf in ladder}}
         short = httpx.post(
             f"{url}/score_bars", json=body, headers={"X-API-Key": keys["demo-acme"]}, timeout=60

@@ -459,3 +459,48 @@ def test_live_workers_share_symbols_through_leases(store):
     assert store.claim_symbols("w2", symbols, 60) == symbols  # takes everything over
     store.release_symbols("w2")
     assert store.claim_symbols("w3", symbols, 60) == symbols
+
+
+def test_three_class_scores_are_sealed_whole_and_signals_follow_the_label_kind(store):
+    """A three-class score keeps all three probabilities (sealed together); the tenant reads
+    P(up) as its probability, the three as probabilities, and a signal by its label kind's
+    rule — and triple-barrier probabilities never give a short."""
+    follows = [
+        Subscription("EURUSD", "M15", 16, "up_flat_down"),
+        Subscription("EURUSD", "M15", 16, "triple_barrier"),
+    ]
+    a, _ = store.add_tenant("a", follows, long_above=0.55, short_below=0.45)
+    three = [(0.6, 0.3, 0.1), (0.1, 0.3, 0.6), (0.3, 0.4, 0.3), (0.5, 0.0, 0.5)]
+    scored = []
+    for i, p in enumerate(three):
+        bar = T0 + timedelta(minutes=15 * i)
+        closed = bar + timedelta(minutes=15)
+        scored.append(ScoreRow("EURUSD", "M15", bar, 16, "up_flat_down", "m3", "1", p, True, closed))
+        scored.append(
+            ScoreRow("EURUSD", "M15", bar, 16, "triple_barrier", "tb", "1", 0.1 + 0.3 * i, True, closed)
+        )
+    store.write_scores(scored)
+    with store.tenant(a.tenant_id, "test") as s:
+        got = s.probabilities().sort_values(["label_kind", "bar_time"])
+        latest = s.latest()
+    ufd = got[got.label_kind == "up_flat_down"]
+    assert ufd.probability.tolist() == [p[2] for p in three]
+    assert ufd.probabilities.tolist() == [dict(zip(("down", "flat", "up"), p, strict=True)) for p in three]
+    assert ufd.signal.tolist() == ["short", "long", "flat", "flat"]
+    tb = got[got.label_kind == "triple_barrier"]
+    assert tb.probabilities.isna().all()
+    assert tb.signal.tolist() == ["flat", "flat", "long", "long"]  # 0.1 and 0.4: no short
+    newest = latest.set_index("label_kind")
+    assert newest.loc["up_flat_down", "probabilities"] == {"down": 0.5, "flat": 0.0, "up": 0.5}
+    # what its stream and webhooks deliver: the three probabilities with P(up) and the signal
+    from pipelines.store import event_payload
+
+    event = event_payload(next(latest[latest.label_kind == "up_flat_down"].itertuples(index=False)))
+    assert event["probabilities"] == {"down": 0.5, "flat": 0.0, "up": 0.5} and event["probability"] == 0.5
+    assert event["signal"] == "flat" and json.loads(json.dumps(event)) == event
+    # three probabilities that do not sum to 1, or a wrong count, are refused whole
+    bad = scored[0]._replace(bar_time=T0 + timedelta(days=1), probability=(0.5, 0.5, 0.5))
+    with pytest.raises(StoreError, match="summing to 1"):
+        store.write_scores([bad])
+    with pytest.raises(StoreError):
+        store.write_scores([bad._replace(probability=(0.5, 0.5))])

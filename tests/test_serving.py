@@ -21,10 +21,11 @@ import pytest
 import yaml
 
 from features.bars import Bars
-from features.labels import direction_labels
+from features.labels import direction_labels, up_flat_down_labels
 from features.matrix import build_features, history_bars
 from features.spec import DirectionLabelSpec, FeatureSpec, Windows
 from models.base_learners import LogisticLearner
+from models.three_way import ThreeWayModel
 from pipelines.mt5 import constants as C
 from pipelines.mt5.simulator import MarketSimulator, SimulatorConfig
 from pipelines.registry import Registry
@@ -36,6 +37,7 @@ pytestmark = pytest.mark.slow
 NAME = "mt5prob-test-M5-direction-h12"
 NOSKILL = "mt5prob-noise-M5-direction-h12"  # every version refused by the gate for want of skill
 UNBUILT = "mt5prob-test-H1-triple_barrier-h24"  # served, never registered: a cell not trained yet
+THREE = "mt5prob-test-M5-up_flat_down-h12"  # a three-class model: P(down), P(flat), P(up)
 SPEC = FeatureSpec(
     "M5",
     ("H1",),
@@ -106,6 +108,19 @@ def env(tmp_path_factory):
         NOSKILL, pd.DataFrame(X[held], columns=fm.columns), y[ok][held], max_ece=0.05, horizon=12
     )
     assert not refused.promoted and not refused.has_skill, refused.reason
+    # a three-class model: the nested dichotomy of two binary learners (move, then side)
+    three_y = up_flat_down_labels(bars["M5"], 12, 0.3)["label"][ok]
+    moved = three_y != 1
+    three = ThreeWayModel(
+        LogisticLearner(C=1e-2).fit(X, (three_y != 1).astype(float)),
+        LogisticLearner(C=1e-2).fit(X[moved], (three_y[moved] == 2).astype(float)),
+    )
+    three_meta = {**meta, "label_kind": "up_flat_down"}
+    registry.log_and_register(
+        THREE, three, fm.columns, example, {}, {}, {"git_commit": "t"}, [], meta=three_meta
+    )
+    registry.set_champion(THREE, "1", reason="test setup", actor="test")
+    predictors["three"] = three
     store = ResultsStore(f"sqlite:///{root / 'results.db'}")
     store.migrate()
     follows = [Subscription("EURUSD", "M5", 12)]
@@ -146,7 +161,7 @@ def env(tmp_path_factory):
                 "registry": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"},
                 "store": {"url": f"sqlite:///{root / 'results.db'}"},
                 "serving": {
-                    "models": [NAME, NOSKILL, UNBUILT],
+                    "models": [NAME, NOSKILL, UNBUILT, THREE],
                     "reload_interval_seconds": 0.5,
                     "max_batch_rows": 500,
                     "max_bars": 3000,
@@ -349,7 +364,8 @@ def test_models_is_the_catalog_and_matrix_is_a_tenants_grid_in_one_call(env):
     make the service unready; /matrix returns the tenant's newest probability of every cell it
     follows as symbol → timeframe → label kind → horizon, null where nothing is scored yet."""
     catalog = {m["name"]: m for m in post(env, "/models", {}).json()["models"]}
-    assert list(catalog) == [NAME, NOSKILL, UNBUILT]
+    assert list(catalog) == [NAME, NOSKILL, UNBUILT, THREE]
+    assert catalog[THREE]["label_kind"] == "up_flat_down" and catalog[THREE]["state"] == "serving"
     assert catalog[NAME]["state"] == "serving" and catalog[NOSKILL]["state"] == "no skill"
     assert (catalog[NAME]["timeframe"], catalog[NAME]["horizon"], catalog[NAME]["label_kind"]) == (
         "M5",
@@ -605,6 +621,32 @@ def test_score_from_bars_equals_training_features(env):
     )
     expected = env["predictors"]["2"].predict_proba(fm.values[i : i + 1])
     assert body["probability"] == pytest.approx(float(expected[0]), abs=1e-6)
+
+
+def test_a_three_class_model_answers_all_three_probabilities(env):
+    """/score and /score_bars of an up/flat/down model: P(up) where a binary model gives
+    P(label 1), and [P(down), P(flat), P(up)] per row (summing to 1) as the model computes them."""
+    X = env["X"][-20:]
+    r = post(env, "/score", {"rows": X.tolist(), "model": THREE})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    expected = env["predictors"]["three"].predict_proba(X.astype(np.float32))
+    assert body["classes"] == ["down", "flat", "up"] and body["version"] == "1"
+    np.testing.assert_allclose(body["class_probabilities"], expected, rtol=1e-6)
+    np.testing.assert_allclose(np.sum(body["class_probabilities"], axis=1), 1.0, atol=1e-9)
+    np.testing.assert_allclose(body["probabilities"], expected[:, 2], rtol=1e-6)
+    binary = post(env, "/score", {"rows": X[:1].tolist()}).json()
+    assert binary["classes"] is None and binary["class_probabilities"] is None
+
+    bars, fm = env["bars"], env["fm"]
+    i = len(bars["M5"]) - 7
+    r = post(env, "/score_bars", {"symbol": "EURUSD", "bars": _payload(bars, i + 1), "model": THREE})
+    assert r.status_code == 200, r.text
+    got = r.json()
+    want = env["predictors"]["three"].predict_proba(fm.values[i : i + 1])[0]
+    assert list(got["probabilities"]) == ["down", "flat", "up"]
+    np.testing.assert_allclose(list(got["probabilities"].values()), want, atol=1e-6)
+    assert got["probability"] == pytest.approx(float(want[2]), abs=1e-6)
 
 
 def test_bad_bars(env):

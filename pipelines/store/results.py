@@ -41,6 +41,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from models.policy import ThresholdPolicy
+from models.three_way import CLASSES
 from pipelines.store.crypto import (
     PLATFORM,
     SEALED,
@@ -87,6 +88,7 @@ RESULT_COLUMNS = (
     "horizon",
     "label_kind",
     "probability",
+    "probabilities",
     "signal",
     "model_name",
     "model_version",
@@ -95,7 +97,54 @@ RESULT_COLUMNS = (
     "event_id",
 )
 _PROBABILITY = struct.Struct(">d")
-COMPUTED = ("probability", "signal")  # result columns `_frame` computes rather than reads
+_THREE = struct.Struct(">3d")  # a three-class score: P(down), P(flat), P(up)
+# result columns `_frame` computes rather than reads
+COMPUTED = ("probability", "probabilities", "signal")
+# one score's probability: P(label 1), or (P(down), P(flat), P(up)) of a three-class model
+Probability = float | tuple[float, float, float]
+
+
+def pack_probability(p: Probability | Sequence[float] | np.ndarray) -> bytes:
+    """8 bytes (one float64) for P(label 1), 24 for a three-class score's (down, flat, up)."""
+    if np.ndim(p) == 1:
+        values = tuple(float(v) for v in p)  # type: ignore[union-attr]
+        if len(values) != 3:
+            raise StoreError(f"a three-class score has 3 probabilities, got {len(values)}")
+        return _THREE.pack(*values)
+    return _PROBABILITY.pack(float(p))  # type: ignore[arg-type]
+
+
+def unpack_probability(blob: bytes) -> Probability:
+    """The inverse of `pack_probability` (told apart by length)."""
+    if len(blob) == _THREE.size:
+        return _THREE.unpack(blob)  # type: ignore[return-value]
+    return _PROBABILITY.unpack(blob)[0]
+
+
+def probability_array(values: Sequence[Any]) -> np.ndarray:
+    """Probabilities of one model's rows as `models.metrics` takes them: (n,) P(label 1), or
+    (n, 3) when they are three-class tuples."""
+    values = list(values)
+    if values and np.ndim(values[0]) == 1:
+        return np.array([tuple(v) for v in values], dtype=float).reshape(len(values), 3)
+    return np.asarray(values, dtype=float)
+
+
+def frame_probabilities(frame: pd.DataFrame) -> np.ndarray:
+    """The probabilities of result rows of one model (a `TenantSession` frame) as
+    `models.metrics` takes them: ``probability`` (n,), or (n, 3) [down, flat, up] from
+    ``probabilities`` when they are three-class."""
+    if "probabilities" in frame and len(frame) and frame["probabilities"].iloc[0] is not None:
+        return np.array([[d[c] for c in CLASSES] for d in frame["probabilities"]], dtype=float)
+    return frame["probability"].to_numpy(dtype=float)
+
+
+def valid_probability(p: Any) -> bool:
+    """P(label 1) in [0, 1], or three probabilities in [0, 1] summing to 1 (±1e-6); NaN never."""
+    values = np.asarray(p, dtype=float).ravel()
+    if values.size not in (1, 3) or not np.all((values >= 0.0) & (values <= 1.0)):
+        return False
+    return values.size == 1 or abs(float(values.sum()) - 1.0) <= 1e-6
 
 
 def _score_row_key(
@@ -122,16 +171,18 @@ def seal_probability(
     model_name: str,
     model_version: str,
     followed: bool,
-    probability: float,
+    probability: Probability,
 ) -> bytes:
-    """`probability` (float64) sealed under the platform's data key, bound to its score's row
-    (`series` = symbol, timeframe, bar open time, horizon, label kind)."""
+    """`probability` (float64; three of them for a three-class score, `pack_probability`)
+    sealed under the platform's data key, bound to its score's row (`series` = symbol,
+    timeframe, bar open time, horizon, label kind)."""
     row = _score_row_key(*series, model_name, model_version, followed)
-    return vault.seal(PLATFORM, "scores", "probability", row, _PROBABILITY.pack(probability))
+    return vault.seal(PLATFORM, "scores", "probability", row, pack_probability(probability))
 
 
-def open_probability(vault: Vault, row: Any) -> float:
-    """The probability of a `tenant_results` row (opens ``probability_sealed``)."""
+def open_probability(vault: Vault, row: Any) -> Probability:
+    """The probability of a `tenant_results` row (opens ``probability_sealed``): P(label 1),
+    or (P(down), P(flat), P(up)) of a three-class score."""
     key = _score_row_key(
         row.symbol,
         row.timeframe,
@@ -142,16 +193,18 @@ def open_probability(vault: Vault, row: Any) -> float:
         row.model_version,
         row.followed,
     )
-    return _PROBABILITY.unpack(vault.open(PLATFORM, "scores", "probability", key, row.probability_sealed))[0]
+    return unpack_probability(vault.open(PLATFORM, "scores", "probability", key, row.probability_sealed))
 
 
 _PAIR = struct.Struct(">dd")
+_PAIR_THREE = struct.Struct(">6d")  # challenger's then champion's (down, flat, up)
 
 
 class ShadowRow(NamedTuple):
-    """The challenger's and the champion's probability (P(label 1), [0, 1]) of one live bar of
-    one series, scored in the shadow of the champion (``shadow_scores``). Times are UTC
-    datetimes; ``bar_time`` the bar's open, ``bar_closed_at`` the wall-clock moment it closed."""
+    """The challenger's and the champion's probability (P(label 1), [0, 1]; three-class: the
+    (down, flat, up) tuple) of one live bar of one series, scored in the shadow of the
+    champion (``shadow_scores``). Times are UTC datetimes; ``bar_time`` the bar's open,
+    ``bar_closed_at`` the wall-clock moment it closed."""
 
     symbol: str
     timeframe: str
@@ -161,9 +214,22 @@ class ShadowRow(NamedTuple):
     model_name: str
     challenger_version: str
     champion_version: str
-    challenger: float
-    champion: float
+    challenger: Probability
+    champion: Probability
     bar_closed_at: datetime
+
+
+def _pack_pair(challenger: Probability, champion: Probability) -> bytes:
+    if np.ndim(challenger) == 1 or np.ndim(champion) == 1:
+        return _PAIR_THREE.pack(*map(float, challenger), *map(float, champion))  # type: ignore[arg-type]
+    return _PAIR.pack(float(challenger), float(champion))  # type: ignore[arg-type]
+
+
+def _unpack_pair(blob: bytes) -> tuple[Probability, Probability]:
+    if len(blob) == _PAIR_THREE.size:
+        v = _PAIR_THREE.unpack(blob)
+        return v[:3], v[3:]
+    return _PAIR.unpack(blob)  # type: ignore[return-value]
 
 
 def _shadow_row_key(r: Any) -> str:
@@ -185,6 +251,7 @@ def event_payload(row: Any) -> dict[str, Any]:
         "horizon": int(row.horizon),
         "label_kind": row.label_kind,
         "probability": float(row.probability),
+        "probabilities": row.probabilities,  # {down, flat, up} of a three-class model, else None
         "signal": row.signal,
         "model_name": row.model_name,
         "model_version": str(row.model_version),
@@ -227,7 +294,7 @@ class ScoreRow(NamedTuple):
     label_kind: str
     model_name: str
     model_version: str
-    probability: float
+    probability: Probability
     followed: bool
     bar_closed_at: datetime
 
@@ -279,13 +346,13 @@ class Tenant:
     pins: Mapping[str, str] = field(default_factory=dict)
     created_at: datetime | None = None
 
-    @property
-    def policy(self) -> ThresholdPolicy:
-        """This tenant's thresholds as the one threshold policy (`models.policy`)."""
-        return ThresholdPolicy(self.long_above, self.short_below)
+    def policy(self, label_kind: str = "direction") -> ThresholdPolicy:
+        """This tenant's thresholds as the one threshold policy for `label_kind`
+        (`models.policy`: triple-barrier probabilities are long or flat)."""
+        return ThresholdPolicy.for_label_kind(label_kind, self.long_above, self.short_below)
 
-    def signal(self, probability: float) -> str:
-        return self.policy.signal(probability)
+    def signal(self, probability: Probability, label_kind: str = "direction") -> str:
+        return self.policy(label_kind).signal(probability)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -1053,8 +1120,11 @@ class ResultsStore:
         as the transaction's last statements run. Returns how many scores were new. Runs as a
         session acting for no tenant (on PostgreSQL, a tenant session cannot write scores)."""
         for r in rows:
-            if not 0.0 <= r[7] <= 1.0:  # also NaN
-                raise StoreError(f"{r[0]} {r[1]} {r[2]:%Y-%m-%d %H:%M}: probability {r[7]} outside [0, 1]")
+            if not valid_probability(r[7]):  # also NaN
+                raise StoreError(
+                    f"{r[0]} {r[1]} {r[2]:%Y-%m-%d %H:%M}: probability {r[7]} outside [0, 1] "
+                    "(three-class: three in [0, 1] summing to 1)"
+                )
         with self.engine.begin() as conn:
             now = _now()
             marks = [
@@ -1092,7 +1162,7 @@ class ResultsStore:
                     "shadow_scores",
                     "probabilities",
                     _shadow_row_key(r),
-                    _PAIR.pack(float(r.challenger), float(r.champion)),
+                    _pack_pair(r.challenger, r.champion),
                 ),
                 "scored_at": now,
             }
@@ -1116,7 +1186,7 @@ class ResultsStore:
             pair = self.vault.open(
                 PLATFORM, "shadow_scores", "probabilities", _shadow_row_key(r), r.probabilities_sealed
             )
-            challenger, champion = _PAIR.unpack(pair)
+            challenger, champion = _unpack_pair(pair)
             out.append(
                 {
                     **{f: getattr(r, f) for f in ShadowRow._fields if f not in ("challenger", "champion")},
@@ -1381,7 +1451,7 @@ def _insert_scores(
     SQLite: one executemany."""
     if not rows:
         return 0
-    sealed = [seal_probability(vault, r[:5], r[5], r[6], bool(r[8]), float(r[7])) for r in rows]
+    sealed = [seal_probability(vault, r[:5], r[5], r[6], bool(r[8]), r[7]) for r in rows]
     if conn.dialect.name == "postgresql":
         raw = conn.connection.dbapi_connection
         with raw.cursor() as cur:
@@ -1617,26 +1687,36 @@ def _latest_sql(n: int) -> Any:
 def _frame(result: Any, vault: Vault, tenant_id: str) -> pd.DataFrame:
     """A tenant's result rows (RESULT_COLUMNS) from rows of the view: each probability opened,
     each signal derived under the thresholds the tenant had when the score was committed (the
-    one rule of `models.policy.ThresholdPolicy`)."""
+    one rule of `models.policy.ThresholdPolicy`, by label kind). ``probability`` is P(label 1)
+    — P(up) of a three-class score, whose ``probabilities`` are {down, flat, up} (None for
+    binary scores)."""
     rows = result.all()
     data: dict[str, Any] = {c: [getattr(r, c) for r in rows] for c in RESULT_COLUMNS if c not in COMPUTED}
-    p = np.array([open_probability(vault, r) for r in rows], dtype=float)
-    data["probability"] = p
+    opened = [open_probability(vault, r) for r in rows]
+    three = np.array([isinstance(v, tuple) for v in opened], dtype=bool)
+    data["probability"] = np.array([v[2] if isinstance(v, tuple) else v for v in opened], dtype=float)
+    data["probabilities"] = [
+        dict(zip(CLASSES, v, strict=True)) if isinstance(v, tuple) else None for v in opened
+    ]
     signal = np.full(len(rows), "flat", dtype=object)
     if rows:
-        opened: dict[tuple, tuple[float, float]] = {}  # once per subscription row
+        subs: dict[tuple, tuple[float, float]] = {}  # once per subscription row
         for r in rows:
             sub = (r.symbol, r.timeframe, r.horizon, r.label_kind, r.subscription_from)
-            if sub not in opened:
-                opened[sub] = _open_thresholds(vault, tenant_id, r, r.subscription_from)
+            if sub not in subs:
+                subs[sub] = _open_thresholds(vault, tenant_id, r, r.subscription_from)
         thresholds = [
-            opened[(r.symbol, r.timeframe, r.horizon, r.label_kind, r.subscription_from)] for r in rows
+            subs[(r.symbol, r.timeframe, r.horizon, r.label_kind, r.subscription_from)] for r in rows
         ]
         la = np.array([t[0] for t in thresholds], dtype=float)
         sb = np.array([t[1] for t in thresholds], dtype=float)
-        for low, high in set(zip(sb.tolist(), la.tolist(), strict=True)):
-            mine = (la == high) & (sb == low)
-            sides = ThresholdPolicy(high, low).sides(p[mine])
+        kinds = np.array([r.label_kind for r in rows], dtype=object)
+        for low, high, kind, multi in set(
+            zip(sb.tolist(), la.tolist(), kinds.tolist(), three.tolist(), strict=True)
+        ):
+            mine = np.flatnonzero((la == high) & (sb == low) & (kinds == kind) & (three == multi))
+            p = probability_array([opened[i] for i in mine])
+            sides = ThresholdPolicy.for_label_kind(kind, high, low).sides(p)
             signal[mine] = np.where(sides > 0, "long", np.where(sides < 0, "short", "flat"))
     data["signal"] = signal
     frame = pd.DataFrame(data, columns=list(RESULT_COLUMNS))
