@@ -6,9 +6,9 @@ and 24, four registered models), a PostgreSQL results store with N tenants (defa
 each following 10 symbols × 2 timeframes × 2 horizons (40,000 tenant-results per close of all
 40), the scoring service started for real (`bentoml serve`) and a few SSE clients on `/stream`
 that reconnect with `Last-Event-ID` whenever their connection drops. ``--world matrix``: the
-probability matrix's instead (`matrix.py`: the default matrix's 12 cells — M5, M15 and H1 ×
-two horizons × direction and triple barrier — over the fx group's 4 symbols, one model per
-cell, the tenants spread over all 48 (symbol, cell) subscriptions).
+probability matrix's instead (`matrix.py`: the default matrix's 14 cells — M5, M15 and H1 ×
+two horizons × direction and triple barrier, and two up/flat/down cells — over the fx group's
+4 symbols, one model per cell, the tenants spread over all 56 (symbol, cell) subscriptions).
 
 Phase 1, the timers (``--baseline-seconds``): today's ``ingest-live`` and ``live-score``
 deployments, emulated in this process with their own code: every base bar length (M5) an

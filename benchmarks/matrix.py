@@ -7,13 +7,13 @@ tenants following parts of the matrix. Measured in the same run: ``/matrix`` p50
 client, and the naive way to the same grid — one ``/results/range`` call per cell for its
 newest row, what a tenant had to do without ``/matrix``. Target: ``/matrix`` p99 ≤ 20 ms.
 
-Part ``train``: the default matrix (12 cells) trained by the ``train-matrix`` Prefect flow on
+Part ``train``: the default matrix (14 cells) trained by the ``train-matrix`` Prefect flow on
 the fast profile's data, one cell at a time and then ``--workers`` at a time, each run from
 scratch: wall time per cell and in total, the speed-up, and the gate's decision per cell.
 
 Part ``live``: live scoring of the whole matrix — `live_latency.py --world matrix` (this file
-is that world: `setup_world`, `add_tenants`): 1,000 tenants spread over all 48 (symbol, cell)
-subscriptions of the default matrix (4 fx symbols × 12 cells, one model per cell fitted on the
+is that world: `setup_world`, `add_tenants`): 1,000 tenants spread over all 56 (symbol, cell)
+subscriptions of the default matrix (4 fx symbols × 14 cells, one model per cell fitted on the
 cell's own features and labels by the pipeline's code), two live workers on the accelerated
 simulator clock with the worker kill, terminal outage and service restart of that benchmark,
 judged by its targets (the live path's: bar close → committed p50 ≤ 100 ms, p99 ≤ 250 ms, SSE
@@ -47,7 +47,7 @@ from pipelines.mt5.constants import timeframe_seconds  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 SYMBOLS = ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD")
 TIMEFRAMES = ("M5", "M15", "H1")  # the default matrix's base timeframes (the live world's series)
-FOLLOWS_PER_TENANT = 24  # of the 48 (symbol, cell) subscriptions
+FOLLOWS_PER_TENANT = 24  # of the 56 (symbol, cell) subscriptions
 
 
 def _world_params(work: Path):
@@ -91,19 +91,39 @@ def setup_world(work: Path):
         featurize.run(cp.data.model_copy(update={"symbols": ("EURUSD",)}), cp.features, cp.labels, out)
         data = load_training_data(out, cell.label_kind)
         columns = json.loads((out / "columns.json").read_text())["columns"]
-        learner = XGBoostLearner(n_estimators=100, params={"max_depth": 3}).fit(data.X, data.y)
+
+        def fit(X: np.ndarray, y: np.ndarray) -> XGBoostLearner:
+            return XGBoostLearner(n_estimators=100, params={"max_depth": 3}).fit(X, y)
+
+        if cell.label_kind == "up_flat_down":  # three classes: the move, then the side of a move
+            from models.three_way import ThreeWayModel, move_target, side_rows, side_target
+
+            moved = side_rows(data.y)
+            learner = ThreeWayModel(
+                fit(data.X, move_target(data.y)), fit(data.X[moved], side_target(data.y[moved]))
+            )
+        else:
+            learner = fit(data.X, data.y)
         name = model_name("mt5prob", cell.group, cell.timeframe, cell.label_kind, cell.horizon)
         example = pd.DataFrame(np.nan_to_num(data.X[-3:]), columns=columns)
         spec = dataclasses.asdict(cp.features.spec())
         version = registry.log_and_register(
-            name, learner, columns, example, {}, {}, {}, [], meta={"feature_spec": spec}
+            name,
+            learner,
+            columns,
+            example,
+            {},
+            {},
+            {},
+            [],
+            meta={"feature_spec": spec, "label_kind": cell.label_kind},
         )
         registry.set_champion(name, version, reason="benchmark", actor="benchmark")
     return params, registry
 
 
 def subscriptions() -> list:
-    """Every (symbol, cell) of the default matrix over the 4 symbols: 48 subscriptions."""
+    """Every (symbol, cell) of the default matrix over the 4 symbols: 56 subscriptions."""
     from pipelines.registry import served_subscriptions
 
     return served_subscriptions(load_params(REPO / "params.yaml", None, {"data": {"symbols": list(SYMBOLS)}}))
@@ -118,15 +138,23 @@ def model_names() -> list[str]:
 
 
 def add_tenants(store, n: int) -> None:
-    """`n` tenants, each following FOLLOWS_PER_TENANT of the 48 subscriptions (seeded draws;
-    tenant i < 48 always includes subscription i, so that every subscription is followed)."""
+    """`n` tenants, each following FOLLOWS_PER_TENANT of the 56 subscriptions (seeded draws;
+    tenant i < 56 always includes subscription i, so that every subscription is followed)."""
     subs = subscriptions()
     rng = np.random.default_rng(17)
     for i in range(n):
         picked = rng.choice(len(subs), FOLLOWS_PER_TENANT, replace=False)
         if i < len(subs) and i not in picked:
-            picked[0] = i  # the first 48 tenants make sure every subscription is followed
+            picked[0] = i  # the first 56 tenants make sure every subscription is followed
         store.add_tenant(f"tenant-{i:04d}", [subs[j] for j in sorted(picked)])
+
+
+def _probability(rng: np.random.Generator, label_kind: str) -> float | tuple[float, float, float]:
+    """A stand-in score: P(label 1) in [0.3, 0.7], or three-class (down, flat, up) near 1/3 each."""
+    if label_kind == "up_flat_down":
+        w = rng.uniform(0.8, 1.2, 3)
+        return tuple(float(v) for v in w / w.sum())
+    return float(rng.uniform(0.3, 0.7))
 
 
 def fill(store, subs, days: int, now: datetime) -> int:
@@ -148,7 +176,7 @@ def fill(store, subs, days: int, now: datetime) -> int:
                 sub.label_kind,
                 f"mt5prob-fx-{sub.timeframe}-{sub.label_kind}-h{sub.horizon}",
                 "1",
-                float(rng.uniform(0.3, 0.7)),
+                _probability(rng, sub.label_kind),
                 True,
                 datetime.fromtimestamp(t + step, UTC),
             )
@@ -212,7 +240,7 @@ def live(args: argparse.Namespace) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
-    """The default matrix (12 cells) on the fast profile's data, built by the ``train-matrix``
+    """The default matrix (14 cells) on the fast profile's data, built by the ``train-matrix``
     flow one cell at a time and then `args.workers` at a time (threads), each from scratch
     (own Optuna studies, MLflow store and outputs): wall time per cell and in total."""
     from prefect.testing.utilities import prefect_test_harness

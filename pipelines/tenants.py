@@ -102,9 +102,9 @@ def export_results(store: ResultsStore, ref: str, out: Path) -> int:
     with store.tenant(tenant.tenant_id, actor="admin:export") as session:
         frame = session.probabilities()
         session.audit("tenant.export", {"rows": len(frame), "file": out.name})
-    frame = frame.sort_values(["bar_time", "symbol", "timeframe", "horizon", "label_kind"]).reset_index(
-        drop=True
-    )
+    from pipelines.store.export import flat_results
+
+    frame = flat_results(frame)
     if out.suffix == ".parquet":
         write_atomic(out, lambda h: frame.to_parquet(h, index=False))
     else:

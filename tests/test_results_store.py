@@ -498,6 +498,24 @@ def test_three_class_scores_are_sealed_whole_and_signals_follow_the_label_kind(s
     event = event_payload(next(latest[latest.label_kind == "up_flat_down"].itertuples(index=False)))
     assert event["probabilities"] == {"down": 0.5, "flat": 0.0, "up": 0.5} and event["probability"] == 0.5
     assert event["signal"] == "flat" and json.loads(json.dumps(event)) == event
+    # the tenant's export: the three as columns beside P(up), empty for the binary rows
+    import io
+    import zipfile
+
+    from pipelines.store.export import export_package
+
+    package, _ = export_package(store, a.tenant_id, actor="test")
+    exported = pd.read_parquet(io.BytesIO(zipfile.ZipFile(io.BytesIO(package)).read("results.parquet")))
+    cols = list(exported.columns)
+    assert cols[cols.index("probability") : cols.index("probability") + 4] == [
+        "probability",
+        "p_down",
+        "p_flat",
+        "p_up",
+    ]
+    mine = exported[exported.label_kind == "up_flat_down"]
+    assert mine[["p_down", "p_flat", "p_up"]].to_numpy().tolist() == [list(p) for p in three]
+    assert exported[exported.label_kind == "triple_barrier"].p_up.isna().all()
     # three probabilities that do not sum to 1, or a wrong count, are refused whole
     bad = scored[0]._replace(bar_time=T0 + timedelta(days=1), probability=(0.5, 0.5, 0.5))
     with pytest.raises(StoreError, match="summing to 1"):

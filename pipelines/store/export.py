@@ -7,7 +7,8 @@
   hashes of keys are stored);
 - ``subscriptions.json``, ``pins.json`` — their history (valid_from ≤ t < valid_to, UTC);
 - ``results.parquet`` — every result it was given (probability, signal, model and version, bar
-  open and close times, commit time, event id);
+  open and close times, commit time, event id; three-class results also ``p_down``,
+  ``p_flat``, ``p_up``, `flat_results`);
 - ``audit.parquet`` and ``audit.json`` — its audit trail (actor, action, detail, at);
 - ``manifest.json`` — format, tenant id, when, and per file its SHA-256, size and rows;
 - ``SHA256SUMS`` — the same checksums in ``sha256sum -c`` form.
@@ -26,6 +27,7 @@ from typing import Any
 
 import pandas as pd
 
+from models.three_way import CLASSES
 from pipelines.store.results import ResultsStore, StoreError
 
 FORMAT = "mt5prob-tenant-export/1"
@@ -48,9 +50,7 @@ def export_package(store: ResultsStore, tenant_id: str, actor: str) -> tuple[byt
     if hook is not None:
         webhook = {k: v for k, v in vars(hook).items() if k not in ("secret", "tenant_id")}
     settings = {**tenant.as_dict(), "webhook": webhook}
-    results = results.sort_values(["bar_time", "symbol", "timeframe", "horizon", "label_kind"]).reset_index(
-        drop=True
-    )
+    results = flat_results(results)
     files: dict[str, tuple[bytes, int | None]] = {
         "tenant.json": (_json(settings), None),
         "subscriptions.json": (_json(subscriptions), len(subscriptions)),
@@ -88,6 +88,20 @@ def _default(value: Any) -> Any:
     if hasattr(value, "item"):  # numpy scalars
         return value.item()
     return str(value)
+
+
+def flat_results(frame: pd.DataFrame) -> pd.DataFrame:
+    """A tenant's results as a flat table for files (Parquet, CSV), oldest bar first: the
+    three-class ``probabilities`` as columns ``p_down``, ``p_flat``, ``p_up`` (empty for binary
+    results)."""
+    frame = frame.sort_values(["bar_time", "symbol", "timeframe", "horizon", "label_kind"]).reset_index(
+        drop=True
+    )
+    three = frame.pop("probabilities") if "probabilities" in frame else pd.Series([None] * len(frame))
+    at = frame.columns.get_loc("probability") + 1
+    for i, c in enumerate(CLASSES):
+        frame.insert(at + i, f"p_{c}", [float("nan") if d is None else float(d[c]) for d in three])
+    return frame
 
 
 def _parquet(frame: pd.DataFrame) -> bytes:
