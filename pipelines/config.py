@@ -647,10 +647,12 @@ class MatrixParams(_Frozen):
 
     groups: dict[str, tuple[str, ...]] = {"fx": ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD")}
     cells: dict[str, dict[str, Any]] = {
-        f"fx-{tf}-{kind}-h{h}": {}
-        for tf, horizons in (("M5", (12, 48)), ("M15", (4, 16)), ("H1", (4, 24)))
-        for kind in ("direction", "triple_barrier")
-        for h in horizons
+        cell: {}
+        for tf, horizons, three in (("M5", (12, 48), 12), ("M15", (4, 16), 4), ("H1", (4, 24), None))
+        for cell in [
+            *(f"fx-{tf}-{kind}-h{h}" for kind in ("direction", "triple_barrier") for h in horizons),
+            *([f"fx-{tf}-up_flat_down-h{three}"] if three else []),
+        ]
     }
 
     @field_validator("cells")

@@ -19,7 +19,7 @@ from serving.health import Health
 def test_the_catalog_serves_the_trained_model_first_then_every_cell():
     params = load_params("params.yaml", "fast")
     names = served_model_names(params)
-    assert names[0] == "mt5prob-fx-M5-direction-h12" and len(names) == len(params.matrix.cells) == 12
+    assert names[0] == "mt5prob-fx-M5-direction-h12" and len(names) == len(params.matrix.cells) == 14
     cat = catalog(params)
     assert cat["mt5prob-fx-H1-triple_barrier-h24"] == {
         "cell": "fx-H1-triple_barrier-h24",
@@ -34,7 +34,7 @@ def test_the_catalog_serves_the_trained_model_first_then_every_cell():
     assert not any("-H1-" in n for n in served_model_names(fewer))
     # following the whole matrix: every served cell for each of its ingested symbols
     subs = served_subscriptions(params)
-    assert len(subs) == 12 * 2 and len(set(subs)) == 24
+    assert len(subs) == 14 * 2 and len(set(subs)) == 28
     assert {s.symbol for s in subs} == {"EURUSD", "XAUUSD"}
     assert (subs[0].symbol, subs[0].timeframe, subs[0].horizon, subs[0].label_kind) == (
         "EURUSD", "M5", 12, "direction"

@@ -188,9 +188,10 @@ def test_every_matrix_cell_is_a_whole_params_of_its_own():
 
     for profile in (None, "fast"):
         params = load_params(PARAMS, profile)
-        assert len(params.matrix.cells) == 12
+        assert len(params.matrix.cells) == 14
         kinds = {(c.timeframe, c.label_kind) for c in params.matrix.all()}
-        assert kinds == {(tf, k) for tf in ("M5", "M15", "H1") for k in ("direction", "triple_barrier")}
+        binary = {(tf, k) for tf in ("M5", "M15", "H1") for k in ("direction", "triple_barrier")}
+        assert kinds == binary | {("M5", "up_flat_down"), ("M15", "up_flat_down")}
         for cell in params.matrix.all():
             p = cell_params(params, cell.id)
             assert p.features.base_timeframe == cell.timeframe and p.labels.kind == cell.label_kind

@@ -101,13 +101,13 @@ def test_the_matrix_grid_reads_in_order_and_names_what_is_missing():
     ]
     t = datetime(2024, 6, 28, tzinfo=UTC)
     rows = [
-        ("EURUSD", tf, h, "direction", 0.6, "long", t, f"m-{tf}-{h}", "1", t)
+        ("EURUSD", tf, h, "direction", 0.6, None, "long", t, f"m-{tf}-{h}", "1", t)
         for tf, h in (("M15", 4), ("M5", 48), ("H1", 4), ("H4", 1))
     ]
     frame = pd.DataFrame(
         rows,
         columns=[
-            "symbol", "timeframe", "horizon", "label_kind", "probability", "signal",
+            "symbol", "timeframe", "horizon", "label_kind", "probability", "probabilities", "signal",
             "bar_time", "model_name", "model_version", "scored_at",
         ],
     )  # fmt: skip
