@@ -27,6 +27,7 @@ from pipelines import featurize, train
 from pipelines.bar_store import BarStore
 from pipelines.config import load_params
 from pipelines.ingest import SeriesReport, history
+from pipelines.tune import ensure_storage
 
 Runner = Literal["threads", "dask"]
 
@@ -103,6 +104,8 @@ def _train_body(params_path: str, profile: str | None) -> dict[str, Any]:
         get_run_logger().warning(
             "no learner of %s has a search space in tune.spaces: nothing to tune", params.models.learners
         )
+    if learners:  # the learners' studies start side by side: create the storage's schema first
+        ensure_storage(params.tune.storage)
     futures = tune_learner.map([params] * len(learners), learners)
     best = {k: v for f in futures for k, v in f.result().items()}
     bundle = train.run(params)  # the studies are complete: their best parameters, no new trials

@@ -26,6 +26,7 @@ from flows.fanout import Runner, task_runner
 from flows.train import build_outputs, evaluate_task, featurize_task, register_task, train_task
 from pipelines import evaluate
 from pipelines.config import Params, cell_params, load_params
+from pipelines.tune import ensure_storage
 
 
 class MatrixFailed(RuntimeError):
@@ -89,6 +90,9 @@ def _matrix_body(
     chosen = list(cells or params.matrix.cells)
     for cell_id in chosen:
         params.matrix.cell(cell_id)  # an unknown cell stops the run before any work, naming the nearest
+    tuned = {cell_params(params, c).tune.storage for c in chosen if cell_params(params, c).tune.enabled}
+    for storage in tuned:  # cells tuning side by side must not race to create the storage's schema
+        ensure_storage(storage)
     started = time.perf_counter()
     futures = cell_task.map([params] * len(chosen), chosen)
     results, failed = [], {}

@@ -17,9 +17,25 @@ import time
 from collections.abc import Sequence
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def ensure_storage(storage: str | None, attempts: int = 5) -> None:
+    """Create the Optuna storage's schema once, before studies run side by side: the first two
+    users of an empty storage race to create it (SQLite: ``UNIQUE constraint failed:
+    alembic_version.version_num``). Retries while another process is creating it."""
+    if not storage:
+        return
     import optuna
 
+    for attempt in range(attempts):
+        try:
+            optuna.storages.RDBStorage(storage)
+            return
+        except Exception:  # noqa: BLE001 - another worker is creating it: retry
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1 + attempt)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     from pipelines.config import cli_parser, load_params
     from pipelines.train import load_training_data, tune_learners
 
@@ -31,15 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tune_override = {k: v for k, v in (("storage", args.storage), ("n_trials", args.trials)) if v is not None}
     params = load_params(args.params, args.profile, {"tune": tune_override} if tune_override else None)
-    if params.tune.storage:
-        for attempt in range(5):  # workers started together race to create the schema
-            try:
-                optuna.storages.RDBStorage(params.tune.storage)
-                break
-            except Exception:  # noqa: BLE001 - another worker is creating it: retry
-                if attempt == 4:
-                    raise
-                time.sleep(1 + attempt)
+    ensure_storage(params.tune.storage)  # workers started together race to create the schema
     data = load_training_data(params.outputs / "featurize", params.labels.kind)
     best = tune_learners(
         data, params.models, params.tune, params.labels.horizon, params.registry.tracking_uri

@@ -144,3 +144,38 @@ def test_two_workers_share_one_study_on_postgresql(pg_database, tmp_path):
     assert 12 <= len(finished) <= 13  # at most one in-flight trial beyond the target
     workers = {t.user_attrs["worker"] for t in finished}
     assert len(workers) == 2, workers
+
+
+def test_the_storage_schema_is_created_once_before_studies_run_side_by_side(tmp_path):
+    """Cells (train-matrix) and learners (train-fanout) start their studies together; on an
+    empty storage their first connections raced to create its schema (``UNIQUE constraint
+    failed: alembic_version.version_num``, seen in benchmarks/matrix.py). The flows create it
+    first (`ensure_storage`, idempotent); studies then open side by side."""
+    import sqlite3
+    import threading
+
+    import optuna
+
+    from pipelines.tune import ensure_storage
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    ensure_storage(url)
+    ensure_storage(url)  # a second time is harmless
+    with sqlite3.connect(tmp_path / "optuna.db") as db:
+        assert db.execute("SELECT count(*) FROM alembic_version").fetchone()[0] == 1
+    errors: list[Exception] = []
+
+    def study(i: int) -> None:
+        try:
+            optuna.create_study(study_name=f"s{i}", storage=url, load_if_exists=True)
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=study, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(optuna.get_all_study_names(url)) == 6
+    ensure_storage(None)  # no storage configured: nothing to do
