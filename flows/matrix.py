@@ -25,7 +25,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.fanout import Runner, task_runner
 from flows.train import build_outputs, evaluate_task, featurize_task, register_task, train_task
 from pipelines import evaluate
-from pipelines.config import Params, cell_params, load_params
+from pipelines.config import Params, ParamsError, cell_params, load_params
 from pipelines.tune import ensure_storage
 
 
@@ -70,6 +70,20 @@ def matrix_markdown(results: list[dict[str, Any]], failed: dict[str, str]) -> st
     return "\n".join(lines)
 
 
+def _tuning_storages(params: Params, chosen: list[str]) -> set[str]:
+    """The Optuna storages of the `chosen` cells that tune (a cell whose settings do not
+    resolve is left to its own task, which reports it)."""
+    out = set()
+    for cell_id in chosen:
+        try:
+            cp = cell_params(params, cell_id)
+        except ParamsError:
+            continue
+        if cp.tune.enabled and cp.tune.storage:
+            out.add(cp.tune.storage)
+    return out
+
+
 def _matrix_body(
     params_path: str = "params.yaml",
     profile: str | None = None,
@@ -90,9 +104,8 @@ def _matrix_body(
     chosen = list(cells or params.matrix.cells)
     for cell_id in chosen:
         params.matrix.cell(cell_id)  # an unknown cell stops the run before any work, naming the nearest
-    tuned = {cell_params(params, c).tune.storage for c in chosen if cell_params(params, c).tune.enabled}
-    for storage in tuned:  # cells tuning side by side must not race to create the storage's schema
-        ensure_storage(storage)
+    for storage in _tuning_storages(params, chosen):  # cells tuning side by side must not race to
+        ensure_storage(storage)  # create the storage's schema
     started = time.perf_counter()
     futures = cell_task.map([params] * len(chosen), chosen)
     results, failed = [], {}
