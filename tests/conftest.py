@@ -130,6 +130,38 @@ def small_features(*extra_families: str) -> dict:
     }
 
 
+def featurized_pair(root, contract, signal_strength: float, labels: dict, models: dict, **sections):
+    """Params for two simulated symbols (EURUSD, GBPUSD; M5 base, H1 above) up to 2024-02-20
+    under `root`, with their history ingested and featurized: the small training world of the
+    pipeline tests. `labels`, `models` and any other `sections` are those params sections."""
+    from pipelines.bar_store import BarStore
+    from pipelines.config import Params
+    from pipelines.featurize import run as featurize
+    from pipelines.ingest import connect, ingest_history
+    from pipelines.terminal import open_terminal
+
+    p = Params.model_validate(
+        {
+            "data": {
+                "root": str(root / "data"),
+                "symbols": ["EURUSD", "GBPUSD"],
+                "timeframes": ["M5", "H1"],
+                "simulator": {"end": "2024-02-20T00:00:00", "signal_strength": signal_strength},
+            },
+            "features": {"base_timeframe": "M5", "higher_timeframes": ["H1"]},
+            "labels": labels,
+            "models": models,
+            "outputs": str(root / "outputs"),
+            **sections,
+        }
+    )
+    client = open_terminal(p.data)
+    connect(client)
+    ingest_history(client, BarStore(p.data.root), contract, p.data)
+    featurize(p.data, p.features, p.labels, p.outputs / "featurize", contract)
+    return p
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def store(request, tmp_path):
     """A migrated results store, once on SQLite and once on PostgreSQL (the session's shared

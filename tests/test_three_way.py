@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import featurized_pair
 
 from features.bars import Bars
 from features.labels import up_flat_down_labels
@@ -13,12 +14,8 @@ from models.metrics import base_rate_log_loss, ece, ece_noise_floor, log_loss, r
 from models.policy import ThresholdPolicy
 from models.three_way import ThreeWayModel, compose, restrict_folds
 from models.validation import Fold
-from pipelines.bar_store import BarStore
 from pipelines.config import Params
 from pipelines.evaluate import evaluate
-from pipelines.featurize import run as featurize
-from pipelines.ingest import connect, ingest_history
-from pipelines.terminal import open_terminal
 from pipelines.train import load_training_data, problems, train
 
 
@@ -135,30 +132,9 @@ def test_policy_sides_by_label_kind():
 
 @pytest.fixture(scope="module")
 def three_class(tmp_path_factory, contract) -> Params:
+    models = {"learners": ["logistic", "xgboost"], "xgb": {"n_estimators": 120}, "cv": {"n_splits": 3}}
     root = tmp_path_factory.mktemp("three")
-    p = Params.model_validate(
-        {
-            "data": {
-                "root": str(root / "data"),
-                "symbols": ["EURUSD", "GBPUSD"],
-                "timeframes": ["M5", "H1"],
-                "simulator": {"end": "2024-02-20T00:00:00", "signal_strength": 0.6},
-            },
-            "features": {"base_timeframe": "M5", "higher_timeframes": ["H1"]},
-            "labels": {"horizon": 12, "kind": "up_flat_down"},
-            "models": {
-                "learners": ["logistic", "xgboost"],
-                "xgb": {"n_estimators": 120},
-                "cv": {"n_splits": 3},
-            },
-            "outputs": str(root / "outputs"),
-        }
-    )
-    client = open_terminal(p.data)
-    connect(client)
-    ingest_history(client, BarStore(p.data.root), contract, p.data)
-    featurize(p.data, p.features, p.labels, p.outputs / "featurize", contract)
-    return p
+    return featurized_pair(root, contract, 0.6, {"horizon": 12, "kind": "up_flat_down"}, models)
 
 
 def test_three_class_training_never_sees_the_holdout_and_evaluates_calibrated(three_class):

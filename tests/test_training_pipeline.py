@@ -9,43 +9,24 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import featurized_pair
 from scipy.special import ndtri
 
 from models.metrics import ece, ece_noise_floor, log_loss
 from pipelines.bar_store import BarStore
 from pipelines.config import Params
 from pipelines.evaluate import evaluate, write_evaluation
-from pipelines.featurize import run as featurize
-from pipelines.ingest import connect, ingest_history
 from pipelines.register import register
 from pipelines.registry import Registry
-from pipelines.terminal import open_terminal
 from pipelines.train import load_training_data, save_bundle, train
 
 
 @pytest.fixture(scope="module")
 def params(tmp_path_factory, contract) -> Params:
     root = tmp_path_factory.mktemp("pipeline")
-    p = Params.model_validate(
-        {
-            "data": {
-                "root": str(root / "data"),
-                "symbols": ["EURUSD", "GBPUSD"],
-                "timeframes": ["M5", "H1"],
-                "simulator": {"end": "2024-02-20T00:00:00", "signal_strength": 0.5},
-            },
-            "features": {"base_timeframe": "M5", "higher_timeframes": ["H1"]},
-            "labels": {"horizon": 12},
-            "models": {"xgb": {"n_estimators": 150}, "cv": {"n_splits": 3}},
-            "registry": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "gate": {"max_ece": 0.12}},
-            "outputs": str(root / "outputs"),
-        }
-    )
-    client = open_terminal(p.data)
-    connect(client)
-    ingest_history(client, BarStore(p.data.root), contract, p.data)
-    featurize(p.data, p.features, p.labels, p.outputs / "featurize", contract)
-    return p
+    registry = {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "gate": {"max_ece": 0.12}}
+    models = {"xgb": {"n_estimators": 150}, "cv": {"n_splits": 3}}
+    return featurized_pair(root, contract, 0.5, {"horizon": 12}, models, registry=registry)
 
 
 def test_train_reuses_out_of_fold_predictions_it_is_given(params):
