@@ -97,11 +97,6 @@ class LoadedModel:
     def feature_spec(self) -> FeatureSpec | None:
         return feature_spec_from_meta(self.meta)
 
-    @property
-    def three_class(self) -> bool:
-        """Whether its probabilities are [P(down), P(flat), P(up)] per row."""
-        return self.meta.get("label_kind") == "up_flat_down"
-
     def predict(self, X: np.ndarray) -> np.ndarray:
         """P(label 1) for rows whose columns are `columns` in order (float64, clipped to
         [0, 1]); (n, 3) [P(down), P(flat), P(up)] for a three-class model."""
