@@ -4,8 +4,10 @@ Publishes freshness, drift, live calibration and skill, and lag as artifacts, an
 summary (`monitor-status`). Notifications due — a check that breaches, once; a check that
 resolves — go out as Prefect events that the ``mt5prob-alerts`` automation sends to a
 notification block (`flows.alerts`). Past a threshold the run publishes the breaches, logs a
-WARNING and ends in a failed state — after starting the ``train`` flow when
-``monitor.retrain_on_breach`` is true.
+WARNING and ends in a failed state — after retraining, when ``monitor.retrain_on_breach`` is
+true, the matrix cells the breaches call for (`pipelines.monitor.cells_to_retrain`: the cell of a
+model whose live calibration or skill breached, every cell of a group with a drifted symbol) in a
+``train-matrix`` subflow; each new version passes its own gate before it serves.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.alerts import emit_notifications
 from pipelines.config import Params, load_params
-from pipelines.monitor import Alerts, MonitorReport, check
+from pipelines.monitor import Alerts, MonitorReport, cells_to_retrain, check
 from pipelines.status import status_markdown
 from pipelines.store import ResultsStore
 
@@ -92,9 +94,19 @@ def monitor_flow(
     for breach in report.breaches:
         logger.warning("monitor breach: %s", breach)
     create_markdown_artifact(key="monitor-breaches", markdown="\n".join(f"- {b}" for b in report.breaches))
+    message = "; ".join(report.breaches)
     if params.monitor.retrain_on_breach:
-        from flows.train import train_flow
+        cells = cells_to_retrain(report.findings, params)
+        if cells:
+            from flows.matrix import train_matrix_flow
 
-        logger.warning("monitor: starting the train flow (monitor.retrain_on_breach)")
-        train_flow(params_path=params_path, profile=profile)
-    raise MonitorBreach("; ".join(report.breaches))
+            logger.warning("monitor: retraining %s (monitor.retrain_on_breach)", ", ".join(cells))
+            try:  # each retrained version still passes its own gate before it serves
+                train_matrix_flow(params_path=params_path, profile=profile, cells=cells)
+                message += f"; retrained {', '.join(cells)}"
+            except Exception as exc:  # noqa: BLE001 - the breach is still reported, with this
+                logger.error("monitor: retraining failed: %s", exc)
+                message += f"; retraining {', '.join(cells)} failed: {exc}"
+        else:
+            logger.warning("monitor: no breach that retraining a model fixes (monitor.retrain_on_breach)")
+    raise MonitorBreach(message)

@@ -517,7 +517,7 @@ class MonitorParams(_Frozen):
     psi_max: float = Field(0.25, gt=0)  # any feature's PSI above this is drift
     ece_max: float = Field(0.05, gt=0)  # live ECE above this (on ≥ min_rows matured rows) is a breach
     min_rows: int = Field(200, ge=1)
-    retrain_on_breach: bool = False  # the monitor flow then starts the train flow
+    retrain_on_breach: bool = False  # the monitor flow then retrains the breached cells
     stale_bars: int = Field(3, ge=1)  # newest bar older than this many bars of open market: stale
     lag_window_minutes: float = Field(60.0, gt=0)  # results committed this recently are judged
     lag_p99_ms: float = Field(1000.0, gt=0)  # bar close → committed p99 above this is a breach

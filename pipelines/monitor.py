@@ -435,6 +435,31 @@ def check(
     return report
 
 
+def cells_to_retrain(findings: Sequence[Finding], params: Params) -> list[str]:
+    """The matrix cells (ids, in ``matrix.cells`` order) that breached `findings` call to be
+    retrained: the cell of every model named by a breached live calibration or skill check (per
+    version, ``…:model:NAME:VERSION``, or per tenant, ``…:tenant:ID:NAME``), and every cell of a
+    group that holds a symbol whose features drifted (``drift:SYMBOL``). Stale data, lag, the
+    API and a challenger shown worse live (``shadow:``: the champion keeps serving) are not
+    fixed by retraining a model: they call for none. Models outside the matrix are ignored."""
+    cells = params.matrix.all()
+    by_name = {f"{params.registry.name_prefix}-{c.id}": c.id for c in cells}
+    wanted: set[str] = set()
+    for f in findings:
+        if not f.breached:
+            continue
+        kind, _, rest = f.check.partition(":")
+        if kind in ("calibration", "skill"):
+            by, _, key = rest.partition(":")
+            name = key.rsplit(":", 1)[0] if by == "model" else key.split(":", 1)[-1]
+            if name in by_name:
+                wanted.add(by_name[name])
+        elif kind == "drift":
+            groups = {g for g, symbols in params.matrix.groups.items() if rest in symbols}
+            wanted.update(c.id for c in cells if c.group in groups)
+    return [c.id for c in cells if c.id in wanted]
+
+
 def _iso(t: int) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M")
 

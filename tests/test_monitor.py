@@ -185,6 +185,89 @@ def test_monitor_flow_fails_with_artifacts_on_a_breach(world, prefect_harness, t
     )
 
 
+def test_breaches_name_the_cells_to_retrain(tmp_path):
+    """A model's live calibration or skill breach (per version or per tenant) retrains its
+    cell; a drifted symbol every cell of its groups; stale data, lag, the API, a challenger
+    worse live, a healthy check and a model outside the matrix retrain nothing."""
+    import yaml
+
+    from models.checks import Finding
+    from pipelines.monitor import cells_to_retrain
+
+    matrix = {
+        "groups": {"fx": ["EURUSD", "GBPUSD"], "metals": ["XAUUSD"], "majors": ["EURUSD"]},
+        "cells": {
+            "fx-M5-direction-h12": {},
+            "fx-H1-triple_barrier-h4": {},
+            "metals-M15-up_flat_down-h4": {},
+            "majors-H1-direction-h24": {},
+        },
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"matrix": matrix}, sort_keys=False))
+    params = load_params(tmp_path / "params.yaml")
+
+    def breached(*checks: str, ok: bool = False) -> list[Finding]:
+        return [Finding(c, not ok, 1.0, 0.0, c) for c in checks]
+
+    assert cells_to_retrain(breached("calibration:model:mt5prob-fx-H1-triple_barrier-h4:7"), params) == [
+        "fx-H1-triple_barrier-h4"
+    ]
+    assert cells_to_retrain(breached("skill:tenant:3ae40d12:mt5prob-metals-M15-up_flat_down-h4"), params) == [
+        "metals-M15-up_flat_down-h4"
+    ]
+    # EURUSD is in fx and majors: their cells, in matrix order; XAUUSD's metals cell is untouched
+    assert cells_to_retrain(breached("drift:EURUSD"), params) == [
+        "fx-M5-direction-h12",
+        "fx-H1-triple_barrier-h4",
+        "majors-H1-direction-h24",
+    ]
+    nothing = breached(
+        "stale:EURUSD:M5",
+        "lag:live",
+        "api:up",
+        "shadow:mt5prob-fx-M5-direction-h12:v8:vs:v7",
+        "skill:model:another-model:1",
+    ) + breached("drift:XAUUSD", "calibration:model:mt5prob-fx-M5-direction-h12:3", ok=True)
+    assert cells_to_retrain(nothing, params) == []
+
+
+@pytest.mark.slow
+def test_the_monitor_flow_retrains_the_cells_a_breach_calls_for(world, prefect_harness, tmp_path):
+    """``monitor.retrain_on_breach``: the monitor flow, on EURUSD's drift, retrains the one
+    cell whose group holds EURUSD in a ``train-matrix`` subflow — a new registered version, gated
+    — and still fails with the breach, saying what it retrained; the other group's cell is not
+    touched."""
+    import yaml
+    from mlflow import MlflowClient
+
+    from flows.monitor import MonitorBreach, monitor_flow
+
+    raw = world.model_dump(mode="json")
+    raw["monitor"].update(
+        {"psi_max": 0.0001, "retrain_on_breach": True, "state_path": str(tmp_path / "state.json")}
+    )
+    raw["store"]["url"] = f"sqlite:///{tmp_path / 'results.db'}"  # no live scores: drift alone breaches
+    raw["registry"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    raw["models"]["learners"] = ["logistic"]
+    raw["tune"]["enabled"] = False
+    raw["matrix"] = {
+        "groups": {"fx": ["EURUSD"], "metals": ["XAUUSD"]},
+        "cells": {"fx-M5-direction-h12": {}, "metals-M5-direction-h12": {}},
+    }
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw))
+    store = ResultsStore(raw["store"]["url"])
+    store.migrate()
+    store.close()
+    with pytest.raises(MonitorBreach, match=r"feature drift on EURUSD.*; retrained fx-M5-direction-h12$"):
+        monitor_flow(params_path=str(params_file), now=END)
+    mlflow = MlflowClient(raw["registry"]["tracking_uri"])
+    assert {m.name for m in mlflow.search_registered_models()} == {"mt5prob-fx-M5-direction-h12"}
+    (version,) = mlflow.search_model_versions("name='mt5prob-fx-M5-direction-h12'")
+    assert version.tags["gate_decision"] in ("promoted", "rejected")  # gated like any new version
+    assert (world.outputs / "cells" / "fx-M5-direction-h12" / "evaluate" / "metrics.json").is_file()
+
+
 def _realised_tb(params):
     """The EURUSD M5 bars' realised take-profit-first labels (h12) under params' labels."""
     import dataclasses
