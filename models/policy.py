@@ -12,9 +12,15 @@ What the probability means decides which sides it can give (`for_label_kind`):
   take-profit is unlikely to come first (the stop or the vertical barrier is): a reason not to
   go long, *not* a prediction that a short would pay. So this kind is long or flat, never
   short.
-* **up_flat_down** — p = [P(down), P(flat), P(up)]: long when P(up) > ``long_above``, short
-  when P(down) > 1 − ``short_below`` (the same thresholds as direction, where P(down) is
-  1 − P(up)); a probable flat move is flat.
+* **up_flat_down** — p = [P(down), P(flat), P(up)]: the same rule on the *net* probability of
+  up over down, P(up) − P(down), which for binary labels is 2p − 1: long when
+  (1 + P(up) − P(down)) / 2 > ``long_above``, short when it is < ``short_below`` — i.e. when
+  P(up) − P(down) > 0.10, or P(down) − P(up) > 0.10, at the default 0.55 / 0.45. With a
+  symmetric move size the expected move is proportional to P(up) − P(down), as to 2p − 1 for
+  a binary model, so one pair of thresholds means the same in both. (Comparing P(up) itself
+  with 0.55 would almost never signal: the three classes sit near 1/3 each.) Probability on
+  flat lowers both sides' net: a probable flat move is flat. Both sides cannot fire at once
+  (``short_below ≤ long_above``).
 """
 
 from __future__ import annotations
@@ -59,8 +65,9 @@ class ThresholdPolicy:
         """+1 (long), −1 (short) or 0 (flat) per row, as float: `p` is P(label 1) per row
         (n,), or [P(down), P(flat), P(up)] per row (n, 3)."""
         p = np.asarray(p, dtype=float)
-        if p.ndim == 2:
-            up, short = p[:, 2] > self.long_above, p[:, 0] > 1.0 - self.short_below
+        if p.ndim == 2:  # three classes: the net probability of up over down (see module), as
+            q = (1.0 + p[:, 2] - p[:, 0]) / 2.0  # the binary P(up) with the same net, (1 + net) / 2
+            up, short = q > self.long_above, q < self.short_below
         else:
             up, short = p > self.long_above, p < self.short_below
         if self.long_only:

@@ -7,7 +7,8 @@ with direction labels also the Bayes-optimal log loss from the planted true prob
 the relative gap to it. Three-class (up/flat/down) models: the same figures for the three
 probabilities (multiclass log loss against the class frequencies, classwise ECE, mean
 one-vs-rest AUC), the reliability of each class. A threshold-policy backtest
-(`models.policy`: long when P(up) > t, short when P(down) > t; triple barrier long only; the
+(`models.policy`: long when P(up) > t, short when P(up) < 1 − t — three-class: on the net
+P(up) − P(down), the same rule; triple barrier long only; the
 bar's spread — or `assumed_spread_pips` where the data's spread is
 zero or missing — and a commission charged, in pips) reports trades, hit rate, PnL, Sharpe
 and max drawdown.
@@ -139,8 +140,9 @@ def backtest(
 ) -> dict[str, dict[str, Any]]:
     """Threshold policy on the holdout rows, per symbol (pips are per-symbol units).
 
-    Long when P(up) > threshold, short when P(down) > threshold (`models.policy`, by the label
-    kind: triple-barrier probabilities are long or flat), each signal held to its label's end
+    Long when P(up) > threshold, short when P(up) < 1 − threshold (`models.policy`, by the label
+    kind: three-class on the net probability (1 + P(up) − P(down)) / 2, triple-barrier
+    probabilities long or flat), each signal held to its label's end
     (positions may overlap); the bar's spread and the commission are charged in pips — where
     the data's spread is zero or missing (many exports), `cfg.assumed_spread_pips` instead, and
     the symbol's ``spread_assumed_rows`` says on how many rows. Sharpe is annualised from

@@ -140,7 +140,7 @@ class MatrixCell(BaseModel):
     )
     signal: str = Field(
         description="long / short / flat by your thresholds (triple barrier: long or flat; up/flat/down: "
-        "long when P(up) > long_above, short when P(down) > 1 − short_below)"
+        "long when (1 + P(up) − P(down)) / 2 > long_above, short when it is < short_below)"
     )
     bar_time: str = Field(description="open time (UTC, ISO 8601) of the bar it was scored on")
     model: str

@@ -120,6 +120,19 @@ def test_policy_sides_by_label_kind():
     policy = ThresholdPolicy.for_label_kind("up_flat_down", 0.55, 0.45)
     np.testing.assert_array_equal(policy.sides(three), [-1.0, 1.0, 0.0])
     assert [policy.signal(row) for row in three] == ["short", "long", "flat"]
+    # the net probability of up over down against 2·0.55 − 1 = 0.10: classes near 1/3 signal,
+    # P(up) = 0.38 with P(down) = 0.30 does not
+    near_third = np.array(
+        [[0.25, 0.36, 0.39], [0.40, 0.32, 0.28], [0.30, 0.32, 0.38], [0.05, 0.90, 0.05], [0.26, 0.34, 0.40]]
+    )
+    np.testing.assert_array_equal(policy.sides(near_third), [1.0, -1.0, 0.0, 0.0, 1.0])
+    # a binary probability p and the three classes [1 − p, 0, p] get the same side, any thresholds
+    p = (np.arange(200) + 0.5) / 200  # no p on a threshold, where rounding may differ
+    for long_above, short_below in ((0.55, 0.45), (0.6, 0.3), (0.5, 0.5)):
+        binary = ThresholdPolicy.for_label_kind("direction", long_above, short_below)
+        classes = ThresholdPolicy.for_label_kind("up_flat_down", long_above, short_below)
+        as_three = np.column_stack([1.0 - p, np.zeros_like(p), p])
+        np.testing.assert_array_equal(classes.sides(as_three), binary.sides(p))
     # direction: P(up) low is a short
     direction = ThresholdPolicy.for_label_kind("direction", 0.55, 0.45)
     np.testing.assert_array_equal(direction.sides(np.array([0.3, 0.5, 0.7])), [-1.0, 0.0, 1.0])
