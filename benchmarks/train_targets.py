@@ -13,7 +13,10 @@ sampling noise: the planted truth's own 15-bin ECE is ~0.010 on the 40,000-row h
 on 69 forward weeks and 0.0044 on 207 (overlapping 12-bar labels make rows far from
 independent), and the stacked-minus-best-base log-loss difference is about its own standard
 error. Both are printed: the truth's ECE on the same rows beside the model's, and a bootstrap
-standard error (over whole days) beside the difference.
+standard error (over whole days) beside the difference. The level a model can learn is the
+training window's own up-rate, itself noisy: the forward ECE of the planted truth moved to that
+level is printed too — the floor of any model trained on the window (`benchmarks/ece_floor.py`
+measures it over simulator seeds).
 
 Targets (issue 4): planted signal — registered model's holdout log loss within 2% of the
 Bayes-optimal log loss, ECE ≤ 0.01, stacked ≤ best single base learner; random walk — log
@@ -21,7 +24,7 @@ loss ≤ base-rate log loss + 0.001 and ECE ≤ 0.02; training ≤ 5 minutes on 
 the holdout figures with their 95 % block-bootstrap intervals (`pipelines.evaluate.report`),
 and the promotion gate promotes the planted signal and refuses the random walk (no skill).
 
-    python benchmarks/train_targets.py [--bars 200000] [--trials 10] [--forward-weeks 207]
+    python benchmarks/train_targets.py [--bars 200000] [--trials 10] [--forward-weeks 207] [--seed 7]
 """
 
 from __future__ import annotations
@@ -50,14 +53,15 @@ REPO = Path(__file__).resolve().parents[1]
 START = datetime(2024, 1, 1, tzinfo=UTC)
 
 
-def workspace(work: Path, strength: float, end: datetime, trials: int) -> Params:
+def workspace(work: Path, strength: float, end: datetime, trials: int, seed: int | None = None) -> Params:
     return load_params(
         REPO / "params.yaml",
         "fast",
         {
             "data": {
                 "root": str(work / "data"),
-                "simulator": {"end": end.isoformat(), "signal_strength": strength},
+                "simulator": {"end": end.isoformat(), "signal_strength": strength}
+                | ({"seed": seed} if seed is not None else {}),
             },
             "tune": {
                 "enabled": trials > 0,
@@ -138,11 +142,13 @@ def forward(bundle: dict, params: Params, end: datetime, shift: float = 0.0) -> 
     return out
 
 
-def run(strength: float, bars: int, trials: int, forward_weeks: float, work: Path) -> dict:
+def run(
+    strength: float, bars: int, trials: int, forward_weeks: float, work: Path, seed: int | None = None
+) -> dict:
     base = load_params(REPO / "params.yaml", "fast")
     weeks = bars / len(base.data.symbols) / (5 * 288) + 1
     end = START + timedelta(weeks=weeks)
-    params = workspace(work / "train", strength, end, trials)
+    params = workspace(work / "train", strength, end, trials, seed)
     t0 = time.perf_counter()
     rows = prepare(params)
     t_prep = time.perf_counter() - t0
@@ -151,7 +157,7 @@ def run(strength: float, bars: int, trials: int, forward_weeks: float, work: Pat
     metrics = evaluate.run(params)
     name, version, decision = register.register(params)
     t_train = time.perf_counter() - t1
-    ahead = workspace(work / "forward", strength, end + timedelta(weeks=forward_weeks), 0)
+    ahead = workspace(work / "forward", strength, end + timedelta(weeks=forward_weeks), 0, seed)
     prepare(ahead)
     return {
         "rows": rows,
@@ -193,15 +199,19 @@ def main() -> None:
     parser.add_argument("--bars", type=int, default=200_000)
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--forward-weeks", type=float, default=207.0)
+    parser.add_argument(
+        "--seed", type=int, default=None, help="simulator seed (default: data.simulator.seed of params.yaml)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     results = {}
     for label, strength in (("planted", 0.3), ("random walk", 0.0)):
         with tempfile.TemporaryDirectory() as tmp:
-            results[label] = run(strength, args.bars, args.trials, args.forward_weeks, Path(tmp))
+            results[label] = run(strength, args.bars, args.trials, args.forward_weeks, Path(tmp), args.seed)
     print(
         f"model targets — fast profile, {args.trials} Optuna trials per base learner, "
-        f"{os.cpu_count()} cores\n"
+        f"{os.cpu_count()} cores, simulator seed "
+        f"{args.seed if args.seed is not None else load_params(REPO / 'params.yaml').data.simulator.seed}\n"
     )
     for label, r in results.items():
         m, f = r["metrics"], r["forward"]
