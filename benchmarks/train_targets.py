@@ -98,6 +98,23 @@ def level_shift(params: Params) -> float:
     return float(brentq(lambda s: np.nanmean(sigmoid(logit(p_true) + s)) - rate, -2.0, 2.0))
 
 
+def _by_half_year(
+    bar_time: np.ndarray, y: np.ndarray, p_true: np.ndarray | None, preds: dict[str, np.ndarray]
+) -> list[dict[str, float]]:
+    """Per 26-week slice of the forward rows (bar open time, UTC s): rows, frequency, the
+    truth's mean and every predictor's mean probability."""
+    slice_of = ((bar_time - bar_time.min()) // (26 * 7 * 86400)).astype(np.int64)
+    out = []
+    for k in np.unique(slice_of):
+        pick = slice_of == k
+        row = {"half_year": int(k), "rows": int(pick.sum()), "rate": float(y[pick].mean())}
+        if p_true is not None:
+            row["truth"] = float(np.nanmean(p_true[pick]))
+        row.update({name: float(np.mean(p[pick])) for name, p in preds.items()})
+        out.append(row)
+    return out
+
+
 def forward(bundle: dict, params: Params, end: datetime, shift: float = 0.0) -> dict:
     """Every predictor of `bundle` on the rows whose bar opens at or after `end` (the training
     data's end) in `params`' workspace, which simulates further; the stacked-minus-best-base
@@ -124,6 +141,9 @@ def forward(bundle: dict, params: Params, end: datetime, shift: float = 0.0) -> 
         # the truth at the training window's level (`level_shift`): the ECE floor of any model
         # trained on that window
         "truth_at_train_level_ece": float(ece(y, sigmoid(logit(p_true) + shift))),
+        # where the level goes: each predictor's mean probability per half-year of the segment,
+        # beside those rows' frequency and the truth's mean
+        "by_half_year": _by_half_year(data.bar_time[rows], y, p_true, preds),
     }
     best = min(stacked.names, key=lambda n: out[n]["log_loss"])
     # per-row log-loss differences summed per UTC day; resampling whole days keeps the
@@ -200,12 +220,17 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--forward-weeks", type=float, default=207.0)
     parser.add_argument(
+        "--only", choices=["planted", "random walk"], default=None, help="one world only (no target table)"
+    )
+    parser.add_argument(
         "--seed", type=int, default=None, help="simulator seed (default: data.simulator.seed of params.yaml)"
     )
     args = parser.parse_args()
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     results = {}
     for label, strength in (("planted", 0.3), ("random walk", 0.0)):
+        if args.only and label != args.only:
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             results[label] = run(strength, args.bars, args.trials, args.forward_weeks, Path(tmp), args.seed)
     print(
@@ -229,12 +254,22 @@ def main() -> None:
             f"{lv['train_rate']:.4f}, the truth's mean {lv['truth_mean']:.4f}; the truth at the training "
             f"window's level has ECE {lv['truth_at_train_level_ece']:.4f} here"
         )
+        halves = lv["by_half_year"]
+        names = [k for k in halves[0] if k not in ("half_year", "rows")]
+        print("    forward level by half-year: " + "  ".join(f"{n:>9}" for n in ["rows", *names]))
+        for h in halves:
+            print(
+                f"      {h['half_year']:>2}                  {h['rows']:>9,}  "
+                + "  ".join(f"{h[n]:>9.4f}" for n in names)
+            )
         d = f["stacked_minus_best"]
         print(
             f"    forward stacked − best base ({d['best']}): {d['diff']:+.5f} ± {d['se']:.5f} "
             "(bootstrap SE over days)"
         )
         print(f"  gate: {'promoted' if r['decision'].promoted else 'rejected'} — {r['decision'].reason}")
+    if args.only:  # the targets need both worlds
+        return
     p, w = results["planted"]["forward"], results["random walk"]["forward"]
     gate_p, gate_w = results["planted"]["decision"], results["random walk"]["decision"]
     best = p["stacked_minus_best"]
