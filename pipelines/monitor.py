@@ -442,8 +442,11 @@ def cells_to_retrain(findings: Sequence[Finding], params: Params) -> list[str]:
     group that holds a symbol whose features drifted (``drift:SYMBOL``). Stale data, lag, the
     API and a challenger shown worse live (``shadow:``: the champion keeps serving) are not
     fixed by retraining a model: they call for none. Models outside the matrix are ignored."""
+    from pipelines.registry import model_name
+
     cells = params.matrix.all()
-    by_name = {f"{params.registry.name_prefix}-{c.id}": c.id for c in cells}
+    prefix = params.registry.name_prefix
+    by_name = {model_name(prefix, c.group, c.timeframe, c.label_kind, c.horizon): c.id for c in cells}
     wanted: set[str] = set()
     for f in findings:
         if not f.breached:
