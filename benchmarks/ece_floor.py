@@ -33,8 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from scipy.optimize import brentq  # noqa: E402
-from train_targets import REPO, START, prepare  # noqa: E402
+from train_targets import REPO, START, prepare, shift_to_rate  # noqa: E402
 
 from models.calibration import logit, sigmoid  # noqa: E402
 from models.metrics import ece  # noqa: E402
@@ -82,7 +81,7 @@ def floor(seed: int, bars: int, forward_weeks: float, work: Path) -> dict:
     rows = past[train.splits(window, params.models)[0].train]
     p_rows = evaluate.true_probabilities(data, rows, params)
     rate = float(data.y[rows].mean())
-    shift = float(brentq(lambda s: np.nanmean(sigmoid(logit(p_rows) + s)) - rate, -2.0, 2.0))
+    shift = shift_to_rate(p_rows, rate)
     p_ahead = evaluate.true_probabilities(data, ahead, params)
     y = data.y[ahead]
     return {

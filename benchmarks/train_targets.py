@@ -94,7 +94,11 @@ def level_shift(params: Params) -> float:
     p_true = evaluate.true_probabilities(data, rows, params)
     if p_true is None:
         return 0.0
-    rate = float(data.y[rows].mean())
+    return shift_to_rate(p_true, float(data.y[rows].mean()))
+
+
+def shift_to_rate(p_true: np.ndarray, rate: float) -> float:
+    """The logit shift that moves probabilities `p_true` (NaN ignored) to mean `rate`."""
     return float(brentq(lambda s: np.nanmean(sigmoid(logit(p_true) + s)) - rate, -2.0, 2.0))
 
 
