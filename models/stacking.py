@@ -13,6 +13,13 @@ prediction by a learner that never saw that row or any row whose label overlaps 
   as it drifted down across the training window (walk-forward fits lag it), and carried that
   shift forward: forward log loss 0.69072 vs 0.68963 without it on a planted signal, 0.0035
   above the base rate on a random walk.
+  The meta-learner's weights come from the out-of-fold logits, but its intercept is then
+  re-solved (`NonNegativeLogit.anchor`) so that, applied to the *refit* base learners on the
+  training rows, the stack's mean probability equals the training window's up-frequency. The
+  out-of-fold logits come from fold models that saw only earlier data and lag a drifting
+  level; an intercept fitted on them carries that correction forward, while the refit base
+  learners (and the ensemble) already sit at the window's level. Measured (planted signal,
+  `train_targets.py --seed 8`): forward ECE 0.0111 → 0.0043.
 * `EnsembleModel`: each base learner calibrated on its OOF probabilities, then a weighted
   average with weights (on the simplex) fitted to minimise OOF log loss.
 
@@ -26,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize
+from scipy.optimize import brentq, minimize
 
 from models.base_learners import BaseLearner
 from models.calibration import Identity, Supported, choose_calibrator, logit, sigmoid, support_range
@@ -92,6 +99,21 @@ class NonNegativeLogit:
         bounds = [(0.0, None)] * k_pos + [(None, None)] * (self.n_free + 1)
         theta = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=bounds).x
         self.coef_, self.intercept_ = theta[:k], float(theta[k])
+        return self
+
+    def anchor(self, z: np.ndarray, rate: float) -> NonNegativeLogit:
+        """Re-solve only the intercept so the mean prediction on inputs `z` equals `rate` (a
+        frequency in (0, 1)); the weights are kept. Unchanged if `rate` is 0 or 1."""
+        if not 0.0 < rate < 1.0 or len(z) == 0:
+            return self
+        s = z @ self.coef_
+
+        def gap(b: float) -> float:
+            return float(np.mean(sigmoid(s + b))) - rate
+
+        lo, hi = self.intercept_ - 20.0, self.intercept_ + 20.0
+        if gap(lo) < 0.0 < gap(hi):
+            self.intercept_ = float(brentq(gap, lo, hi, xtol=1e-12))
         return self
 
     def predict_proba(self, z: np.ndarray) -> np.ndarray:
@@ -212,6 +234,8 @@ def fit_stacked(
     calibrator = Supported(Identity(), low, high)
     meta = NonNegativeLogit(l2, n_free).fit(z, yo)
     base = fit_base(factories, X, y) if base is None else base
+    refit = logit(np.column_stack([m.predict_proba(X) for m in base]))
+    meta.anchor(refit if regime is None else regime.design(refit, X), float(np.mean(y)))
     oof_scores = {name: log_loss(yo, probs[:, j]) for j, name in enumerate(factories)}
     oof_scores["stacked"] = log_loss(yo[scored], calibrator.transform(meta_oof[scored]))
     return StackedModel(list(factories), base, meta, calibrator, oof_scores, regime)

@@ -199,6 +199,35 @@ def test_the_stack_does_not_carry_a_drifting_base_rate_forward():
     folds = purged_walk_forward_splits(t0, t0 + 300, n_splits=4, test_fraction=0.5)
     stacked = fit_stacked({"logistic": lambda: LogisticLearner(C=1.0)}, X, y, folds)
     p = stacked.predict_proba(rng.normal(size=(20_000, 4)))
-    oof_rate = float(y[n // 2 :].mean())  # the rows the meta-learner is fitted on (about the later half)
-    assert abs(p.mean() - oof_rate) < 0.01, (p.mean(), oof_rate, stacked.calibrator)
+    # anchored: the whole training window's frequency (not only the later, out-of-fold half)
+    assert abs(p.mean() - y.mean()) < 0.005, (p.mean(), y.mean(), stacked.calibrator)
     assert p.std() < 0.01  # and no confidence it does not have
+
+
+def test_the_stack_averages_its_training_windows_frequency_with_the_refit_learners():
+    """A real signal on a level that rises across the window (−0.3 → +0.3 in logit): the
+    walk-forward fold models lag the level, so an intercept fitted on their out-of-fold logits
+    is off for the refit learners. Anchored, the stack's mean on its own training rows is the
+    window's frequency, the signal's weight is kept, and only the intercept moved."""
+    rng = np.random.default_rng(5)
+    n = 30_000
+    t0 = np.arange(n) * 300.0
+    X = rng.normal(size=(n, 3))
+    level = np.linspace(-0.3, 0.3, n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(level + 0.8 * X[:, 0])))).astype(float)
+    folds = purged_walk_forward_splits(t0, t0 + 300, n_splits=4, test_fraction=0.5)
+    stacked = fit_stacked({"logistic": lambda: LogisticLearner(C=1.0)}, X, y, folds)
+    from models.calibration import logit
+    from models.stacking import NonNegativeLogit
+
+    z = logit(stacked.base_probabilities(X))
+    assert abs(stacked.meta.predict_proba(z)[:, 1].mean() - y.mean()) < 1e-9
+    assert abs(stacked.predict_proba(X).mean() - y.mean()) < 1e-4  # after the support-range clip
+    assert stacked.meta.coef_[0] > 0.5
+    meta = NonNegativeLogit().fit(z, y)
+    coef, b = meta.coef_.copy(), meta.intercept_
+    meta.anchor(z, 0.6)
+    assert np.array_equal(meta.coef_, coef) and meta.intercept_ > b
+    assert abs(meta.predict_proba(z)[:, 1].mean() - 0.6) < 1e-9
+    b = meta.intercept_
+    assert meta.anchor(z, 1.0).intercept_ == b  # a degenerate frequency leaves it alone
