@@ -104,9 +104,21 @@ def bootstrap_statistic(
     level: float = 0.95,
     draws: int = 500,
     seed: int = 0,
+    bias_corrected: bool = False,
+    floor: float | None = None,
 ) -> Interval:
     """Interval for any `statistic(*arrays)` (e.g. ECE, AUC, a Sharpe ratio) by resampling
-    whole blocks of rows; draws where the statistic is undefined (NaN) are left out."""
+    whole blocks of rows; draws where the statistic is undefined (NaN) are left out.
+
+    `bias_corrected`: for a statistic the bootstrap itself inflates — ECE is a sum of absolute
+    per-bin gaps, so resampling noise adds to it and a plain percentile interval of a
+    well-calibrated model's ECE can lie wholly above the estimate (measured: ECE 0.0038,
+    percentile interval [0.0040, 0.0225]) — the percentile interval is shifted down by the
+    bootstrap's bias (mean of the draws − estimate), so it brackets the statistic rather than
+    the statistic plus noise (simulated, true ECE 0.003 on 20,000 rows: the percentile
+    interval covered it in 5 of 12 draws, the shifted one in 10 of 12). At a true ECE of
+    exactly 0 neither covers reliably (0 is the statistic's boundary); the reliability
+    diagram's per-bin bands are the check there. `floor`: no bound below it (0 for ECE)."""
     blocks = np.asarray(blocks)
     _, ids = np.unique(blocks, return_inverse=True)
     order = np.argsort(ids, kind="stable")
@@ -124,6 +136,11 @@ def bootstrap_statistic(
     if values_arr.size == 0:
         return Interval(estimate, float("nan"), float("nan"), level, len(members))
     low, high = np.quantile(values_arr, [alpha, 1 - alpha])
+    if bias_corrected:
+        bias = float(values_arr.mean()) - estimate
+        low, high = low - bias, high - bias
+    if floor is not None:
+        low, high = max(low, floor), max(high, floor)
     return Interval(estimate, float(low), float(high), level, len(members))
 
 

@@ -185,12 +185,14 @@ def intervals(
 ) -> dict[str, dict[str, float]]:
     """Block-bootstrap intervals of the registered predictor's headline figures: log loss, its
     improvement over always predicting `rate` (``edge``, nats per row; a vector of class
-    rates for three-class models), ECE and AUC."""
+    rates for three-class models), ECE (bias-corrected: see `bootstrap_statistic`) and AUC."""
     rows = row_log_loss(y, p)
     return {
         "log_loss": bootstrap_mean(rows, blocks, level).as_dict(),
         "edge": bootstrap_mean(row_log_loss(y, constant(y, rate)) - rows, blocks, level).as_dict(),
-        "ece": bootstrap_statistic(ece, (y, p), blocks, level, draws=300).as_dict(),
+        "ece": bootstrap_statistic(
+            ece, (y, p), blocks, level, draws=300, bias_corrected=True, floor=0.0
+        ).as_dict(),
         "auc": bootstrap_statistic(auc, (y, p), blocks, level, draws=300).as_dict(),
     }
 
