@@ -6,10 +6,10 @@ then time the fast-profile training — every base learner tuned with Optuna (``
 each), stacking, calibration, evaluation and registration in a fresh MLflow store.
 
 Out of sample is measured twice: on the training run's own holdout (its final 20% of time,
-~40,000 rows) and on a *forward* segment — the ``--forward-weeks`` the simulator produces
+~30,000 rows) and on a *forward* segment — the ``--forward-weeks`` the simulator produces
 after the training data ends, which no step of training saw (207 weeks, ~580,000 rows, by
 default). The targets are judged on the forward segment, because on fewer rows they measure
-sampling noise: the planted truth's own 15-bin ECE is ~0.010 on the 40,000-row holdout, 0.008
+sampling noise: the planted truth's own 15-bin ECE is ~0.009 on the 30,000-row holdout, 0.008
 on 69 forward weeks and 0.0044 on 207 (overlapping 12-bar labels make rows far from
 independent), and the stacked-minus-best-base log-loss difference is about its own standard
 error. Both are printed: the truth's ECE on the same rows beside the model's, and a bootstrap
