@@ -17,6 +17,7 @@ Checks (units in each docstring; times UTC epoch seconds):
 * `api_check` — the scoring service's error rate (5xx share of requests) and p99 latency
   between two scrapes of its Prometheus metrics.
 * `drift_check` — PSI of the features against the training window (computed elsewhere).
+* `cells_to_retrain` — which matrix cells a set of breached findings calls to be retrained.
 """
 
 from __future__ import annotations
@@ -330,3 +331,31 @@ def _iso(t: int) -> str:
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def cells_to_retrain(
+    findings: Iterable[Finding],
+    cell_of_model: dict[str, str],
+    cells_of_symbol: dict[str, Sequence[str]],
+    order: Sequence[str],
+) -> list[str]:
+    """The cells (ids, in `order`) that breached `findings` call to be retrained: the cell of
+    every model named by a breached live calibration or skill check (per version,
+    ``…:model:NAME:VERSION``, or per tenant, ``…:tenant:ID:NAME``; `cell_of_model` maps a
+    registered model name to its cell), and every cell listed for a symbol whose features
+    drifted (``drift:SYMBOL``; `cells_of_symbol`). Stale data, lag, the API and a challenger
+    shown worse live (``shadow:``: the champion keeps serving) are not fixed by retraining a
+    model: they call for none. Models and symbols outside the maps are ignored."""
+    wanted: set[str] = set()
+    for f in findings:
+        if not f.breached:
+            continue
+        kind, _, rest = f.check.partition(":")
+        if kind in ("calibration", "skill"):
+            by, _, key = rest.partition(":")
+            name = key.rsplit(":", 1)[0] if by == "model" else key.split(":", 1)[-1]
+            if name in cell_of_model:
+                wanted.add(cell_of_model[name])
+        elif kind == "drift":
+            wanted.update(cells_of_symbol.get(rest, ()))
+    return [c for c in order if c in wanted]

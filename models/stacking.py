@@ -218,9 +218,10 @@ def fit_stacked(
     regime_index: Sequence[int] = (),
     horizon: int = 1,
 ) -> StackedModel:
-    """Fit the stack: OOF base probabilities → non-negative logistic meta (see module), its
-    output kept within what its walk-forward predictions support (`support_range`, with
-    `horizon` bars per label). `regime_index`: feature columns of `X` fed to the meta-learner
+    """Fit the stack: OOF base probabilities → non-negative logistic meta (see module; its
+    intercept anchored to the frequency of `y` on the refit base learners), its output kept
+    within what its walk-forward predictions support (`support_range`, with `horizon` bars per
+    label). `regime_index`: feature columns of `X` fed to the meta-learner
     too (`RegimeInputs`, scaled on these training rows only). ``oof_scores["stacked"]``: the
     log loss of the meta-learner's walk-forward predictions (each block by a meta-learner
     fitted on the blocks before it)."""

@@ -64,6 +64,7 @@ from models.checks import (
     stale_series,
     transitions,
 )
+from models.checks import cells_to_retrain as retrain_decision
 from models.metrics import ece, log_loss, psi
 from models.uncertainty import block_seconds
 from pipelines.bar_store import BarStore, SeriesKey
@@ -437,30 +438,19 @@ def check(
 
 def cells_to_retrain(findings: Sequence[Finding], params: Params) -> list[str]:
     """The matrix cells (ids, in ``matrix.cells`` order) that breached `findings` call to be
-    retrained: the cell of every model named by a breached live calibration or skill check (per
-    version, ``…:model:NAME:VERSION``, or per tenant, ``…:tenant:ID:NAME``), and every cell of a
-    group that holds a symbol whose features drifted (``drift:SYMBOL``). Stale data, lag, the
-    API and a challenger shown worse live (``shadow:``: the champion keeps serving) are not
-    fixed by retraining a model: they call for none. Models outside the matrix are ignored."""
+    retrained — the decision is `models.checks.cells_to_retrain`; this names each cell's
+    registered model (`pipelines.registry.model_name`) and each symbol's cells (every cell of
+    a group holding it) from `params`."""
     from pipelines.registry import model_name
 
     cells = params.matrix.all()
     prefix = params.registry.name_prefix
-    by_name = {model_name(prefix, c.group, c.timeframe, c.label_kind, c.horizon): c.id for c in cells}
-    wanted: set[str] = set()
-    for f in findings:
-        if not f.breached:
-            continue
-        kind, _, rest = f.check.partition(":")
-        if kind in ("calibration", "skill"):
-            by, _, key = rest.partition(":")
-            name = key.rsplit(":", 1)[0] if by == "model" else key.split(":", 1)[-1]
-            if name in by_name:
-                wanted.add(by_name[name])
-        elif kind == "drift":
-            groups = {g for g, symbols in params.matrix.groups.items() if rest in symbols}
-            wanted.update(c.id for c in cells if c.group in groups)
-    return [c.id for c in cells if c.id in wanted]
+    cell_of_model = {model_name(prefix, c.group, c.timeframe, c.label_kind, c.horizon): c.id for c in cells}
+    cells_of_symbol: dict[str, list[str]] = {}
+    for group, symbols in params.matrix.groups.items():
+        for symbol in symbols:
+            cells_of_symbol.setdefault(symbol, []).extend(c.id for c in cells if c.group == group)
+    return retrain_decision(findings, cell_of_model, cells_of_symbol, [c.id for c in cells])
 
 
 def _iso(t: int) -> str:
