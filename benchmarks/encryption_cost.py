@@ -73,9 +73,7 @@ def _cycles(params, registry, stores: dict, repeats: int) -> dict:
             report = scorer.cycle()  # 40,000 tenant-rows, fewer when a series has a gap there
             assert report.rows >= 30_000, (report.rows, report.skipped)
             splits[key].append(report.seconds)
-    return {
-        key: {k: float(np.median([s[k] for s in got])) for k in got[0]} for key, got in splits.items()
-    }
+    return {key: {k: float(np.median([s[k] for s in got])) for k in got[0]} for key, got in splits.items()}
 
 
 def _results_latency(params, store, url: str, admin: str | None, encryption: bool, work: Path, n: int):

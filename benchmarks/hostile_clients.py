@@ -144,7 +144,9 @@ def main() -> int:  # noqa: PLR0915 - one scenario, read top to bottom
     parser.add_argument("--warmup", type=float, default=20.0, help="live worker seconds before the cut")
     parser.add_argument("--tenants", type=int, default=20)
     parser.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
-    parser.add_argument("--noise", choices=("all", "bodies", "nulls"), default="all", help="diagnosis: one kind only")
+    parser.add_argument(
+        "--noise", choices=("all", "bodies", "nulls"), default="all", help="diagnosis: one kind only"
+    )
     parser.add_argument("--no-outage", action="store_true", help="skip phase 3")
     parser.add_argument("--no-access-log", action="store_true", help="serving.access_log: false")
     args = parser.parse_args()
@@ -171,7 +173,9 @@ def main() -> int:  # noqa: PLR0915 - one scenario, read top to bottom
         work = Path(tmp)
         t0 = time.perf_counter()
         params, registry = bench.setup_world(work)
-        print(f"setup: {len(bench.SYMBOLS)} symbols ingested, 4 models registered in {time.perf_counter() - t0:.0f} s")
+        print(
+            f"setup: {len(bench.SYMBOLS)} symbols ingested, 4 models registered in {time.perf_counter() - t0:.0f} s"
+        )
         server, db, admin = bench._pg_database(args.pg)
         target = sa.make_url(admin)
         proxy = TcpProxy(target.host or "127.0.0.1", target.port or 5432)
@@ -290,9 +294,23 @@ def main() -> int:  # noqa: PLR0915 - one scenario, read top to bottom
                 sampler.start()
                 noise: list[tuple] = []
                 if args.noise in ("all", "bodies"):
-                    noise += [(huge_bodies, port, f"127.0.0.{50 + i}", 100 * 2**20, args.seconds) for i in range(4)]
+                    noise += [
+                        (huge_bodies, port, f"127.0.0.{50 + i}", 100 * 2**20, args.seconds) for i in range(4)
+                    ]
                 if args.noise in ("all", "nulls"):
-                    noise.append((timed_calls, port, "127.0.0.60", "POST", "/score", nulls, busy_key, args.seconds, 0.0))
+                    noise.append(
+                        (
+                            timed_calls,
+                            port,
+                            "127.0.0.60",
+                            "POST",
+                            "/score",
+                            nulls,
+                            busy_key,
+                            args.seconds,
+                            0.0,
+                        )
+                    )
                 noisy = measure(args.seconds, noise)
                 stop.set()
                 sampler.join()

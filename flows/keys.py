@@ -104,7 +104,5 @@ def prune_audit_flow(params_path: str = "params.yaml", profile: str | None = Non
         gone = store.prune_audit(params.store.audit_retention_days)
     finally:
         store.close()
-    get_run_logger().info(
-        "pruned %d audit rows older than %g days", gone, params.store.audit_retention_days
-    )
+    get_run_logger().info("pruned %d audit rows older than %g days", gone, params.store.audit_retention_days)
     return gone

@@ -278,9 +278,7 @@ class DataContract:
                     for row in rows.tolist():
                         bad_rules.setdefault(row, []).append(name)
         else:
-            batch = pd.concat(
-                [frame[columns].reset_index(drop=True), pd.DataFrame(derived)], axis=1
-            )
+            batch = pd.concat([frame[columns].reset_index(drop=True), pd.DataFrame(derived)], axis=1)
             definition, expectations = self._definition(kind)
             result = definition.run(
                 batch_parameters={"dataframe": batch}, result_format={"result_format": "COMPLETE"}

@@ -558,8 +558,6 @@ def _safe(url: str) -> str:
     return sa.make_url(url).render_as_string(hide_password=True)
 
 
-
-
 class Vault:
     """Seals and opens the results store's values for their owners. `keys` None: encryption is
     switched off (values are stored marked plain; sealed values already stored still open

@@ -154,4 +154,3 @@ def downgrade() -> None:
     raise NotImplementedError(
         "0006 seals tenant data; going back would write it unencrypted: restore a backup instead"
     )
-
